@@ -1,0 +1,41 @@
+"""vgpcompile: compile PyTorch models against vanishing and exploding gradients.
+
+    from vgpcompile import vgpcompile
+    model = vgpcompile(net, passes=["gpn"])
+    print(model.vgp_report)
+"""
+
+__version__ = "0.1.0"
+
+from .activations import Activation, register_activation  # noqa: E402
+from .api import plan, vgpcompile  # noqa: E402
+from .errors import (  # noqa: E402
+    ActivationError,
+    CaptureError,
+    LoadError,
+    ParityError,
+    PassError,
+    SelectorError,
+    UsageError,
+    VgpError,
+)
+from .passes import list_passes  # noqa: E402
+from .report import Report  # noqa: E402
+
+__all__ = [
+    "Activation",
+    "ActivationError",
+    "CaptureError",
+    "LoadError",
+    "ParityError",
+    "PassError",
+    "Report",
+    "SelectorError",
+    "UsageError",
+    "VgpError",
+    "__version__",
+    "list_passes",
+    "plan",
+    "register_activation",
+    "vgpcompile",
+]

@@ -1,0 +1,62 @@
+"""The GPN activation a * phi(x) + b (Lu, Gould, Ajanthan: Bidirectionally Self-Normalizing Networks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..activations import DEFAULT, Activation
+from ..errors import UsageError
+from ..gaussian import gpn_constants
+
+ROOTS = ("plus", "minus", "paper")
+
+
+def resolve_root(root: str, activation: Activation) -> str:
+    """The b root to use: "paper" is the authors' convention (minus for the GELU family only)."""
+    if root not in ROOTS:
+        raise UsageError(f"gpn option 'root' must be one of {ROOTS}, got {root!r}")
+    if root == "paper":
+        return "minus" if activation.family == "gelu" else "plus"
+    return root
+
+
+class GPNActivation(nn.Module):
+    """``a * phi(x) + b`` with E[(a phi(z) + b)^2] = E[(a phi'(z))^2] = 1 for z ~ N(0, 1).
+
+    ``a`` and ``b`` are non-persistent buffers (constants recomputed from the activation,
+    so the state_dict keeps the original model's keys) unless ``learnable=True``, where
+    they become parameters and are saved.
+    """
+
+    applied = ("gpn",)
+
+    def __init__(
+        self,
+        activation: Activation | str,
+        params: dict[str, Any] | None = None,
+        *,
+        root: str = "plus",
+        learnable: bool = False,
+    ) -> None:
+        super().__init__()
+        act = DEFAULT.get(activation) if isinstance(activation, str) else activation
+        self.activation = act
+        self.params = {**act.defaults, **(params or {})}
+        self.root = resolve_root(root, act)
+        a, b = gpn_constants(act, self.params, self.root)
+        if learnable:
+            self.a = nn.Parameter(torch.tensor(a))
+            self.b = nn.Parameter(torch.tensor(b))
+        else:
+            self.register_buffer("a", torch.tensor(a), persistent=False)
+            self.register_buffer("b", torch.tensor(b), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # one fused kernel for the affine part: b + phi(x) * a
+        return torch.addcmul(self.b, self.activation.fn(x, **self.params), self.a)
+
+    def extra_repr(self) -> str:
+        return f"{self.activation.describe(self.params)}, a={float(self.a):.6f}, b={float(self.b):+.6f}"

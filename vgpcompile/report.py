@@ -1,0 +1,99 @@
+"""What a compile did, per site and per pass, and why not where it did nothing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .capture import EagerModule
+
+
+@dataclass
+class SiteRecord:
+    """One activation site as the report shows it."""
+
+    name: str
+    kind: str
+    spelling: str
+    producer: str | None
+    is_output: bool
+    notes: list[str] = field(default_factory=list)
+    outcomes: dict[str, str] = field(default_factory=dict)  # pass -> what it did or why not
+    changed: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """Printable (``str(report)``) and JSON-able (``report.to_dict()``) compile report."""
+
+    model: str
+    mode: str  # "compile" or "plan"
+    passes: list[str]
+    sites: list[SiteRecord] = field(default_factory=list)
+    eager: list[EagerModule] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+    depth_before: int | None = None
+    depth_after: int | None = None
+    depth_exact: bool = True
+    seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def site(self, name: str) -> SiteRecord:
+        for rec in self.sites:
+            if rec.name == name:
+                return rec
+        raise KeyError(name)
+
+    def record(self, name: str, pass_name: str, changed: bool, text: str) -> None:
+        rec = self.site(name)
+        rec.outcomes[pass_name] = text
+        rec.changed[pass_name] = changed
+
+    def changed_count(self, pass_name: str) -> int:
+        return sum(1 for r in self.sites if r.changed.get(pass_name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def __str__(self) -> str:
+        return "\n".join(self._header() + self._table() + self._footer())
+
+    def _header(self) -> list[str]:
+        depth = "?" if self.depth_before is None else str(self.depth_before)
+        after = "?" if self.depth_after is None else str(self.depth_after)
+        approx = "" if self.depth_exact else " (upper bound: eager modules are summed)"
+        lines = [
+            f"vgpcompile {self.mode}: {self.model}, passes: {', '.join(self.passes) or '(none)'}",
+            f"  sites: {len(self.sites)}   traced regions: {len(self.regions)}   "
+            f"nonlinear depth: {depth} -> {after}{approx}",
+        ]
+        for p in self.passes:
+            lines.append(f"  {p}: changed {self.changed_count(p)} of {len(self.sites)} sites")
+        return lines
+
+    def _table(self) -> list[str]:
+        if not self.sites:
+            return ["  (no activation sites found)"]
+        head = ["site", "activation", "spelling", "producer"] + self.passes
+        rows = [
+            [r.name, r.kind, r.spelling, r.producer or "-"] + [r.outcomes.get(p, "-") for p in self.passes]
+            for r in self.sites
+        ]
+        widths = [min(max(len(str(x)) for x in col), 48) for col in zip(head, *rows)]
+
+        def fmt(row: list[str]) -> str:
+            return "  " + "  ".join(str(c)[:48].ljust(w) for c, w in zip(row, widths)).rstrip()
+
+        return [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+
+    def _footer(self) -> list[str]:
+        lines = []
+        if self.eager:
+            lines.append("  left eager (not traced, not rewritten inside their own forward):")
+            lines += [f"    {e.name}: {e.reason}" for e in self.eager]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return lines

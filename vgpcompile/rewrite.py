@@ -1,0 +1,54 @@
+"""The one way passes change a graph: replace an activation call by a module call."""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from .pipeline import Context, mark_applied
+from .sites import Site
+
+
+def unique_name(gm: nn.Module, base: str) -> str:
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def replace_activation(site: Site, module: nn.Module, ctx: Context, tag: str) -> fx.Node:
+    """Make ``site`` call ``module`` on the activation's input instead; return the new node.
+
+    An activation module called from this one place is swapped under its own name, so the
+    model's module tree keeps its shape. Otherwise (function or method spelling, or a
+    module shared by several calls) the new module is added as ``<node>_<tag>`` on the
+    region. An in-place activation also mutated its input: every later use of that input
+    is rewired to the result so the program still computes the same values.
+    """
+    gm, node = ctx.region.gm, site.node
+    src = node.args[0]
+    if site.spelling == "module" and _calls_of(gm, node.target) == 1:
+        gm.set_submodule(str(node.target), module)
+        new = node
+        new.args, new.kwargs = (src,), {}
+    else:
+        name = unique_name(gm, f"{node.name}_{tag}")
+        gm.add_submodule(name, module)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (src,))
+        node.replace_all_uses_with(new)
+        new.meta.update({k: v for k, v in node.meta.items() if k == "nn_module_stack"})
+        gm.graph.erase_node(node)
+    if site.inplace:
+        _rewire_later_uses(src, new)
+    mark_applied(new, site, ctx.current.name)
+    return new
+
+
+def _calls_of(gm: fx.GraphModule, target: str) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == target)
+
+
+def _rewire_later_uses(src: fx.Node, new: fx.Node) -> None:
+    for user in list(src.users):
+        if user is not new and user > new:  # fx nodes compare by position in the graph
+            user.replace_input_with(src, new)

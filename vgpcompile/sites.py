@@ -1,0 +1,191 @@
+"""Activation sites: an activation node, the affine layer feeding it, and where it sits."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .activations import Activation, Catalogue
+
+AFFINE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+AFFINE_FUNCTIONS: dict[Any, str] = {
+    F.linear: "F.linear",
+    F.conv1d: "F.conv1d",
+    F.conv2d: "F.conv2d",
+    F.conv3d: "F.conv3d",
+    F.conv_transpose1d: "F.conv_transpose1d",
+    F.conv_transpose2d: "F.conv_transpose2d",
+    F.conv_transpose3d: "F.conv_transpose3d",
+}
+# Ops through which a tensor is still "the model output" for the final-activation rule.
+_PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
+_PASSTHROUGH_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, F.dropout}
+_PASSTHROUGH_MODULES = (nn.Identity, nn.Flatten, nn.Dropout, nn.Unflatten)
+# In-place results aliasing one of these cannot be rewired safely (the base would change too).
+_VIEW_METHODS = {"view", "reshape", "transpose", "permute", "narrow", "select", "expand", "t", "unflatten", "flatten"}
+
+META_PASS = "vgp.pass"  # which pass created a node
+META_APPLIED = "vgp.applied"  # passes already applied to the site at this node
+META_SITE = "vgp.site"  # the stable site name, carried to replacement nodes
+
+
+@dataclass
+class Site:
+    """One activation call in a traced region."""
+
+    name: str
+    region: str
+    node: fx.Node
+    activation: Activation
+    params: dict[str, Any]
+    spelling: str
+    inplace: bool
+    module_name: str | None
+    producer: fx.Node | None
+    producer_kind: str | None
+    producer_name: str | None
+    producer_module: nn.Module | None
+    producer_shared: bool
+    is_output: bool
+    applied: frozenset[str] = frozenset()
+    unusable: str = ""  # why no pass can touch it (e.g. a run-time parameter)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.activation.describe(self.params)
+
+
+def _owner(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def site_name(node: fx.Node, region: str) -> str:
+    """Module FQN for module spellings; ``owner.nodename()`` for function and method calls."""
+    if META_SITE in node.meta:
+        return node.meta[META_SITE]
+    if node.op == "call_module":
+        return region + str(node.target)
+    owner = _owner(node)
+    return f"{region}{owner + '.' if owner else ''}{node.name}()"
+
+
+def _producer(node: fx.Node, gm: fx.GraphModule) -> tuple[str | None, str | None, nn.Module | None]:
+    """(kind, name, module) of the affine layer computing ``node``, or Nones."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        if isinstance(mod, AFFINE_MODULES):
+            return type(mod).__name__, str(node.target), mod
+        return None, None, None
+    if node.op == "call_function" and node.target in AFFINE_FUNCTIONS:
+        return AFFINE_FUNCTIONS[node.target], node.name + "()", None
+    return None, None, None
+
+
+def output_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose value is (a reshaped or dropped-out form of) a model output."""
+    out = next(n for n in reversed(graph.nodes) if n.op == "output")
+    found: set[fx.Node] = set()
+    fx.node.map_arg(out.args, found.add)
+    frontier = list(found)
+    while frontier:
+        node = frontier.pop()
+        if _is_passthrough(node) and isinstance(node.args[0], fx.Node) and node.args[0] not in found:
+            found.add(node.args[0])
+            frontier.append(node.args[0])
+    return found
+
+
+def _is_passthrough(node: fx.Node) -> bool:
+    if not node.args:
+        return False
+    if node.op == "call_method":
+        return node.target in _PASSTHROUGH_METHODS
+    if node.op == "call_function":
+        return node.target in _PASSTHROUGH_FUNCTIONS
+    if node.op == "call_module":
+        return isinstance(node.graph.owning_module.get_submodule(node.target), _PASSTHROUGH_MODULES)
+    return False
+
+
+def is_view(node: Any) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    return (node.op == "call_method" and node.target in _VIEW_METHODS) or (
+        node.op == "call_function" and node.target is operator.getitem
+    )
+
+
+def find_sites(gm: fx.GraphModule, region: str, catalogue: Catalogue, wrappers: tuple[type, ...] = ()) -> list[Site]:
+    """Every activation call in ``gm``. ``wrappers`` are modules that wrap an activation
+    (e.g. vgpcompile's GPN module) and expose ``activation``, ``params`` and ``applied``."""
+    outputs = output_nodes(gm.graph)
+    call_counts: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            call_counts[node.target] = call_counts.get(node.target, 0) + 1
+    sites = []
+    for node in gm.graph.nodes:
+        site = _site_at(node, gm, region, catalogue, wrappers, outputs)
+        if site is not None:
+            if node.op == "call_module" and call_counts[node.target] > 1:
+                site.notes.append(f"module {site.module_name} is called {call_counts[node.target]} times")
+            sites.append(site)
+    return sites
+
+
+def _site_at(node, gm, region, catalogue, wrappers, outputs) -> Site | None:
+    match = catalogue.match_node(node, gm)
+    applied = frozenset(node.meta.get(META_APPLIED, ()))
+    if match is None and node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        if isinstance(mod, wrappers):
+            act, params, applied = mod.activation, dict(mod.params), applied | frozenset(mod.applied)
+            return _build(node, gm, region, act, params, "module", False, "", applied, outputs)
+    if match is None:
+        return None
+    return _build(node, gm, region, match.activation, match.params, match.spelling, match.inplace, match.reason,
+                  applied, outputs)
+
+
+def _build(node, gm, region, act, params, spelling, inplace, unusable, applied, outputs) -> Site:
+    src = node.args[0] if node.args else None
+    kind = name = module = None
+    shared = False
+    if isinstance(src, fx.Node):
+        kind, name, module = _producer(src, gm)
+        shared = len(src.users) > 1
+    if inplace and is_view(src):
+        unusable = "in-place activation on a view of another tensor (rewriting it would not update the base tensor)"
+    return Site(
+        name=site_name(node, region),
+        region=region,
+        node=node,
+        activation=act,
+        params=params,
+        spelling=spelling,
+        inplace=inplace,
+        module_name=region + str(node.target) if node.op == "call_module" else None,
+        producer=src if kind else None,
+        producer_kind=kind,
+        producer_name=(region + name) if name else None,
+        producer_module=module,
+        producer_shared=shared,
+        is_output=node in outputs,
+        applied=applied,
+        unusable=unusable,
+    )
