@@ -93,6 +93,8 @@ def _register_sites(regions, ctx: Context) -> list[str]:
                 SiteRecord(site.name, site.kind, site.spelling, producer, site.is_output, list(site.notes))
             )
             known += [n for n in (site.name, site.module_name, site.producer_name) if n]
+    for prefix, gm in regions.items():
+        known += [prefix + name for name, _ in gm.named_modules() if name]
     return known
 
 

@@ -54,6 +54,35 @@ class SitePass(Pass):
             ctx.report.record(site.name, self.name, True, self.apply(site, ctx))
 
 
+@dataclass(frozen=True)
+class LayerPass(Pass):
+    """A pass that rewrites modules of ``layer_types`` (e.g. Linear, Conv2d) called in a region.
+
+    Each call_module node whose module is one of ``layer_types`` is a layer; a module called
+    at several nodes is visited once. Rows appear in the report under the module's name.
+    """
+
+    layer_types: ClassVar[tuple[type, ...]] = ()
+
+    def check(self, name: str, module: nn.Module, ctx: Context) -> str | None:
+        return None
+
+    def apply(self, name: str, module: nn.Module, ctx: Context) -> str:
+        """Rewrite the layer ``name`` (relative to ``ctx.region``); return a report line."""
+        raise NotImplementedError
+
+    def run(self, region: Region, ctx: Context) -> None:
+        for node, name, module in ctx.layers(region, self.layer_types):
+            ctx.node = node
+            full = region.prefix + name
+            ctx.report.add_row(full, type(module).__name__, "layer")
+            reason = ctx.default_layer_skip(full, module, self) or self.check(name, module, ctx)
+            if reason:
+                ctx.report.record(full, self.name, False, reason)
+                continue
+            ctx.report.record(full, self.name, True, self.apply(name, module, ctx))
+
+
 @dataclass
 class Region:
     """A traced part of the model: its name prefix and its GraphModule."""
@@ -84,6 +113,24 @@ class Context:
         names = (site.name, site.module_name, site.producer_name)
         mod = site.node.graph.owning_module.get_submodule(site.node.target) if site.module_name else None
         return target_of(names, (mod, site.producer_module), site.activation.name)
+
+    def layers(self, region: Region, types: tuple[type, ...]):
+        """(node, name, module) for each distinct module of ``types`` called in ``region``."""
+        seen: set[str] = set()
+        for node in list(region.gm.graph.nodes):
+            if node.op == "call_module" and node.target not in seen:
+                module = region.gm.get_submodule(str(node.target))
+                if isinstance(module, types):
+                    seen.add(node.target)
+                    yield node, str(node.target), module
+
+    def default_layer_skip(self, full_name: str, module: nn.Module, pass_: Pass) -> str | None:
+        reason = self.selection.decide(target_of([full_name], [module]))
+        if reason:
+            return reason
+        if pass_.name in getattr(module, "applied", ()):
+            return f"already rewritten by {pass_.name!r}; a pass is applied once per layer"
+        return None
 
     def default_skip(self, site: Site, pass_: Pass) -> str | None:
         if site.unusable:

@@ -45,6 +45,15 @@ class Report:
                 return rec
         raise KeyError(name)
 
+    def add_row(self, name: str, kind: str, spelling: str, producer: str | None = None) -> SiteRecord:
+        """A row for a target that is not an activation site (a layer a layer pass rewrites)."""
+        for rec in self.sites:
+            if rec.name == name:
+                return rec
+        rec = SiteRecord(name, kind, spelling, producer, False)
+        self.sites.append(rec)
+        return rec
+
     def record(self, name: str, pass_name: str, changed: bool, text: str) -> None:
         rec = self.site(name)
         rec.outcomes[pass_name] = text
