@@ -5,6 +5,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# The suite's models are small: one intra-op thread is faster and immune to oversubscription.
+torch.set_num_threads(1)
 sys.path.insert(0, str(ROOT / "examples"))  # model factories shared with the CLI
 
 

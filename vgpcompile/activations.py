@@ -11,6 +11,7 @@ kinks (for quadrature) and its default ARP L. Users add their own with
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,6 +217,8 @@ class Catalogue:
         self.modules = _builtin_modules()
         self.functions = _builtin_functions()
         self.methods = _builtin_methods()
+        # user Python functions: the tracer must record them as one call, not trace inside
+        self.wrap_functions: tuple[Callable, ...] = ()
 
     def get(self, name: str) -> Activation:
         try:
@@ -240,6 +243,8 @@ class Catalogue:
         funcs = functions if isinstance(functions, Mapping) else {f: () for f in functions}
         for fn, argnames in funcs.items():
             self.functions[fn] = Spelling(activation.name, tuple(argnames))
+            if isinstance(fn, types.FunctionType) and not fn.__module__.startswith("torch"):
+                self.wrap_functions += (fn,)
         for m in methods:
             self.methods[m] = Spelling(activation.name)
         return activation

@@ -69,7 +69,7 @@ def _compile(model: nn.Module, passes, mode: str, kw: Mapping[str, Any]) -> tupl
     _check_kinds(selection, catalogue)
     is_leaf = _leaf_predicate(kw.get("leaf"), model)
     work = model if kw.get("inplace") else copy.deepcopy(model)
-    cap = capture(work, is_leaf)
+    cap = capture(work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules))
     report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
     ctx = Context(catalogue, selection, report, WRAPPERS, kw.get("example_inputs"), kw.get("input_range"))
     known = _register_sites(cap.regions, ctx)
@@ -129,7 +129,8 @@ def _check_kinds(selection: Selection, catalogue: Catalogue) -> None:
         if rule.text.startswith("act:") and rule.text[4:] not in catalogue.kinds:
             kind = rule.text[4:]
             raise SelectorError(
-                f"{rule.where} rule {rule.text!r}: unknown activation kind {kind!r}." + did_you_mean(kind, catalogue.kinds)
+                f"{rule.where} rule {rule.text!r}: unknown activation kind {kind!r}."
+                + did_you_mean(kind, catalogue.kinds)
             )
 
 
@@ -142,7 +143,9 @@ def _leaf_predicate(leaf: Rules, model: nn.Module):
         if rule.text.startswith("act:"):
             raise SelectorError(f"leaf rule {rule.text!r}: leaf= takes module names, re: or type: rules")
         if not any(rule.matches(target_of([n], [m])) for n, m in modules.items() if n):
-            raise SelectorError(f"leaf rule {rule.text!r} matches no module." + did_you_mean(rule.text, [n for n in modules if n]))
+            raise SelectorError(
+                f"leaf rule {rule.text!r} matches no module." + did_you_mean(rule.text, [n for n in modules if n])
+            )
 
     def is_leaf(name: str, module: nn.Module) -> bool:
         target = target_of([name], [module])

@@ -42,20 +42,23 @@ class Capture:
     root: nn.Module
     regions: dict[str, fx.GraphModule] = field(default_factory=dict)
     eager: list[EagerModule] = field(default_factory=list)
+    autowrap: tuple[Callable, ...] = ()
+    leaf_types: tuple[type, ...] = ()
 
 
 class _Tracer(fx.Tracer):
     """A tracer that keeps chosen modules opaque and tags errors with the module that raised."""
 
-    def __init__(self, leaves: set[str], is_user_leaf: Callable[[str, nn.Module], bool]) -> None:
-        super().__init__()
+    def __init__(self, leaves: set[str], is_user_leaf: Callable[[str, nn.Module], bool], out: Capture) -> None:
+        super().__init__(autowrap_functions=out.autowrap)
         self._leaves = leaves
         self._is_user_leaf = is_user_leaf
+        self._leaf_types = out.leaf_types
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if qualname in self._leaves or self._is_user_leaf(qualname, m):
+        if qualname in self._leaves or type(m) in self._leaf_types or self._is_user_leaf(qualname, m):
             return True
-        return super().is_leaf_module(m, qualname)
+        return is_torch_leaf(m)
 
     def call_module(self, m, forward, args, kwargs):
         try:
@@ -75,16 +78,23 @@ def describe_trace_error(err: BaseException) -> str:
 
 
 def is_torch_leaf(module: nn.Module) -> bool:
-    """torch.nn's own modules (Linear, Tanh, LSTM, ...) are kept whole, as fx does by default."""
-    return _PLAIN_TRACER.is_leaf_module(module, "")
+    """torch.nn's own modules (Linear, Tanh, LSTM, ...) are kept whole, as fx does by default,
+    and so are the modules vgpcompile inserts, so a compiled model compiles again cleanly."""
+    return type(module).__module__.startswith("vgpcompile.nn") or _PLAIN_TRACER.is_leaf_module(module, "")
 
 
 def capture(
     model: nn.Module,
     is_user_leaf: Callable[[str, nn.Module], bool] = lambda name, m: False,
+    autowrap: tuple[Callable, ...] = (),
+    leaf_types: tuple[type, ...] = (),
 ) -> Capture:
-    """Trace ``model`` hierarchically. ``model`` is changed in place (pass a copy)."""
-    result = Capture(root=model)
+    """Trace ``model`` hierarchically. ``model`` is changed in place (pass a copy).
+
+    ``autowrap`` functions are recorded as single calls and ``leaf_types`` modules as single
+    module calls (user-registered activations), so sites see them whole.
+    """
+    result = Capture(root=model, autowrap=autowrap, leaf_types=leaf_types)
     result.root = _capture(model, "", result, is_user_leaf)
     if not result.regions:
         names = ", ".join(e.name for e in result.eager[:3]) or "<root>"
@@ -98,7 +108,7 @@ def capture(
 def _capture(module: nn.Module, prefix: str, out: Capture, is_user_leaf) -> nn.Module:
     forced: dict[str, str] = {}
     while True:
-        tracer = _Tracer(set(forced), lambda q, m: is_user_leaf(prefix + q, m))
+        tracer = _Tracer(set(forced), lambda q, m: is_user_leaf(prefix + q, m), out)
         try:
             graph = tracer.trace(module)
             break

@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan",
         help="show the per-site plan for a model without changing anything",
-        epilog="example:\n  vgpcompile plan --model examples/models.py:deep_tanh_mlp --passes gpn --ignore act:sigmoid\n\n"
-        + EPILOG,
+        epilog="example:\n  vgpcompile plan --model examples/models.py:deep_tanh_mlp --passes gpn \\\n"
+        "      --ignore act:sigmoid\n\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_args(p)

@@ -94,7 +94,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out=print) -> dict[str, float]:
     plain = deep_mlp(cfg.activation, cfg.depth, cfg.width, seed=cfg.seed)
     compiled = vgpcompile(copy.deepcopy(plain), passes=list(cfg.passes))
     out(f"vgpcompile demo: {cfg.depth + 2}-layer {cfg.activation} MLP, width {cfg.width}, two-moons data")
-    out(f"  compiled with passes={list(cfg.passes)}: {compiled.vgp_report.changed_count(cfg.passes[0])} sites rewritten")
+    out(
+        f"  compiled with passes={list(cfg.passes)}: {compiled.vgp_report.changed_count(cfg.passes[0])} sites rewritten"
+    )
     _print_grads(layer_grad_norms(plain, x[:256], y[:256]), layer_grad_norms(compiled, x[:256], y[:256]), out)
     t0 = time.perf_counter()
     lp = train(plain, x, y, cfg)
@@ -115,7 +117,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out=print) -> dict[str, float]:
         f"\n  final loss (mean of last 20 steps): plain {result['plain_final_loss']:.4f}, "
         f"compiled {result['compiled_final_loss']:.4f}"
     )
-    out(f"  accuracy on the 2048 points: plain {result['plain_accuracy']:.3f}, compiled {result['compiled_accuracy']:.3f}")
+    acc_p, acc_c = result["plain_accuracy"], result["compiled_accuracy"]
+    out(f"  accuracy on the 2048 points: plain {acc_p:.3f}, compiled {acc_c:.3f}")
     out(f"  wall time: plain {t1 - t0:.1f}s, compiled {t2 - t1:.1f}s")
     return result
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ActivationError
+from .errors import ActivationError, UsageError
 
 _R = 12.0  # the N(0,1) density is below 1e-31 beyond here
 _NODES = 16
@@ -52,8 +52,8 @@ def _grid(step: float, kinks: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
 def _moments_on(fn: Callable[[torch.Tensor], torch.Tensor], nodes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     z = torch.tensor(nodes, dtype=torch.float64, requires_grad=True)
     y = fn(z)
-    (dy,) = torch.autograd.grad(y.sum(), z)
-    y, dy = y.detach().numpy(), dy.numpy()
+    dy = torch.autograd.grad(y.sum(), z, allow_unused=True)[0] if y.requires_grad else None
+    y, dy = y.detach().numpy(), (np.zeros_like(nodes) if dy is None else dy.numpy())
     return np.array([weights @ y, weights @ y**2, weights @ dy**2])
 
 
@@ -91,7 +91,7 @@ def gpn_from_moments(m: Moments, root: str) -> tuple[float, float]:
     return a, (0.0 if abs(b) < 1e-12 else b)  # ReLU's b is 0 exactly, not -1e-17
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(key: tuple, root: str) -> tuple[float, float]:
     fn, kinks = _CACHE_INPUTS[key]
     return gpn_from_moments(gaussian_moments(fn, kinks), root)
@@ -100,8 +100,21 @@ def _cached(key: tuple, root: str) -> tuple[float, float]:
 _CACHE_INPUTS: dict[tuple, tuple[Callable[[torch.Tensor], torch.Tensor], tuple[float, ...]]] = {}
 
 
+ROOTS = ("plus", "minus", "paper")
+
+
+def resolve_root(root: str, activation) -> str:
+    """The b root to use: "paper" is the authors' convention (minus for the GELU family only)."""
+    if root not in ROOTS:
+        raise UsageError(f"gpn option 'root' must be one of {ROOTS}, got {root!r}")
+    if root == "paper":
+        return "minus" if activation.family == "gelu" else "plus"
+    return root
+
+
 def gpn_constants(activation, params: dict, root: str) -> tuple[float, float]:
-    """Cached (a, b) for a catalogue activation with the given parameters."""
+    """Cached (a, b) for a catalogue activation with the given parameters; ``root`` in ROOTS."""
+    root = resolve_root(root, activation)
     key = (activation.name, id(activation.fn), tuple(sorted(params.items())))
     if key not in _CACHE_INPUTS:
         kinks = tuple(activation.kinks(params))

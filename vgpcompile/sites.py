@@ -138,13 +138,18 @@ def find_sites(gm: fx.GraphModule, region: str, catalogue: Catalogue, wrappers: 
     for node in gm.graph.nodes:
         if node.op == "call_module":
             call_counts[node.target] = call_counts.get(node.target, 0) + 1
-    sites = []
+    sites, nth = [], dict.fromkeys(call_counts, 0)
     for node in gm.graph.nodes:
         site = _site_at(node, gm, region, catalogue, wrappers, outputs)
-        if site is not None:
-            if node.op == "call_module" and call_counts[node.target] > 1:
-                site.notes.append(f"module {site.module_name} is called {call_counts[node.target]} times")
-            sites.append(site)
+        if site is None:
+            continue
+        if node.op == "call_module" and call_counts[node.target] > 1:
+            # one module, several calls: each call is its own site, named <module>#<k>
+            nth[node.target] += 1
+            site.notes.append(f"module {site.module_name} is called {call_counts[node.target]} times")
+            if META_SITE not in node.meta:
+                site.name = f"{site.name}#{nth[node.target]}"
+        sites.append(site)
     return sites
 
 
@@ -185,7 +190,8 @@ def _build(node, gm, region, act, params, spelling, inplace, unusable, applied, 
         producer_name=(region + name) if name else None,
         producer_module=module,
         producer_shared=shared,
-        is_output=node in outputs,
+        # only the root graph's outputs are the model's; a sub-region's output feeds eager code
+        is_output=node in outputs and region == "",
         applied=applied,
         unusable=unusable,
     )

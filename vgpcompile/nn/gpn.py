@@ -8,19 +8,7 @@ import torch
 from torch import nn
 
 from ..activations import DEFAULT, Activation
-from ..errors import UsageError
-from ..gaussian import gpn_constants
-
-ROOTS = ("plus", "minus", "paper")
-
-
-def resolve_root(root: str, activation: Activation) -> str:
-    """The b root to use: "paper" is the authors' convention (minus for the GELU family only)."""
-    if root not in ROOTS:
-        raise UsageError(f"gpn option 'root' must be one of {ROOTS}, got {root!r}")
-    if root == "paper":
-        return "minus" if activation.family == "gelu" else "plus"
-    return root
+from ..gaussian import gpn_constants, resolve_root
 
 
 class GPNActivation(nn.Module):

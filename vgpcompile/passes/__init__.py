@@ -13,6 +13,7 @@ from ..pipeline import Pass
 
 REGISTRY: dict[str, str] = {
     "gpn": "vgpcompile.passes.gpn:GPN",
+    "arp": "vgpcompile.passes.arp:ARP",
 }
 # Named combinations, expanded in place.
 PRESETS: dict[str, tuple[str, ...]] = {}
@@ -63,7 +64,9 @@ def coerce(pass_name: str, key: str, value: Any, hint: Any) -> Any:
         value = _parse_text(value, hint, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (bool, int, float, str) and (not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))):
+    if hint in (bool, int, float, str) and (
+        not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))
+    ):
         raise UsageError(f"{where} must be {hint.__name__}, got {value!r}")
     return value
 

@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 
 from ..errors import ActivationError
 from ..gaussian import gpn_constants
-from ..nn.gpn import GPNActivation, resolve_root
+from ..nn.gpn import GPNActivation
 from ..pipeline import Context, SitePass
 from ..rewrite import replace_activation
 from ..sites import Site
@@ -41,7 +41,7 @@ class GPN(SitePass):
 
     def check(self, site: Site, ctx: Context) -> str | None:
         try:
-            gpn_constants(site.activation, site.params, resolve_root(self.root, site.activation))
+            gpn_constants(site.activation, site.params, self.root)
         except ActivationError as err:
             return str(err)
         return None
