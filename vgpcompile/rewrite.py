@@ -26,7 +26,7 @@ def replace_activation(site: Site, module: nn.Module, ctx: Context, tag: str) ->
     """
     gm, node = ctx.region.gm, site.node
     src = node.args[0]
-    if site.spelling == "module" and _calls_of(gm, node.target) == 1:
+    if site.spelling == "module" and site.module_calls == 1:
         gm.set_submodule(str(node.target), module)
         new = node
         new.args, new.kwargs = (src,), {}
@@ -42,10 +42,6 @@ def replace_activation(site: Site, module: nn.Module, ctx: Context, tag: str) ->
         _rewire_later_uses(src, new)
     mark_applied(new, site, ctx.current.name)
     return new
-
-
-def _calls_of(gm: fx.GraphModule, target: str) -> int:
-    return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == target)
 
 
 def _rewire_later_uses(src: fx.Node, new: fx.Node) -> None:

@@ -60,6 +60,7 @@ class Site:
     producer_module: nn.Module | None
     producer_shared: bool
     is_output: bool
+    module_calls: int = 1  # how many nodes call this site's activation module
     applied: frozenset[str] = frozenset()
     unusable: str = ""  # why no pass can touch it (e.g. a run-time parameter)
     notes: list[str] = field(default_factory=list)
@@ -143,7 +144,9 @@ def find_sites(gm: fx.GraphModule, region: str, catalogue: Catalogue, wrappers: 
         site = _site_at(node, gm, region, catalogue, wrappers, outputs)
         if site is None:
             continue
-        if node.op == "call_module" and call_counts[node.target] > 1:
+        if node.op == "call_module":
+            site.module_calls = call_counts[node.target]
+        if site.module_calls > 1:
             # one module, several calls: each call is its own site, named <module>#<k>
             nth[node.target] += 1
             site.notes.append(f"module {site.module_name} is called {call_counts[node.target]} times")
