@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .activations import Activation, register_activation  # noqa: E402
 from .api import plan, vgpcompile  # noqa: E402
+from .checkpoint import load, save  # noqa: E402
 from .errors import (  # noqa: E402
     ActivationError,
     CaptureError,
@@ -19,6 +20,8 @@ from .errors import (  # noqa: E402
     UsageError,
     VgpError,
 )
+from .export import export_onnx  # noqa: E402
+from .freeze import freeze  # noqa: E402
 from .passes import list_passes  # noqa: E402
 from .report import Report  # noqa: E402
 
@@ -34,8 +37,12 @@ __all__ = [
     "UsageError",
     "VgpError",
     "__version__",
+    "export_onnx",
+    "freeze",
+    "load",
     "list_passes",
     "plan",
     "register_activation",
+    "save",
     "vgpcompile",
 ]

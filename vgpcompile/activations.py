@@ -249,6 +249,14 @@ class Catalogue:
             self.methods[m] = Spelling(activation.name)
         return activation
 
+    def plain_call(self, name: str, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+        """An out-of-place function computing activation ``name`` with ``params``: (target, kwargs)."""
+        act = self.get(name)
+        for target, spelling in self.functions.items():
+            if spelling.kind == name and not spelling.inplace and set(act.defaults) <= set(spelling.argnames):
+                return target, {k: params[k] for k in act.defaults}
+        return None
+
     def match_module(self, module: nn.Module) -> Match | None:
         entry = self.modules.get(type(module))
         if entry is None:

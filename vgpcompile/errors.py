@@ -48,6 +48,12 @@ class PassError(VgpError):
     exit_code = 7
 
 
+class ExportError(VgpError):
+    """torch.onnx could not export the frozen model."""
+
+    exit_code = 8
+
+
 class ActivationError(UsageError):
     """An activation that cannot be used as asked (e.g. no GPN constants exist)."""
 

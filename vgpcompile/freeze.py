@@ -3,7 +3,9 @@
 Every module a pass inserted knows its exact plain equivalent through ``fold()`` (an
 auto-rotated Linear folds its rotation into the weight, a recurrent module into its gate
 weights); freeze replaces each such module by that equivalent, bakes parametrizations,
-and recompiles the graphs. The training form is never changed unless ``inplace=True``.
+and recompiles the graphs. A function call a pass inserted (``arp_linear`` for an
+``F.linear`` producer) folds the same way, through its target's ``vgp_fold(node, gm)``.
+The training form is never changed unless ``inplace=True``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import copy
 
 from torch import fx, nn
 
+from .fold_gpn import fold_gpn
+
 
 def freeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Return ``model`` with every inserted module replaced by its exact inference form."""
@@ -19,7 +23,12 @@ def freeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     _fold_modules(out)
     for module in out.modules():
         if isinstance(module, fx.GraphModule):
+            _fold_calls(module)
+            fold_gpn(module)
             module.recompile()
+    recipe = getattr(model, "vgp_recipe", None)
+    if recipe is not None:  # save/load rebuild the frozen form from the recipe
+        out.vgp_recipe = {**recipe, "form": "frozen"}
     return out
 
 
@@ -30,3 +39,11 @@ def _fold_modules(root: nn.Module) -> None:
         fold = getattr(child, "fold", None)
         if callable(fold):
             setattr(root, name, fold())
+
+
+def _fold_calls(gm: fx.GraphModule) -> None:
+    """Let each inserted function call with a ``vgp_fold`` rewrite itself to its plain form."""
+    for node in list(gm.graph.nodes):
+        fold = getattr(node.target, "vgp_fold", None) if node.op == "call_function" else None
+        if callable(fold):
+            fold(node, gm)
