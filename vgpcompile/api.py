@@ -75,12 +75,25 @@ def _compile(model: nn.Module, passes, mode: str, kw: Mapping[str, Any]) -> tupl
     known = _register_sites(cap.regions, ctx)
     report.depth_before, report.depth_exact = nonlinear_depth(cap.root, catalogue, WRAPPERS)
     run_passes(pass_list, cap.regions, ctx)
+    _warn_gpn_alone(report)
     if pass_list:
         selection.check_all_matched(known)
     report.depth_after, _ = nonlinear_depth(cap.root, catalogue, WRAPPERS)
     cap.root.vgp_report = report
     cap.root.vgp_recipe = recipe(pass_list, kw)
     return cap.root, report
+
+
+def _warn_gpn_alone(report: Report, min_depth: int = 10) -> None:
+    """GPN's norm preservation assumes orthogonal weights (research/bsnn.md §4): under
+    PyTorch's default init a deep GPN net's gradient ratio explodes."""
+    if "gpn" in report.passes and "orthogonal" not in report.passes and report.changed_count("gpn"):
+        if (report.depth_before or 0) >= min_depth:
+            report.warnings.append(
+                f"gpn without orthogonal on a stack of nonlinear depth {report.depth_before}: GPN assumes "
+                "orthogonal weights, and under PyTorch's default init a deep GPN net's gradients explode; "
+                "add 'orthogonal' (passes=['bsnn']) unless the weights are orthogonal already"
+            )
 
 
 def _register_sites(regions, ctx: Context) -> list[str]:
@@ -110,9 +123,19 @@ def recipe(passes: list[Pass], kw: Mapping[str, Any]) -> dict[str, Any]:
         "select": rules(kw.get("select")),
         "ignore": rules(kw.get("ignore")),
         "leaf": rules(kw.get("leaf")),
-        "input_range": list(kw["input_range"]) if kw.get("input_range") else None,
+        "input_range": _input_range(kw),
         "versions": {"vgpcompile": __version__, "torch": torch.__version__},
     }
+
+
+def _input_range(kw: Mapping[str, Any]) -> list[float] | None:
+    """The model-input range, given or seen in example_inputs, so load() needs no example."""
+    if kw.get("input_range"):
+        return [float(v) for v in kw["input_range"]]
+    tensors = [t for t in kw.get("example_inputs") or () if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not tensors:
+        return None
+    return [min(float(t.min()) for t in tensors), max(float(t.max()) for t in tensors)]
 
 
 def _refuse_wrapped(model: nn.Module) -> None:

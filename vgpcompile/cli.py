@@ -163,7 +163,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .api import vgpcompile
     from .checkpoint import save
-    from .export import export_onnx
+    from .export import check_runs, export_onnx
     from .freeze import freeze
 
     model = load_model(args)
@@ -178,6 +178,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         input_range=_input_range(args.input_range),
     )
     print(compiled.vgp_report)
+    if example is not None:  # fail before anything is written
+        check_runs(compiled, (example,))
     out = freeze(compiled) if args.freeze else compiled
     save(out, args.output, format=args.format)
     print(f"wrote {'frozen' if args.freeze else 'training'}-form checkpoint to {args.output}")

@@ -79,7 +79,7 @@ def export_onnx(
         raise UsageError(f"export_onnx(exporter={exporter!r}): use 'dynamo' or 'torchscript'")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     frozen = freeze(model).eval()
-    _check_runs(frozen, inputs)
+    check_runs(frozen, inputs)
     seq_dim = _sequence_dim(frozen) if seq_dim is None else seq_dim
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,14 +103,18 @@ def export_onnx(
     return report
 
 
-def _check_runs(model: nn.Module, inputs: tuple) -> None:
+def check_runs(model: nn.Module, inputs: tuple) -> None:
+    """Run ``model`` once in eval mode (its mode is restored); a failure is a UsageError naming the shapes."""
+    was_training = model.training
     try:
         with torch.no_grad():
-            model(*inputs)
+            model.eval()(*inputs)
     except Exception as err:
         shapes = [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
         msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UsageError(f"the model does not run on example inputs of shape {shapes}: {msg}") from None
+    finally:
+        model.train(was_training)
 
 
 def _sequence_dim(model: nn.Module) -> int | None:
@@ -199,7 +203,8 @@ def _compare(model, session, probe: tuple, atol: float, rtol: float, target: Pat
         err = np.abs(r - o)
         shape = [tuple(t.shape) for t in probe]
         rel = float((err / (np.abs(r) + 1e-12)).max())
-        checks.append({"shape": shape, "output": k, "max_abs": float(err.max()), "max_rel": rel})
+        ref_max = float(np.abs(r).max())
+        checks.append({"shape": shape, "output": k, "max_abs": float(err.max()), "max_rel": rel, "ref_max": ref_max})
         if not np.all(err <= atol + rtol * np.abs(r)):
             raise ParityError(
                 f"onnxruntime output {k} differs from torch at input {shape}: max abs error {err.max():.3e} "
