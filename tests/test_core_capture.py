@@ -201,3 +201,22 @@ def test_plan_changes_nothing_and_reports_depth():
     assert report.depth_before == 7 and report.depth_after == 7
     assert all(type(m) is not fx.GraphModule for m in net.modules())
     assert report.to_dict()["sites"][0]["outcomes"]["gpn"].startswith("a=1.4674")
+
+
+def test_copy_keeps_tied_weights_tied_and_separate_from_the_original():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.dec.weight = self.enc.weight
+
+        def forward(self, x):
+            return self.dec(torch.tanh(self.enc(x)))
+
+    net = Tied()
+    compiled = vgpcompile(net, passes=["gpn"])
+    assert compiled.enc.weight is compiled.dec.weight
+    assert compiled.enc.weight is not net.enc.weight
+    with torch.no_grad():
+        compiled.enc.weight.add_(1.0)
+    assert not torch.equal(compiled.enc.weight, net.enc.weight)

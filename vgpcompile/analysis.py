@@ -17,10 +17,9 @@ from .capture import CONTAINERS, is_torch_leaf
 def to_digraph(gm: fx.GraphModule) -> nx.DiGraph:
     """The graph's dataflow as a DiGraph over fx node names, with op and target attributes."""
     g = nx.DiGraph()
-    for node in gm.graph.nodes:
-        g.add_node(node.name, op=node.op, target=str(node.target))
-        for src in node.all_input_nodes:
-            g.add_edge(src.name, node.name)
+    nodes = list(gm.graph.nodes)  # bulk inserts: per-node add_node is ~40 us in networkx 3.6
+    g.add_nodes_from((n.name, {"op": n.op, "target": str(n.target)}) for n in nodes)
+    g.add_edges_from((src.name, n.name) for n in nodes for src in n.all_input_nodes)
     return g
 
 

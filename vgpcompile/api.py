@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,6 +61,18 @@ def plan(model: nn.Module, passes: Sequence[str | Pass] | str | Pass = (), **kwa
 
 
 def _compile(model: nn.Module, passes, mode: str, kw: Mapping[str, Any]) -> tuple[nn.Module, Report]:
+    # A compile allocates tens of thousands of long-lived objects (fx nodes, modules); the
+    # cyclic GC would walk them again and again, about a third of the compile time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _compile_unguarded(model, passes, mode, kw)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _compile_unguarded(model: nn.Module, passes, mode: str, kw: Mapping[str, Any]) -> tuple[nn.Module, Report]:
     if not isinstance(model, nn.Module):
         raise UsageError(f"vgpcompile takes an nn.Module, got {type(model).__name__}")
     _refuse_wrapped(model)
@@ -68,7 +81,7 @@ def _compile(model: nn.Module, passes, mode: str, kw: Mapping[str, Any]) -> tupl
     selection = Selection(kw.get("select"), kw.get("ignore"))
     _check_kinds(selection, catalogue)
     is_leaf = _leaf_predicate(kw.get("leaf"), model)
-    work = model if kw.get("inplace") else copy.deepcopy(model)
+    work = model if kw.get("inplace") else copy_model(model)
     cap = capture(work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules))
     report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
     ctx = Context(catalogue, selection, report, WRAPPERS, kw.get("example_inputs"), kw.get("input_range"))
@@ -126,6 +139,22 @@ def recipe(passes: list[Pass], kw: Mapping[str, Any]) -> dict[str, Any]:
         "input_range": _input_range(kw),
         "versions": {"vgpcompile": __version__, "torch": torch.__version__},
     }
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, with plain parameters and buffers cloned up front.
+
+    Parameter.__deepcopy__ does the same clone; pre-filling the memo skips deepcopy's slow
+    per-tensor path (about 40% of the copy). Tied weights stay tied through the memo.
+    """
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        if type(p) is nn.Parameter:
+            memo[id(p)] = nn.Parameter(p.detach().clone(), p.requires_grad)
+    for b in model.buffers():
+        if type(b) is torch.Tensor:
+            memo[id(b)] = b.clone()
+    return copy.deepcopy(model, memo)
 
 
 def _input_range(kw: Mapping[str, Any]) -> list[float] | None:

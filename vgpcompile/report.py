@@ -38,18 +38,19 @@ class Report:
     depth_exact: bool = True
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    _index: dict[str, SiteRecord] = field(default_factory=dict, repr=False, compare=False)
 
     def site(self, name: str) -> SiteRecord:
-        for rec in self.sites:
-            if rec.name == name:
-                return rec
-        raise KeyError(name)
+        if len(self._index) != len(self.sites):  # rows are appended by the compile; index lazily
+            self._index = {rec.name: rec for rec in self.sites}
+        return self._index[name]
 
     def add_row(self, name: str, kind: str, spelling: str, producer: str | None = None) -> SiteRecord:
         """A row for a target that is not an activation site (a layer a layer pass rewrites)."""
-        for rec in self.sites:
-            if rec.name == name:
-                return rec
+        try:
+            return self.site(name)
+        except KeyError:
+            pass
         rec = SiteRecord(name, kind, spelling, producer, False)
         self.sites.append(rec)
         return rec
@@ -63,7 +64,9 @@ class Report:
         return sum(1 for r in self.sites if r.changed.get(pass_name))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("_index")
+        return out
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
