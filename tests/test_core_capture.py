@@ -220,3 +220,12 @@ def test_copy_keeps_tied_weights_tied_and_separate_from_the_original():
     with torch.no_grad():
         compiled.enc.weight.add_(1.0)
     assert not torch.equal(compiled.enc.weight, net.enc.weight)
+
+
+def test_compiled_model_survives_torch_save_and_load(tmp_path):
+    """Checkpoints never rely on pickling, but users do pickle models: it must not crash."""
+    compiled = vgpcompile(models.deep_tanh_mlp(depth=3), passes=["gpn"]).eval()
+    torch.save(compiled, tmp_path / "m.pt")
+    back = torch.load(tmp_path / "m.pt", weights_only=False)
+    x = torch.randn(2, 16)
+    assert torch.equal(back(x), compiled(x))

@@ -7,6 +7,7 @@
 
 __version__ = "0.1.0"
 
+from . import orthogonal  # noqa: E402  (vgpcompile.orthogonal.retract(model), ...)
 from .activations import Activation, register_activation  # noqa: E402
 from .api import plan, vgpcompile  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
@@ -41,6 +42,7 @@ __all__ = [
     "freeze",
     "load",
     "list_passes",
+    "orthogonal",
     "plan",
     "register_activation",
     "save",

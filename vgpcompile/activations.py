@@ -10,6 +10,7 @@ kinks (for quadrature) and its default ARP L. Users add their own with
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -27,20 +28,31 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 _SELU_ALPHA = 1.6732632423543772848170429916717
 
 
+def _const(value: Any, params: Mapping[str, Any]) -> Any:
+    return value
+
+
+def fixed(value: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """A parameter-independent ``output_range`` or ``kinks`` that still pickles (no lambda)."""
+    return functools.partial(_const, value)
+
+
 @dataclass(frozen=True)
 class Activation:
     """One elementwise activation kind.
 
     ``fn(x, **params)`` computes it out of place. ``output_range(params)`` gives (lo, hi),
     with infinities where unbounded; ``kinks(params)`` the points where its derivative
-    jumps (quadrature splits there); ``arp_L`` the default ARP rotation target.
+    jumps (quadrature splits there); ``arp_L`` the default ARP rotation target. The
+    built-in entries hold only module-level callables, so modules that keep an Activation
+    (GPN) pickle.
     """
 
     name: str
     fn: Callable[..., torch.Tensor]
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    output_range: Callable[[Mapping[str, Any]], tuple[float, float]] = lambda p: (-_INF, _INF)
-    kinks: Callable[[Mapping[str, Any]], tuple[float, ...]] = lambda p: ()
+    output_range: Callable[[Mapping[str, Any]], tuple[float, float]] = fixed((-_INF, _INF))
+    kinks: Callable[[Mapping[str, Any]], tuple[float, ...]] = fixed(())
     arp_L: float = 4.0
     family: str = ""
 
@@ -65,69 +77,69 @@ class Spelling:
     inplace: bool = False
 
 
-def _range(lo: float, hi: float) -> Callable[[Mapping[str, Any]], tuple[float, float]]:
-    return lambda p: (lo, hi)
+def _hardtanh_range(p: Mapping[str, Any]) -> tuple[float, float]:
+    return float(p["min_val"]), float(p["max_val"])
+
+
+def _leaky_range(p: Mapping[str, Any]) -> tuple[float, float]:
+    return (-_INF if p["negative_slope"] > 0 else 0.0), _INF
+
+
+def _alpha_range(p: Mapping[str, Any]) -> tuple[float, float]:
+    return -float(p["alpha"]), _INF
+
+
+def _softplus_kinks(p: Mapping[str, Any]) -> tuple[float, ...]:
+    return (float(p["threshold"]) / float(p["beta"]),)  # softplus turns linear above threshold / beta
+
+
+def _hardtanh_kinks(p: Mapping[str, Any]) -> tuple[float, ...]:
+    return float(p["min_val"]), float(p["max_val"])
 
 
 def _builtin_catalogue() -> list[Activation]:
-    """The activations of the issue's list; ARP L per research/arp.md §3.3 where it gives one."""
+    """The activations of the issue's list; ARP L per research/arp.md §3.3 where it gives one.
+
+    ``fn`` is torch's own function: each accepts the parameters as keyword arguments.
+    """
+    at_zero = fixed((0.0,))
     return [
-        Activation("tanh", lambda x: torch.tanh(x), output_range=_range(-1.0, 1.0), arp_L=2.0),
-        Activation("sigmoid", lambda x: torch.sigmoid(x), output_range=_range(0.0, 1.0), arp_L=4.0),
+        Activation("tanh", torch.tanh, output_range=fixed((-1.0, 1.0)), arp_L=2.0),
+        Activation("sigmoid", torch.sigmoid, output_range=fixed((0.0, 1.0)), arp_L=4.0),
         Activation(
             "hardtanh",
-            lambda x, min_val=-1.0, max_val=1.0: F.hardtanh(x, min_val, max_val),
+            F.hardtanh,
             defaults={"min_val": -1.0, "max_val": 1.0},
-            output_range=lambda p: (float(p["min_val"]), float(p["max_val"])),
-            kinks=lambda p: (float(p["min_val"]), float(p["max_val"])),
+            output_range=_hardtanh_range,
+            kinks=_hardtanh_kinks,
             arp_L=1.0,  # the linear region ends at +-1: pin the pivot at its edge
         ),
-        Activation("softsign", lambda x: F.softsign(x), output_range=_range(-1.0, 1.0), arp_L=3.0),
-        Activation("arctan", lambda x: torch.atan(x), output_range=_range(-math.pi / 2, math.pi / 2), arp_L=7.0),
-        Activation("relu", lambda x: F.relu(x), output_range=_range(0.0, _INF), kinks=lambda p: (0.0,), family="relu"),
-        Activation(
-            "relu6", lambda x: F.relu6(x), output_range=_range(0.0, 6.0), kinks=lambda p: (0.0, 6.0), family="relu"
-        ),
+        Activation("softsign", F.softsign, output_range=fixed((-1.0, 1.0)), arp_L=3.0),
+        Activation("arctan", torch.atan, output_range=fixed((-math.pi / 2, math.pi / 2)), arp_L=7.0),
+        Activation("relu", F.relu, output_range=fixed((0.0, _INF)), kinks=at_zero, family="relu"),
+        Activation("relu6", F.relu6, output_range=fixed((0.0, 6.0)), kinks=fixed((0.0, 6.0)), family="relu"),
         Activation(
             "leaky_relu",
-            lambda x, negative_slope=0.01: F.leaky_relu(x, negative_slope),
+            F.leaky_relu,
             defaults={"negative_slope": 0.01},
-            output_range=lambda p: (-_INF if p["negative_slope"] > 0 else 0.0, _INF),
-            kinks=lambda p: (0.0,),
+            output_range=_leaky_range,
+            kinks=at_zero,
             family="relu",
         ),
+        Activation("elu", F.elu, defaults={"alpha": 1.0}, output_range=_alpha_range, kinks=at_zero),
+        Activation("selu", F.selu, output_range=fixed((-_SELU_SCALE * _SELU_ALPHA, _INF)), kinks=at_zero),
+        Activation("celu", F.celu, defaults={"alpha": 1.0}, output_range=_alpha_range, kinks=at_zero),
         Activation(
-            "elu",
-            lambda x, alpha=1.0: F.elu(x, alpha),
-            defaults={"alpha": 1.0},
-            output_range=lambda p: (-float(p["alpha"]), _INF),
-            kinks=lambda p: (0.0,),
+            "gelu", F.gelu, defaults={"approximate": "none"}, output_range=fixed((-0.17, _INF)), family="gelu"
         ),
-        Activation(
-            "selu", lambda x: F.selu(x), output_range=_range(-_SELU_SCALE * _SELU_ALPHA, _INF), kinks=lambda p: (0.0,)
-        ),
-        Activation(
-            "celu",
-            lambda x, alpha=1.0: F.celu(x, alpha),
-            defaults={"alpha": 1.0},
-            output_range=lambda p: (-float(p["alpha"]), _INF),
-            kinks=lambda p: (0.0,),
-        ),
-        Activation(
-            "gelu",
-            lambda x, approximate="none": F.gelu(x, approximate=approximate),
-            defaults={"approximate": "none"},
-            output_range=_range(-0.17, _INF),
-            family="gelu",
-        ),
-        Activation("silu", lambda x: F.silu(x), output_range=_range(-0.2785, _INF)),
-        Activation("mish", lambda x: F.mish(x), output_range=_range(-0.3089, _INF)),
+        Activation("silu", F.silu, output_range=fixed((-0.2785, _INF))),
+        Activation("mish", F.mish, output_range=fixed((-0.3089, _INF))),
         Activation(
             "softplus",
-            lambda x, beta=1.0, threshold=20.0: F.softplus(x, beta, threshold),
+            F.softplus,
             defaults={"beta": 1.0, "threshold": 20.0},
-            output_range=_range(0.0, _INF),
-            kinks=lambda p: (float(p["threshold"]) / float(p["beta"]),),
+            output_range=fixed((0.0, _INF)),
+            kinks=_softplus_kinks,
         ),
     ]
 
@@ -331,14 +343,12 @@ def register_activation(
     names after the input, ``methods`` lists Tensor method names. Declare ``kinks``
     (points where the derivative jumps) so GPN quadrature stays exact to 1e-6.
     """
-    lo, hi = (float(v) for v in output_range)
-    kink_points = tuple(float(k) for k in kinks)
     act = Activation(
         name,
         fn,
         defaults=dict(defaults or {}),
-        output_range=lambda p: (lo, hi),
-        kinks=lambda p: kink_points,
+        output_range=fixed(tuple(float(v) for v in output_range)),
+        kinks=fixed(tuple(float(k) for k in kinks)),
         arp_L=float(arp_L),
     )
     return (catalogue or DEFAULT).register(act, modules=modules, functions=functions, methods=methods)

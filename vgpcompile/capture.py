@@ -49,11 +49,17 @@ class Capture:
 class _Tracer(fx.Tracer):
     """A tracer that keeps chosen modules opaque and tags errors with the module that raised."""
 
-    def __init__(self, leaves: set[str], is_user_leaf: Callable[[str, nn.Module], bool], out: Capture) -> None:
-        super().__init__(autowrap_functions=out.autowrap)
-        self._leaves = leaves
-        self._is_user_leaf = is_user_leaf
-        self._leaf_types = out.leaf_types
+    def __init__(
+        self,
+        leaves: set[str] | None = None,
+        is_user_leaf: Callable[[str, nn.Module], bool] | None = None,
+        out: Capture | None = None,
+    ) -> None:
+        # defaults: unpickling a GraphModule re-creates its tracer class with no arguments
+        super().__init__(autowrap_functions=out.autowrap if out else ())
+        self._leaves = leaves or set()
+        self._is_user_leaf = is_user_leaf or (lambda name, m: False)
+        self._leaf_types = out.leaf_types if out else ()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self._leaves or type(m) in self._leaf_types or self._is_user_leaf(qualname, m):

@@ -216,7 +216,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .api import plan
 
-    report = plan(load_factory(args.model), **_compile_args(args))
+    report = plan(load_factory(args.model), **_compile_args(args), input_range=_input_range(args.input_range))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return 0
 
@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _model_args(p)
+    p.add_argument("--input-range", metavar="LO,HI", help="range of the model input (for arp)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_plan)
     i = _sub(sub, "inspect", "modules, activation sites, traceability and nonlinear depth of a model",

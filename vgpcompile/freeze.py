@@ -15,11 +15,13 @@ import copy
 from torch import fx, nn
 
 from .fold_gpn import fold_gpn
+from .nn.orthogonal import bake_parametrizations, unhook
 
 
 def freeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Return ``model`` with every inserted module replaced by its exact inference form."""
     out = model if inplace else copy.deepcopy(model)
+    _bake_weights(out)
     _fold_modules(out)
     for module in out.modules():
         if isinstance(module, fx.GraphModule):
@@ -30,6 +32,15 @@ def freeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if recipe is not None:  # save/load rebuild the frozen form from the recipe
         out.vgp_recipe = {**recipe, "form": "frozen"}
     return out
+
+
+def _bake_weights(root: nn.Module) -> None:
+    """Bake every parametrization (orthogonal maps, row normalization) into a plain parameter
+    holding its current value and drop the retraction and load hooks, before anything folds
+    into those weights: no linalg op or normalization reaches the inference graph."""
+    for module in list(root.modules()):
+        unhook(module)
+        bake_parametrizations(module)
 
 
 def _fold_modules(root: nn.Module) -> None:

@@ -105,13 +105,13 @@ def output_nodes(graph: fx.Graph) -> set[fx.Node]:
     frontier = list(found)
     while frontier:
         node = frontier.pop()
-        if _is_passthrough(node) and isinstance(node.args[0], fx.Node) and node.args[0] not in found:
+        if is_passthrough(node) and isinstance(node.args[0], fx.Node) and node.args[0] not in found:
             found.add(node.args[0])
             frontier.append(node.args[0])
     return found
 
 
-def _is_passthrough(node: fx.Node) -> bool:
+def is_passthrough(node: fx.Node) -> bool:
     if not node.args:
         return False
     if node.op == "call_method":

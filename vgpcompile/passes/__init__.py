@@ -14,9 +14,12 @@ from ..pipeline import Pass
 REGISTRY: dict[str, str] = {
     "gpn": "vgpcompile.passes.gpn:GPN",
     "arp": "vgpcompile.passes.arp:ARP",
+    "orthogonal": "vgpcompile.passes.orthogonal:Orthogonal",
 }
 # Named combinations, expanded in place.
-PRESETS: dict[str, tuple[str, ...]] = {}
+PRESETS: dict[str, tuple[str, ...]] = {
+    "bsnn": ("gpn", "orthogonal"),  # the BSNN paper (research/bsnn.md); its code's keep is "rownorm"
+}
 
 
 def get_pass(name: str) -> type[Pass]:
