@@ -40,10 +40,10 @@ def main() -> None:
     print(head + f" {'vgp s/1k pairs':>15}")
     for pairs in args.depths:
         model = mlp(pairs)
-        bare = timed(lambda: fx.symbolic_trace(model), args.repeats)
-        full = timed(lambda: vgpcompile(model, passes=["gpn"]), args.repeats)
-        inplace = timed(lambda: vgpcompile(mlp(pairs), passes=["gpn"], inplace=True), args.repeats)
-        inplace -= timed(lambda: mlp(pairs), args.repeats)  # building the fresh model is not ours
+        bare = timed(lambda m=model: fx.symbolic_trace(m), args.repeats)
+        full = timed(lambda m=model: vgpcompile(m, passes=["gpn"]), args.repeats)
+        inplace = timed(lambda n=pairs: vgpcompile(mlp(n), passes=["gpn"], inplace=True), args.repeats)
+        inplace -= timed(lambda n=pairs: mlp(n), args.repeats)  # building the fresh model is not ours
         row = f"{pairs:>6} {bare:>17.3f} {full:>13.3f} {full / bare:>6.2f} {inplace:>10.3f} {inplace / bare:>6.2f}"
         print(row + f" {1000 * full / pairs:>15.3f}")
 

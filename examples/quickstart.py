@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     compiled = vgpcompile(model(), passes=["gpn"])
     print(compiled.vgp_report)
     opt = torch.optim.Adam(compiled.parameters(), lr=1e-3)
-    for step in range(200):
+    for _ in range(200):
         loss = nn.functional.mse_loss(compiled(x), y)
         opt.zero_grad()
         loss.backward()

@@ -160,8 +160,9 @@ def test_cli_convert_plan_export_end_to_end(tmp_path):
     assert code == 0, err
     assert sorted(os.listdir(out)) == ["model.safetensors", "recipe.json"]
     assert "onnx.checker full check passed" in stdout
+    onnx_file = str(tmp_path / "b.onnx")
     code, stdout, err = cli("export", "--model", f"{MODELS}:small_cnn", "--checkpoint", str(out), "--onnx",
-                            str(tmp_path / "b.onnx"), "--input-shape", "2,3,8,8", "--exporter", "torchscript")  # fmt: skip
+                            onnx_file, "--input-shape", "2,3,8,8", "--exporter", "torchscript")  # fmt: skip
     assert code == 0, err
     assert "max abs" in stdout and (tmp_path / "b.onnx").is_file()
     back = load(models.small_cnn, out).eval()
