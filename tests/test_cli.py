@@ -36,9 +36,9 @@ def test_plan_prints_the_per_site_plan():
 
 
 def test_plan_json_and_options(capsys):
-    assert main(["plan", "--model", f"{MODELS}:deep_tanh_mlp", "--passes", "gpn{root=minus}", "--json"]) == 0
+    assert main(["plan", "--model", f"{MODELS}:deep_tanh_mlp", "--passes", "gpn{root=plus}", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["mode"] == "plan" and report["sites"][0]["outcomes"]["gpn"] == "a=1.4674 b=-0.3885"
+    assert report["mode"] == "plan" and report["sites"][0]["outcomes"]["gpn"] == "a=1.4674 b=+0.3885"
 
 
 def test_plan_on_partly_untraceable_model(capsys):

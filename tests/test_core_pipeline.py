@@ -30,7 +30,7 @@ def test_unknown_option_lists_close_matches():
 
 def test_option_types_are_checked_and_parsed():
     assert make_pass("gpn", {"learnable": "true", "root": "paper"}) == GPN(root="paper", learnable=True)
-    with pytest.raises(UsageError, match=r"option 'root' of pass 'gpn' must be one of \['plus', 'minus', 'paper'\]"):
+    with pytest.raises(UsageError, match=r"option 'root' of pass 'gpn' must be one of \['minus', 'plus', 'paper'\]"):
         make_pass("gpn", {"root": "biggest"})
     with pytest.raises(UsageError, match="option 'learnable' of pass 'gpn' must be bool"):
         make_pass("gpn", {"learnable": 1})
@@ -38,11 +38,11 @@ def test_option_types_are_checked_and_parsed():
 
 def test_pass_given_three_ways():
     net = models.deep_tanh_mlp(depth=2)
-    by_name = vgpcompile(net, passes=["gpn"], options={"gpn": {"root": "minus"}})
-    by_obj = vgpcompile(net, passes=[GPN(root="minus")])
+    by_name = vgpcompile(net, passes=["gpn"], options={"gpn": {"root": "plus"}})
+    by_obj = vgpcompile(net, passes=[GPN(root="plus")])
     x = torch.randn(3, 16)
     assert torch.equal(by_name(x), by_obj(x))
-    assert by_obj.vgp_recipe["passes"] == [{"name": "gpn", "options": {"root": "minus", "learnable": False}}]
+    assert by_obj.vgp_recipe["passes"] == [{"name": "gpn", "options": {"root": "plus", "learnable": False}}]
 
 
 def test_duplicate_pass_and_stray_options_are_errors():

@@ -100,7 +100,7 @@ def _cached(key: tuple, root: str) -> tuple[float, float]:
 _CACHE_INPUTS: dict[tuple, tuple[Callable[[torch.Tensor], torch.Tensor], tuple[float, ...]]] = {}
 
 
-ROOTS = ("plus", "minus", "paper")
+ROOTS = ("minus", "plus", "paper")
 
 
 def resolve_root(root: str, activation) -> str:

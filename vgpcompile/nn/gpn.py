@@ -26,7 +26,7 @@ class GPNActivation(nn.Module):
         activation: Activation | str,
         params: dict[str, Any] | None = None,
         *,
-        root: str = "plus",
+        root: str = "minus",
         learnable: bool = False,
     ) -> None:
         super().__init__()

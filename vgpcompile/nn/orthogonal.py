@@ -401,7 +401,8 @@ def bake_parametrizations(module: nn.Module) -> None:
     if not parametrize.is_parametrized(module):
         return
     values = {name: getattr(module, name) for name in module.parametrizations}
-    grads = {name: module.parametrizations[name].original.requires_grad for name in values}
+    # a right_inverse returning several tensors stores original0, original1, ...
+    grads = {name: next(module.parametrizations[name].parameters()).requires_grad for name in values}
     module.__class__ = module.__class__.__bases__[0]
     del module._modules["parametrizations"]
     for name, value in values.items():

@@ -7,10 +7,13 @@ a and b make E[phi(z)^2] = E[phi'(z)^2] = 1 for z ~ N(0, 1) (research/bsnn.md); 
 computed by quadrature for any elementwise activation, user-registered ones included.
 
 Options:
-- root: which of the two b roots. "plus" (default) takes E[a phi + b] > 0 for every
-  activation: one rule, the authors' choice for 5 of their 6 activations, and b = 0 for
-  ReLU and leaky ReLU, so they stay positively homogeneous. "paper" reproduces the
-  authors' constants (the "minus" root for the GELU family only); "minus" takes E < 0.
+- root: which of the two b roots. "minus" (default) takes E[a phi + b] < 0 for every
+  activation. Measured (depth 200, width 256, Haar weights, thin-shell input, float64):
+  with "minus" ||x||^2/n stays within [0.8, 1.35] at every layer for all 15 catalogue
+  activations; with "plus" it collapses for relu, leaky_relu, relu6 (4e-4), gelu (0.013)
+  and mish (0.025) and explodes for silu (2e17) and softplus (1e36), the tanh-like ones
+  being indifferent. "paper" reproduces the authors' constants ("plus", except "minus"
+  for the GELU family, which is what keeps their GELU stable); "plus" takes E > 0.
 - learnable: a and b become trained parameters (saved in the state_dict); default fixed
   buffers, as the paper.
 
@@ -36,7 +39,7 @@ class GPN(SitePass):
     name: ClassVar[str] = "gpn"
     summary: ClassVar[str] = "activation phi -> a*phi+b, Gaussian-Poincare normalized (BSNN)"
 
-    root: Literal["plus", "minus", "paper"] = "plus"
+    root: Literal["minus", "plus", "paper"] = "minus"
     learnable: bool = False
 
     def check(self, site: Site, ctx: Context) -> str | None:
