@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import interleaved
 from torch import nn
 
 from vgpcompile import vgpcompile
@@ -34,18 +33,6 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
         opt.step()
 
     return step
-
-
-def interleaved(steps: dict[str, Callable[[], None]], n: int, warmup: int = 5) -> dict[str, float]:
-    """Median seconds per call of each function, calls alternating so drift hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for i in range(warmup + n):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 class HandGPNTanh(nn.Module):

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved
 from torch import nn
 
 from vgpcompile import freeze, vgpcompile
@@ -72,20 +71,6 @@ def hand_rotated(mlp: nn.Sequential) -> nn.Sequential:
         if isinstance(layer, nn.Linear):
             layers[i] = HandRotLinear(layer)
     return nn.Sequential(*layers)
-
-
-def interleaved(fns: dict[str, Callable[[], None]], steps: int, warmup: int, sync: Callable[[], None]) -> dict:
-    """Median seconds per call of each fn, calling them in turn so that load drifts hit all alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + steps):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:

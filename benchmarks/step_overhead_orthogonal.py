@@ -23,11 +23,11 @@ adds a few kernel launches and one host sync per layer (measured 2026-11, torch 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from timing import interleaved
 from torch import nn
 
 from vgpcompile import vgpcompile
@@ -61,20 +61,6 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1
     return step
 
 
-def interleaved(steps: dict[str, Callable[[], None]], n: int, sync: Callable[[], None], warmup: int = 5):
-    """Median seconds per call of each function, calls alternating so drift hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for i in range(warmup + n):
-        for name, fn in steps.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def step_section(batch: int, steps: int, device: str, depth: int = 20, width: int = 256) -> None:
     x = torch.randn(batch, width, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -83,7 +69,7 @@ def step_section(batch: int, steps: int, device: str, depth: int = 20, width: in
         models[name] = vgpcompile(mlp(depth, width, 10), passes=["orthogonal"], options={"orthogonal": options})
         models[name].to(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    t = interleaved({k: train_step(m, x, y) for k, m in models.items()}, steps, sync)
+    t = interleaved({k: train_step(m, x, y) for k, m in models.items()}, steps, sync=sync)
     print(f"step time, depth {depth} width {width} tanh MLP, batch {batch}, {device}, median of {steps} steps:")
     print(f"  {'plain':<30} {1e3 * t['plain']:9.2f} ms")
     for name in MODES:

@@ -27,16 +27,9 @@ from torch.nn.utils import parametrizations, parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..errors import UsageError
+from ..sites import AFFINE_MODULES
 
-LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+LAYER_TYPES: tuple[type[nn.Module], ...] = AFFINE_MODULES
 KEEPS = ("init", "rownorm", "parametrization", "retraction")
 MAPS = ("auto", "cayley", "matrix_exp", "householder")
 DEFAULT_TOL = 1e-4
