@@ -213,3 +213,11 @@ def test_cli_bad_inputs_exit_codes_and_no_output_left(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "x.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_save_as_pt_state_dict_roundtrip(tmp_path):
+    model, x = compile_for(mlp, ["gpn"], (5, 6))
+    save(model, tmp_path / "ck", format="pt")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model.pt", "recipe.json"]
+    assert isinstance(torch.load(tmp_path / "ck" / "model.pt", weights_only=True), dict)
+    assert torch.equal(load(mlp, tmp_path / "ck").eval()(x), model(x))
