@@ -122,6 +122,20 @@ class _AutoRot:
     _plain: type[nn.Module]
     _transposed = False
 
+    def __init__(
+        self,
+        *args: Any,
+        L: float = 4.0,
+        xmin: float = 0.0,
+        xmax: float = 1.0,
+        xQ: float | None = None,
+        eps: float = EPS,
+        rotate: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # the torch layer that follows in the MRO
+        self._setup_rotation(L, xmin, xmax, xQ, eps, rotate)
+
     def _setup_rotation(self, L: float, xmin: float, xmax: float, xQ: float | None, eps: float, rotate: bool) -> None:
         self.L = check_positive("L", L)
         self.q = pivot_q(xmin, xmax, xQ)
@@ -204,8 +218,10 @@ class AutoRotLinear(_AutoRot, nn.Linear):
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._setup_rotation(L, xmin, xmax, xQ, eps, rotate)
+        super().__init__(
+            in_features, out_features, bias, L=L, xmin=xmin, xmax=xmax, xQ=xQ, eps=eps, rotate=rotate,
+            device=device, dtype=dtype,
+        )  # fmt: skip
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         z = F.linear(input, self.weight, self.bias)
@@ -217,20 +233,8 @@ class AutoRotLinear(_AutoRot, nn.Linear):
 class _AutoRotConv(_AutoRot):
     """Shared by AutoRotConv1d/2d/3d; ``pivot="position"`` is the reference's per-position rho."""
 
-    def __init__(
-        self,
-        *args: Any,
-        L: float = 4.0,
-        xmin: float = 0.0,
-        xmax: float = 1.0,
-        xQ: float | None = None,
-        eps: float = EPS,
-        rotate: bool = True,
-        pivot: str = "channel",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, pivot: str = "channel", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._setup_rotation(L, xmin, xmax, xQ, eps, rotate)
         if pivot not in ("channel", "position"):
             raise UsageError(f"pivot must be 'channel' or 'position', got {pivot!r}")
         self.pivot = pivot
@@ -281,20 +285,6 @@ class AutoRotConv3d(_AutoRotConv, nn.Conv3d):
 class _AutoRotConvTranspose(_AutoRot):
     _transposed = True
     _functional: Callable[..., torch.Tensor]
-
-    def __init__(
-        self,
-        *args: Any,
-        L: float = 4.0,
-        xmin: float = 0.0,
-        xmax: float = 1.0,
-        xQ: float | None = None,
-        eps: float = EPS,
-        rotate: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup_rotation(L, xmin, xmax, xQ, eps, rotate)
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if not self.rotate:

@@ -61,6 +61,21 @@ class _AutoRotRecurrent:
     applied = ("arp",)
     _plain: type[nn.RNNBase]
 
+    def __init__(
+        self,
+        *args: Any,
+        L: float | Sequence[float] | None = None,
+        xmin: float = 0.0,
+        xmax: float = 1.0,
+        xQ: float | None = None,
+        q_h: float | None = None,
+        eps: float = EPS,
+        rotate: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # the torch class that follows in the MRO (nn.LSTM, ...)
+        self._setup_rotation(L, pivot_q(xmin, xmax, xQ), q_h, eps, rotate)
+
     def _setup_rotation(self, L, q_x: float, q_h: float | None, eps: float, rotate: bool) -> None:
         if getattr(self, "proj_size", 0):
             raise UsageError(
@@ -205,11 +220,6 @@ def _ctor_args(m: nn.RNNBase) -> dict[str, Any]:
     return kw
 
 
-def _init(self, args, kwargs, L, xmin, xmax, xQ, q_h, eps, rotate) -> None:
-    super(_AutoRotRecurrent, self).__init__(*args, **kwargs)
-    self._setup_rotation(L, pivot_q(xmin, xmax, xQ), q_h, eps, rotate)
-
-
 _DOC = """``nn.{0}`` with every gate's pre-activation rotated per unit (module docstring: the scheme).
 
     ``L``: None (each gate's catalogue default), one number for every gate, or one per
@@ -222,57 +232,15 @@ class AutoRotRNN(_AutoRotRecurrent, nn.RNN):
     __doc__ = _DOC.format("RNN", "one gate")
     _plain = nn.RNN
 
-    def __init__(
-        self,
-        *args: Any,
-        L: float | Sequence[float] | None = None,
-        xmin: float = 0.0,
-        xmax: float = 1.0,
-        xQ: float | None = None,
-        q_h: float | None = None,
-        eps: float = EPS,
-        rotate: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        _init(self, args, kwargs, L, xmin, xmax, xQ, q_h, eps, rotate)
-
 
 class AutoRotLSTM(_AutoRotRecurrent, nn.LSTM):
     __doc__ = _DOC.format("LSTM", "i, f, g, o")
     _plain = nn.LSTM
 
-    def __init__(
-        self,
-        *args: Any,
-        L: float | Sequence[float] | None = None,
-        xmin: float = 0.0,
-        xmax: float = 1.0,
-        xQ: float | None = None,
-        q_h: float | None = None,
-        eps: float = EPS,
-        rotate: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        _init(self, args, kwargs, L, xmin, xmax, xQ, q_h, eps, rotate)
-
 
 class AutoRotGRU(_AutoRotRecurrent, nn.GRU):
     __doc__ = _DOC.format("GRU", "r, z, n")
     _plain = nn.GRU
-
-    def __init__(
-        self,
-        *args: Any,
-        L: float | Sequence[float] | None = None,
-        xmin: float = 0.0,
-        xmax: float = 1.0,
-        xQ: float | None = None,
-        q_h: float | None = None,
-        eps: float = EPS,
-        rotate: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        _init(self, args, kwargs, L, xmin, xmax, xQ, q_h, eps, rotate)
 
 
 ROTATED_RECURRENT: dict[type[nn.Module], type[nn.Module]] = {
