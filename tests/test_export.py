@@ -221,3 +221,14 @@ def test_save_as_pt_state_dict_roundtrip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model.pt", "recipe.json"]
     assert isinstance(torch.load(tmp_path / "ck" / "model.pt", weights_only=True), dict)
     assert torch.equal(load(mlp, tmp_path / "ck").eval()(x), model(x))
+
+
+def test_load_rebuilds_arp_without_example_inputs(tmp_path):
+    """Regression (found by the property tests): arp inferred the model-input range from
+    example_inputs, which load() does not have; the recipe now keeps the range it saw."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 6) * 3 - 1
+    model = vgpcompile(mlp(), passes=["arp"], example_inputs=(x,)).eval()
+    assert model.vgp_recipe["input_range"] == [pytest.approx(x.min().item()), pytest.approx(x.max().item())]
+    save(model, tmp_path / "ck")
+    assert torch.equal(load(mlp, tmp_path / "ck").eval()(x), model(x))
