@@ -111,7 +111,7 @@ def mlp(act: str, width: int, depth: int, seed: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
-def build(arm: str, act: str, width: int, depth: int, seed: int) -> nn.Module:
+def build(arm: str, act: str, width: int, depth: int, seed: int, root: str = "paper") -> nn.Module:
     net = mlp(act, width, depth, seed)
     if arm == "default":
         return net
@@ -120,7 +120,7 @@ def build(arm: str, act: str, width: int, depth: int, seed: int) -> nn.Module:
         nn.init.orthogonal_(layer.weight)
     ends = ["0", str(len(net) - 1)]
     if arm == "bsnn":
-        net = vgpcompile(net, passes=["gpn"], options={"gpn": {"root": "paper"}})
+        net = vgpcompile(net, passes=["gpn"], options={"gpn": {"root": root}})
     # the selection is shared by all passes of one call, so the hidden layers get theirs alone
     options = {"orthogonal": {"keep": "rownorm", "seed": seed}}
     return vgpcompile(net, passes=["orthogonal"], options=options, ignore=ends)
@@ -159,7 +159,7 @@ def run_one(task: tuple) -> tuple[float, float, float]:
     if args.device == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     start = time.perf_counter()
-    model = build(arm, act, args.width, args.depth, args.seed).to(args.device)
+    model = build(arm, act, args.width, args.depth, args.seed, args.root).to(args.device)
     result = train(model, digits(args.width, args.seed, validation), lr, epochs, args.seed)
     return (*result, time.perf_counter() - start)
 
@@ -233,6 +233,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", type=lambda s: s.split(","), default=["plain", "bsnn"])
     p.add_argument("--activations", type=lambda s: s.split(","), default=list(ACTIVATIONS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", choices=["paper", "minus", "plus"], default="paper", help="gpn root (default: paper)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (CPU threads are shared out)")
     p.add_argument("--out", help="also write the Markdown table to this file")
