@@ -9,6 +9,7 @@ The ``slow`` variants draw 1000 and 200. Regressions found by shrinking are kept
 
 from __future__ import annotations
 
+import copy
 import itertools
 import tempfile
 from dataclasses import dataclass
@@ -140,10 +141,16 @@ def compile_checked(specs, conv, combo, seed):
 
 def check_freeze_and_roundtrip(specs, conv, combo, seed) -> None:
     model, x, out = compile_checked(specs, conv, combo, seed)
+    model64 = copy.deepcopy(model).double()
     with torch.no_grad():
         frozen_out = freeze(model).eval()(x)
+        exact = (freeze(model64).eval()(x.double()) - model64(x.double())).abs().max().item()
     scale = max(1.0, out.abs().max().item())
-    assert (frozen_out - out).abs().max().item() <= 1e-5 * scale, "freeze parity"
+    assert exact <= 1e-10 * scale, "freeze is exact: float64 parity"
+    # arp's rho reaches 1e2-1e3 on units whose pivot pre-activation is near 0; float32
+    # rounding of the folded weights is amplified by it (found by the slow run, seed 490)
+    tol = 1e-4 if "arp" in combo else 1e-5
+    assert (frozen_out - out).abs().max().item() <= tol * scale, "freeze parity in float32"
     with tempfile.TemporaryDirectory() as tmp:
         save(model, Path(tmp) / "ck")
         back = load(lambda: build(specs, conv, seed + 1)[0], Path(tmp) / "ck").eval()
@@ -153,7 +160,20 @@ def check_freeze_and_roundtrip(specs, conv, combo, seed) -> None:
 
 MODEL = st.tuples(layers(), st.booleans(), st.sampled_from(COMBOS), st.integers(0, 2**16))
 # Minimal models hypothesis shrank failures to, kept so they run on every test run.
-REGRESSIONS: list[tuple[list[Layer], bool, list[str], int]] = []
+REGRESSIONS: list[tuple[list[Layer], bool, list[str], int]] = [
+    # arp + gpn, 11 layers of arctan/elu/leaky_relu: float32 freeze error 1.4e-5 relative
+    (
+        [Layer(4, "arctan", 0, False, False, False, False), Layer(16, "leaky_relu", 0, False, False, False, False)]
+        + [Layer(4, "elu", 0, False, True, False, False), Layer(8, "arctan", 0, False, False, False, False)]
+        + [Layer(16, "elu", 0, False, True, False, False), Layer(4, "arctan", 0, False, False, False, False)]
+        + [Layer(4, "arctan", 0, False, True, False, False), Layer(4, "arctan", 0, False, False, False, False)]
+        + [Layer(16, "arctan", 0, False, False, False, False), Layer(4, "elu", 0, False, False, False, False)]
+        + [Layer(4, "arctan", 0, False, False, False, False)],
+        False,
+        ["arp", "gpn"],
+        490,
+    ),
+]
 
 
 def _with_regressions(test):

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--static-batch", action="store_true", help="do not make the batch dimension dynamic")
     _onnx_args(e, required=True)
     e.set_defaults(func=cmd_export)
-    d = sub.add_parser("demo", help="train a deep MLP plain vs compiled and compare (about a minute on 2 cores)")
+    d = sub.add_parser("demo", help="train a deep MLP plain vs compiled and compare (about 15 s on 2 cores)")
     d.add_argument("--activation", default="relu", help="activation kind (default relu)")
     d.add_argument("--depth", type=int, default=50, help="hidden layers (default 50)")
     d.add_argument("--width", type=int, default=128)
