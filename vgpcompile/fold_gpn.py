@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from .activations import DEFAULT, Catalogue
 from .nn.gpn import GPNActivation
+from .rewrite import replace_node
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -40,11 +41,7 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
         layer = gm.get_submodule(layer_node.target)
         gm.set_submodule(layer_node.target, absorb(layer, float(gpn.a), float(gpn.b)))
         target, kwargs = plain
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_function(target, node.args, kwargs)
-        new.meta.update(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        replace_node(node, "call_function", target, node.args, kwargs, meta_keys=tuple(node.meta))
         folded += 1
     if folded:
         gm.delete_all_unused_submodules()

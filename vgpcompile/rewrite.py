@@ -1,4 +1,5 @@
-"""The one way passes change a graph: replace an activation call by a module call."""
+"""The ways passes (and freeze) change a graph: swap one node for a new call, or an
+activation call for a module call."""
 
 from __future__ import annotations
 
@@ -13,6 +14,20 @@ def unique_name(gm: nn.Module, base: str) -> str:
     while hasattr(gm, name):
         name, i = f"{base}_{i}", i + 1
     return name
+
+
+def replace_node(
+    node: fx.Node, op: str, target, args: tuple, kwargs: dict | None = None, meta_keys=("nn_module_stack",)
+) -> fx.Node:
+    """Put a new ``op`` node calling ``target`` where ``node`` was: it takes over every use,
+    carries ``meta_keys`` of the old node's meta, and the old node is erased."""
+    graph = node.graph
+    with graph.inserting_after(node):
+        new = graph.create_node(op, target, args, kwargs or {})
+    new.meta.update({k: v for k, v in node.meta.items() if k in meta_keys})
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return new
 
 
 def replace_activation(site: Site, module: nn.Module, ctx: Context, tag: str) -> fx.Node:
@@ -33,11 +48,7 @@ def replace_activation(site: Site, module: nn.Module, ctx: Context, tag: str) ->
     else:
         name = unique_name(gm, f"{node.name}_{tag}")
         gm.add_submodule(name, module)
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (src,))
-        node.replace_all_uses_with(new)
-        new.meta.update({k: v for k, v in node.meta.items() if k == "nn_module_stack"})
-        gm.graph.erase_node(node)
+        new = replace_node(node, "call_module", name, (src,))
     if site.inplace:
         _rewire_later_uses(src, new)
     mark_applied(new, site, ctx.current.name)

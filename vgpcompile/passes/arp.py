@@ -48,6 +48,7 @@ from ..nn.arp import ROTATED_FUNCTIONS, ROTATED_MODULES, check_positive
 from ..nn.gpn import GPNActivation
 from ..nn.recurrent import ROTATED_RECURRENT, TANH_STATE_Q
 from ..pipeline import Context, Region, SitePass, mark_applied
+from ..rewrite import replace_node
 from ..sites import Site, is_passthrough
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
@@ -166,14 +167,8 @@ def _functional_reason(node: fx.Node, gm: fx.GraphModule) -> str | None:
 
 
 def _rotate_call(node: fx.Node, L: float, q: float, eps: float) -> None:
-    graph = node.graph
-    with graph.inserting_after(node):
-        new = graph.call_function(
-            ROTATED_FUNCTIONS[node.target], node.args, {**node.kwargs, "L": L, "q": q, "eps": eps}
-        )
-    new.meta.update({k: v for k, v in node.meta.items() if k == "nn_module_stack"})
-    node.replace_all_uses_with(new)
-    graph.erase_node(node)
+    kwargs = {**node.kwargs, "L": L, "q": q, "eps": eps}
+    replace_node(node, "call_function", ROTATED_FUNCTIONS[node.target], node.args, kwargs)
 
 
 # ---- input ranges ----
