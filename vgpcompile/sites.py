@@ -61,6 +61,7 @@ class Site:
     producer_shared: bool
     is_output: bool
     module_calls: int = 1  # how many nodes call this site's activation module
+    producer_calls: int = 1  # how many nodes call the producer module (1 for functional producers)
     applied: frozenset[str] = frozenset()
     unusable: str = ""  # why no pass can touch it (e.g. a run-time parameter)
     notes: list[str] = field(default_factory=list)
@@ -146,6 +147,8 @@ def find_sites(gm: fx.GraphModule, region: str, catalogue: Catalogue, wrappers: 
             continue
         if node.op == "call_module":
             site.module_calls = call_counts[node.target]
+        if site.producer is not None and site.producer.op == "call_module":
+            site.producer_calls = call_counts[site.producer.target]
         if site.module_calls > 1:
             # one module, several calls: each call is its own site, named <module>#<k>
             nth[node.target] += 1

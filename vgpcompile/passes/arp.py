@@ -100,9 +100,9 @@ class ARP(SitePass):
             return (
                 f"{site.producer_name} is a {type(module).__name__}, a subclass of a torch layer; arp swaps exact types"
             )
-        calls = _call_count(gm, site.producer.target)
-        if calls > 1:
-            return f"{site.producer_name} is called at {calls} places; rotating it would change every call"
+        if site.producer_calls > 1:
+            n = site.producer_calls
+            return f"{site.producer_name} is called at {n} places; rotating it would change every call"
         return None
 
     def apply(self, site: Site, ctx: Context) -> str:
