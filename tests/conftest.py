@@ -8,13 +8,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # The suite's models are small: one intra-op thread is faster and immune to oversubscription.
 torch.set_num_threads(1)
 sys.path.insert(0, str(ROOT / "examples"))  # model factories shared with the CLI
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.py, for tests in subdirectories
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
-
-
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()

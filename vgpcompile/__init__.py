@@ -8,12 +8,16 @@
 __version__ = "0.1.0"
 
 from . import orthogonal  # noqa: E402  (vgpcompile.orthogonal.retract(model), ...)
-from .activations import Activation, register_activation  # noqa: E402
-from .api import plan, vgpcompile  # noqa: E402
-from .checkpoint import load, save  # noqa: E402
+from .api import compile, plan, vgpcompile  # noqa: E402
+from .core.catalogue import Activation, Catalogue, register_activation  # noqa: E402
+from .core.contract import Env, Pass, PassResult  # noqa: E402
+from .core.registry import list_passes  # noqa: E402
+from .core.report import Report, VgpWarning  # noqa: E402
+from .core.runner import run_pass  # noqa: E402
 from .errors import (  # noqa: E402
     ActivationError,
     CaptureError,
+    ExportError,
     LoadError,
     ParityError,
     PassError,
@@ -21,30 +25,37 @@ from .errors import (  # noqa: E402
     UsageError,
     VgpError,
 )
-from .export import export_onnx  # noqa: E402
 from .freeze import freeze  # noqa: E402
-from .passes import list_passes  # noqa: E402
-from .report import Report  # noqa: E402
+from .io.checkpoint import load, save  # noqa: E402
+from .io.onnx import export_onnx  # noqa: E402
 
 __all__ = [
     "Activation",
     "ActivationError",
     "CaptureError",
+    "Catalogue",
+    "Env",
+    "ExportError",
     "LoadError",
     "ParityError",
+    "Pass",
     "PassError",
+    "PassResult",
     "Report",
     "SelectorError",
     "UsageError",
     "VgpError",
+    "VgpWarning",
     "__version__",
+    "compile",
     "export_onnx",
     "freeze",
-    "load",
     "list_passes",
+    "load",
     "orthogonal",
     "plan",
     "register_activation",
+    "run_pass",
     "save",
     "vgpcompile",
 ]

@@ -4,30 +4,48 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import __version__
-from .activations import DEFAULT, Catalogue
-from .analysis import nonlinear_depth
-from .capture import capture
+from .core import recipe as recipes
+from .core.capture import capture
+from .core.catalogue import DEFAULT, Catalogue
+from .core.contract import Env, Pass
+from .core.graph import nonlinear_depth
+from .core.registry import resolve
+from .core.report import Report, SiteRecord
+from .core.runner import order, run_pass
+from .core.select import Selection, target_of
+from .core.targets import find_sites
 from .errors import SelectorError, UsageError, did_you_mean
-from .nn import WRAPPERS
-from .passes import resolve
-from .pipeline import Context, Pass, run_passes
-from .report import Report, SiteRecord
-from .selection import Selection, target_of
-from .sites import find_sites
 
 Rules = Sequence[str] | str | None
+Passes = Sequence[str | Pass] | str | Pass
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """The keyword options of ``vgpcompile`` and ``plan``, checked once."""
+
+    example_inputs: tuple | None = None
+    options: Mapping[str, Mapping[str, Any]] | None = None
+    select: Rules = None
+    ignore: Rules = None
+    leaf: Rules = None
+    inplace: bool = False
+    input_range: tuple[float, float] | None = None
+    catalogue: Catalogue | None = None
 
 
 def vgpcompile(
     model: nn.Module,
-    passes: Sequence[str | Pass] | str | Pass = (),
+    passes: Passes = (),
     *,
     example_inputs: tuple | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -37,85 +55,110 @@ def vgpcompile(
     inplace: bool = False,
     input_range: tuple[float, float] | None = None,
     catalogue: Catalogue | None = None,
+    **unknown: Any,
 ) -> nn.Module:
     """Compile ``model``: capture it with torch.fx, run ``passes``, return a trainable module.
 
-    The result is a ``torch.fx.GraphModule`` (or, when the top-level forward cannot be
-    traced, the model with its traceable children compiled in place). It keeps the
+    ``passes`` takes pass names, pipeline strings (``"gpn{root=paper},arp"``) or Pass
+    instances. The result is a ``torch.fx.GraphModule`` (or, when the top-level forward
+    cannot be traced, the model with its traceable children compiled in place). It keeps the
     original parameter names, so an original state_dict loads into it. It carries
     ``vgp_report`` (per site: what changed, or why not) and ``vgp_recipe`` (what to
     re-apply on load). ``model`` itself is left untouched unless ``inplace=True``.
 
-    ``select`` / ``ignore`` / ``leaf`` take the rule grammar of :mod:`vgpcompile.selection`;
+    ``select`` / ``ignore`` / ``leaf`` take the rule grammar of :mod:`vgpcompile.core.select`;
     ``leaf`` modules stay opaque (never traced into, never rewritten).
     """
-    compiled, _ = _compile(model, passes, "compile", locals())
+    _refuse_unknown("vgpcompile", unknown)
+    opts = CompileOptions(example_inputs, options, select, ignore, leaf, inplace, input_range, catalogue)
+    compiled, _ = _compile(model, passes, "compile", opts)
     return compiled
 
 
-def plan(model: nn.Module, passes: Sequence[str | Pass] | str | Pass = (), **kwargs: Any) -> Report:
+def plan(
+    model: nn.Module,
+    passes: Passes = (),
+    *,
+    example_inputs: tuple | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    select: Rules = None,
+    ignore: Rules = None,
+    leaf: Rules = None,
+    input_range: tuple[float, float] | None = None,
+    catalogue: Catalogue | None = None,
+    **unknown: Any,
+) -> Report:
     """The report ``vgpcompile`` would produce, computed on a copy: ``model`` is not changed."""
-    kwargs["inplace"] = False
-    _, report = _compile(model, passes, "plan", kwargs)
+    _refuse_unknown("plan", unknown)
+    opts = CompileOptions(example_inputs, options, select, ignore, leaf, False, input_range, catalogue)
+    _, report = _compile(model, passes, "plan", opts)
     return report
 
 
-def _compile(model: nn.Module, passes, mode: str, kw: Mapping[str, Any]) -> tuple[nn.Module, Report]:
+compile = vgpcompile  # noqa: A001  (vgpcompile.compile reads naturally; the builtin is not shadowed globally)
+
+
+def _refuse_unknown(where: str, unknown: Mapping[str, Any]) -> None:
+    if unknown:
+        key = next(iter(unknown))
+        fields = [f for f in CompileOptions.__dataclass_fields__ if where == "vgpcompile" or f != "inplace"]
+        raise UsageError(f"{where}() got an unexpected keyword {key!r}." + did_you_mean(key, fields))
+
+
+def _compile(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) -> tuple[nn.Module, Report]:
     # A compile allocates tens of thousands of long-lived objects (fx nodes, modules); the
     # cyclic GC would walk them again and again, about a third of the compile time.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _compile_unguarded(model, passes, mode, kw)
+        return _compile_unguarded(model, passes, mode, opts)
     finally:
         if enabled:
             gc.enable()
 
 
-def _compile_unguarded(model: nn.Module, passes, mode: str, kw: Mapping[str, Any]) -> tuple[nn.Module, Report]:
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"vgpcompile takes an nn.Module, got {type(model).__name__}")
-    _refuse_wrapped(model)
-    catalogue = kw.get("catalogue") or DEFAULT
-    pass_list = resolve(passes, kw.get("options"))
-    selection = Selection(kw.get("select"), kw.get("ignore"))
+def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) -> tuple[nn.Module, Report]:
+    _check_arguments(model, opts)
+    catalogue = opts.catalogue or DEFAULT
+    pass_list = order(resolve(passes, opts.options))
+    selection = Selection(opts.select, opts.ignore)
     _check_kinds(selection, catalogue)
-    is_leaf = _leaf_predicate(kw.get("leaf"), model)
-    work = model if kw.get("inplace") else copy_model(model)
+    is_leaf = _leaf_predicate(opts.leaf, model)
+    work = model if opts.inplace else copy_model(model)
     cap = capture(work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules))
     report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
-    ctx = Context(catalogue, selection, report, WRAPPERS, kw.get("example_inputs"), kw.get("input_range"))
-    known = _register_sites(cap.regions, ctx)
-    report.depth_before, report.depth_exact = nonlinear_depth(cap.root, catalogue, WRAPPERS)
-    run_passes(pass_list, cap.regions, ctx)
-    _warn_gpn_alone(report)
+    known = _register_sites(cap.regions, report, catalogue)
+    report.depth_before, report.depth_exact = nonlinear_depth(cap.root, catalogue)
+    env = Env(
+        catalogue,
+        selection,
+        _as_tuple(opts.example_inputs),
+        opts.input_range,
+        tuple(p.name for p in pass_list),
+        report.depth_before,
+    )
+    for pass_ in pass_list:
+        result = run_pass(pass_, cap.regions, env, cap.root)
+        report.add(result)
+        if result.root is not None:
+            cap.root = result.root
     if pass_list:
         selection.check_all_matched(known)
-    report.depth_after, _ = nonlinear_depth(cap.root, catalogue, WRAPPERS)
+    report.depth_after, _ = nonlinear_depth(cap.root, catalogue)
+    rules = {k: _rules(getattr(opts, k)) for k in ("select", "ignore", "leaf")}
+    versions = {"vgpcompile": __version__, "torch": torch.__version__}
     cap.root.vgp_report = report
-    cap.root.vgp_recipe = recipe(pass_list, kw)
+    cap.root.vgp_recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions)
     return cap.root, report
 
 
-def _warn_gpn_alone(report: Report, min_depth: int = 10) -> None:
-    """GPN's norm preservation assumes orthogonal weights (research/bsnn.md §4): under
-    PyTorch's default init a deep GPN net's gradient ratio explodes."""
-    if "gpn" in report.passes and "orthogonal" not in report.passes and report.changed_count("gpn"):
-        if (report.depth_before or 0) >= min_depth:
-            report.warnings.append(
-                f"gpn without orthogonal on a stack of nonlinear depth {report.depth_before}: GPN assumes "
-                "orthogonal weights, and under PyTorch's default init a deep GPN net's gradients explode; "
-                "add 'orthogonal' (passes=['bsnn']) unless the weights are orthogonal already"
-            )
-
-
-def _register_sites(regions, ctx: Context) -> list[str]:
+def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:
     """Add every site to the report; return every name a selector may use."""
     known: list[str] = []
     for prefix, gm in regions.items():
-        for site in find_sites(gm, prefix, ctx.catalogue, ctx.wrappers):
+        for site in find_sites(gm, prefix, catalogue):
             producer = f"{site.producer_kind} {site.producer_name}" if site.producer_kind else None
-            ctx.report.sites.append(
+            report.sites.append(
                 SiteRecord(site.name, site.kind, site.spelling, producer, site.is_output, list(site.notes))
             )
             known += [n for n in (site.name, site.module_name, site.producer_name) if n]
@@ -124,21 +167,8 @@ def _register_sites(regions, ctx: Context) -> list[str]:
     return known
 
 
-def recipe(passes: list[Pass], kw: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``load`` re-applies: passes with every option resolved, rules, versions."""
-    import dataclasses
-
-    def rules(value: Rules) -> list[str]:
-        return [value] if isinstance(value, str) else list(value or [])
-
-    return {
-        "passes": [{"name": p.name, "options": dataclasses.asdict(p)} for p in passes],
-        "select": rules(kw.get("select")),
-        "ignore": rules(kw.get("ignore")),
-        "leaf": rules(kw.get("leaf")),
-        "input_range": _input_range(kw),
-        "versions": {"vgpcompile": __version__, "torch": torch.__version__},
-    }
+def _rules(value: Rules) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -157,23 +187,49 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _input_range(kw: Mapping[str, Any]) -> list[float] | None:
+def _as_tuple(example_inputs: Any) -> tuple | None:
+    if example_inputs is None:
+        return None
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def _input_range(opts: CompileOptions) -> list[float] | None:
     """The model-input range, given or seen in example_inputs, so load() needs no example."""
-    if kw.get("input_range"):
-        return [float(v) for v in kw["input_range"]]
-    tensors = [t for t in kw.get("example_inputs") or () if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if opts.input_range is not None:
+        return [float(v) for v in opts.input_range]
+    tensors = [
+        t
+        for t in _as_tuple(opts.example_inputs) or ()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()
+    ]
     if not tensors:
         return None
     return [min(float(t.min()) for t in tensors), max(float(t.max()) for t in tensors)]
 
 
-def _refuse_wrapped(model: nn.Module) -> None:
+def _check_arguments(model: Any, opts: CompileOptions) -> None:
+    """One UsageError naming the argument, before any work, for each kind of misuse."""
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"vgpcompile takes an nn.Module, got {type(model).__name__}")
     wrapped = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     if isinstance(model, wrapped) or type(model).__name__ == "OptimizedModule":
         raise UsageError(
             f"{type(model).__name__} is a wrapper: compile the bare model first, then wrap the result "
             "(DDP / DataParallel / torch.compile)"
         )
+    if opts.input_range is not None:
+        _check_range(opts.input_range)
+    if opts.catalogue is not None and not isinstance(opts.catalogue, Catalogue):
+        raise UsageError(f"catalogue= must be a vgpcompile Catalogue, got {type(opts.catalogue).__name__}")
+
+
+def _check_range(value: Any) -> None:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise UsageError(f"input_range= must be a pair (lo, hi) of numbers, got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise UsageError(f"input_range= must be finite with lo <= hi, got {value!r}")
 
 
 def _check_kinds(selection: Selection, catalogue: Catalogue) -> None:

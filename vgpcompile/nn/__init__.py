@@ -1,17 +1,20 @@
-"""Runtime modules the passes insert; usable by hand as well."""
+"""Runtime modules the passes insert, usable by hand as well (re-exported from the passes'
+packages, where they live)."""
 
-from .arp import (
+from ..passes.arp import (
     AutoRotConv1d,
     AutoRotConv2d,
     AutoRotConv3d,
     AutoRotConvTranspose1d,
     AutoRotConvTranspose2d,
     AutoRotConvTranspose3d,
+    AutoRotGRU,
     AutoRotLinear,
+    AutoRotLSTM,
+    AutoRotRNN,
 )
-from .gpn import GPNActivation
-from .orthogonal import RowNorm, ThinShell, retract, retract_after
-from .recurrent import AutoRotGRU, AutoRotLSTM, AutoRotRNN
+from ..passes.gpn import GPNActivation
+from ..passes.orthogonal import RowNorm, ThinShell, retract, retract_after
 
 __all__ = [
     "AutoRotConv1d",
@@ -27,10 +30,6 @@ __all__ = [
     "GPNActivation",
     "RowNorm",
     "ThinShell",
-    "WRAPPERS",
     "retract",
     "retract_after",
 ]
-
-# Modules that wrap a catalogue activation; site finding sees through them.
-WRAPPERS: tuple[type, ...] = (GPNActivation,)

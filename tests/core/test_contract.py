@@ -1,0 +1,142 @@
+"""Registry, options, selectors and the pipeline's contracts."""
+
+import models
+import pytest
+import torch
+from torch import nn
+
+from vgpcompile import PassError, SelectorError, UsageError, list_passes, vgpcompile
+from vgpcompile.core.contract import Pass
+from vgpcompile.core.registry import REGISTRY, get_pass, make_pass, resolve
+from vgpcompile.core.targets import META_PASS
+from vgpcompile.passes.gpn import GPN
+
+
+def test_registry_keys_equal_pass_names():
+    for name in REGISTRY:
+        assert get_pass(name).name == name
+    assert ("gpn", GPN.summary) in list_passes()
+
+
+def test_unknown_pass_lists_close_matches():
+    with pytest.raises(UsageError, match="unknown pass 'gnp'. Did you mean 'gpn'"):
+        vgpcompile(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), passes=["gnp"])
+
+
+def test_unknown_option_lists_close_matches():
+    with pytest.raises(UsageError, match="pass 'gpn' has no option 'roots'. Did you mean 'root'"):
+        vgpcompile(nn.Linear(2, 2), passes=["gpn"], options={"gpn": {"roots": "plus"}})
+
+
+def test_option_types_are_checked_and_parsed():
+    assert make_pass("gpn", {"learnable": "true", "root": "paper"}) == GPN(root="paper", learnable=True)
+    with pytest.raises(UsageError, match=r"option 'root' of pass 'gpn' must be one of \['minus', 'plus', 'paper'\]"):
+        make_pass("gpn", {"root": "biggest"})
+    with pytest.raises(UsageError, match="option 'learnable' of pass 'gpn' must be bool"):
+        make_pass("gpn", {"learnable": 1})
+
+
+def test_pass_given_three_ways():
+    net = models.deep_tanh_mlp(depth=2)
+    by_name = vgpcompile(net, passes=["gpn"], options={"gpn": {"root": "plus"}})
+    by_obj = vgpcompile(net, passes=[GPN(root="plus")])
+    x = torch.randn(3, 16)
+    assert torch.equal(by_name(x), by_obj(x))
+    assert by_obj.vgp_recipe["passes"] == [{"name": "gpn", "options": {"root": "plus", "learnable": False}}]
+
+
+def test_duplicate_pass_and_stray_options_are_errors():
+    with pytest.raises(UsageError, match="listed twice"):
+        resolve(["gpn", "gpn"])
+    with pytest.raises(UsageError, match="options given for pass 'gpn', which is not in passes"):
+        resolve([], {"gpn": {"root": "plus"}})
+
+
+def test_pass_not_applied_twice_to_the_same_site():
+    once = vgpcompile(models.deep_tanh_mlp(depth=2), passes=["gpn"])
+    twice = vgpcompile(once, passes=["gpn"])
+    rows = [r for r in twice.vgp_report.sites if not r.is_output]
+    assert rows and all("already rewritten by 'gpn'" in r.outcomes["gpn"] for r in rows)
+    x = torch.randn(3, 16)
+    assert torch.equal(once(x), twice(x))
+
+
+def test_new_nodes_record_their_pass():
+    class Fn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(3, 3), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.fc(x)))
+
+    compiled = vgpcompile(Fn(), passes=["gpn"])
+    made = [n for n in compiled.graph.nodes if n.meta.get(META_PASS) == "gpn"]
+    assert [n.target for n in made] == ["tanh_gpn"]
+
+
+def test_failure_inside_a_pass_names_pass_and_node():
+    class Broken(Pass):
+        name = "gpn"
+
+        def apply(self, site, env):
+            raise RuntimeError("boom")
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 1))
+    with pytest.raises(PassError, match=r"pass 'gpn' failed at node '_1' .*in region '<root>': RuntimeError: boom"):
+        vgpcompile(net, passes=[Broken()])
+
+
+# --- selectors --------------------------------------------------------------------------------
+
+
+class Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.GELU())
+        self.conv = nn.Conv1d(1, 1, 3, padding=1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.enc(x)
+        h = torch.sigmoid(self.conv(h.unsqueeze(1))).squeeze(1)
+        return self.head(h)
+
+
+def changed(model):
+    return sorted(r.name for r in model.vgp_report.sites if r.changed.get("gpn"))
+
+
+@pytest.mark.parametrize(
+    "select,ignore,expected",
+    [
+        (None, None, ["enc.1", "enc.3", "sigmoid()"]),
+        (["enc"], None, ["enc.1", "enc.3"]),
+        (["enc.1"], None, ["enc.1"]),
+        (["re:enc\\.[13]"], None, ["enc.1", "enc.3"]),
+        (["type:Conv1d"], None, ["sigmoid()"]),
+        (["type:Tanh", "type:_ConvNd"], None, ["enc.1", "sigmoid()"]),
+        (["act:gelu"], None, ["enc.3"]),
+        (None, ["act:gelu"], ["enc.1", "sigmoid()"]),
+        (["enc"], ["enc.3"], ["enc.1"]),
+        (None, ["enc.2"], ["enc.1", "sigmoid()"]),  # a producer's name selects its site
+    ],
+)
+def test_selector_grammar(select, ignore, expected):
+    assert changed(vgpcompile(Mixed(), passes=["gpn"], select=select, ignore=ignore)) == expected
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"select": ["enc.9"]}, r"select rule 'enc.9' matches no activation site or layer. Did you mean 'enc.3'"),
+        ({"ignore": ["type:Conv3d"]}, r"ignore rule 'type:Conv3d' matches no activation site or layer"),
+        ({"select": ["act:gleu"]}, r"unknown activation kind 'gleu'. Did you mean 'gelu'"),
+        ({"select": ["re:(enc"]}, r"select rule 're:\(enc' is not a valid regex"),
+        ({"select": ["kind:tanh"]}, r"unknown prefix 'kind:'; use re:, type:, act: or a module name"),
+        ({"select": [""]}, r"non-empty strings"),
+    ],
+)
+def test_selector_errors(kw, message):
+    with pytest.raises(SelectorError, match=message):
+        vgpcompile(Mixed(), passes=["gpn"], **kw)

@@ -1,0 +1,146 @@
+"""What the commands share: loading a model from a factory, parsing shapes, ranges and
+pass options, and the argument groups."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..core.pipeline import parse_pipeline, split_option
+from ..errors import LoadError, UsageError
+
+EPILOG = """selector grammar (--select / --ignore / --leaf, repeatable):
+  fc1 | encoder.block3   exact module name; also matches everything inside it
+  re:<regex>            full match on a site, module or producer name
+  type:<Class>          class (or base class) of the activation module or its producer
+  act:<kind>            activation kind: tanh, sigmoid, relu, gelu, ...
+pass options: --passes "gpn{root=paper,learnable=true}" or --option gpn.root=paper
+
+exit codes: 0 ok, 2 bad arguments, 3 selector error, 4 load failure, 5 trace failure,
+6 parity failure, 7 pass failure, 8 ONNX export failure
+"""
+
+
+def load_factory(spec: str) -> nn.Module:
+    """Build a model from ``pkg.module:callable`` or ``path/to/file.py:callable``."""
+    if ":" not in spec:
+        raise UsageError(f"--model {spec!r}: expected 'pkg.module:factory' or 'path/file.py:factory'")
+    where, name = spec.rsplit(":", 1)
+    try:
+        module = _import(where)
+    except LoadError:
+        raise
+    except Exception as err:
+        raise LoadError(f"--model {spec!r}: cannot import {where!r}: {type(err).__name__}: {err}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise LoadError(f"--model {spec!r}: {where!r} has no callable {name!r}")
+    try:
+        model = factory()
+    except Exception as err:
+        raise LoadError(f"--model {spec!r}: {name}() raised {type(err).__name__}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise LoadError(f"--model {spec!r}: {name}() returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _import(where: str):
+    if where.endswith(".py") or "/" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise LoadError(f"--model: no such file {where!r}")
+        spec = importlib.util.spec_from_file_location(f"_vgp_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(where)
+
+
+def compile_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The vgpcompile keyword arguments given by --passes, --option, --select, --ignore, --leaf."""
+    names, options = parse_pipeline(args.passes or "")
+    for item in args.option or []:
+        head, value = split_option(item, "--option")
+        pass_name, dot, key = head.partition(".")
+        if not dot:
+            raise UsageError(f"--option {item!r} must be pass.key=value")
+        options.setdefault(pass_name, {})[key] = value
+    return {"passes": names, "options": options, "select": args.select, "ignore": args.ignore, "leaf": args.leaf}
+
+
+def load_model(args: argparse.Namespace) -> nn.Module:
+    """The model from --model (a factory) plus --weights, or a whole pickled module with --allow-pickle."""
+    from ..io.checkpoint import fit_state_dict, read_state_dict
+
+    weights = getattr(args, "weights", None)
+    allow = getattr(args, "allow_pickle", False)
+    state = read_state_dict(weights, allow_pickle=allow) if weights else None
+    if args.model is None:
+        if isinstance(state, nn.Module):
+            return state
+        raise UsageError("--model is required (a factory pkg.module:callable or path/file.py:callable)")
+    model = load_factory(args.model)
+    if state is not None:
+        fit_state_dict(model, state.state_dict() if isinstance(state, nn.Module) else state, weights)
+    return model
+
+
+def example_input(text: str | None):
+    """``--input-shape 1,3,32,32`` -> a seeded standard normal tensor of that shape."""
+    import torch
+
+    if not text:
+        return None
+    try:
+        shape = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r}: expected comma-separated integers, e.g. 1,3,32,32") from None
+    if not shape or any(v <= 0 for v in shape):
+        raise UsageError(f"--input-shape {text!r}: every size must be positive")
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def input_range(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--input-range {text!r}: expected LO,HI, e.g. 0,1") from None
+    return lo, hi
+
+
+def source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model factory: pkg.module:callable or path/file.py:callable")
+    p.add_argument("--weights", help="state_dict: .safetensors, or .pt/.pth (loaded with weights_only=True)")
+    p.add_argument(
+        "--allow-pickle", action="store_true",
+        help="allow --weights to be a whole pickled module. Dangerous: unpickling runs arbitrary code "
+        "from the file; use only for files you trust",
+    )  # fmt: skip
+
+
+def onnx_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--onnx", required=required, metavar="FILE", help="also export the frozen model to this ONNX file")
+    p.add_argument("--input-shape", required=required, metavar="N,C,...", help="example input shape, e.g. 1,3,32,32")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="torch.onnx exporter")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+
+
+def model_args(p: argparse.ArgumentParser, source: bool = False) -> None:
+    if source:
+        source_args(p)
+    else:
+        p.add_argument("--model", required=True, help="model factory: pkg.module:callable or path/file.py:callable")
+    p.add_argument("--passes", default="", help='comma-separated passes, e.g. "gpn" or "gpn{root=paper}"')
+    p.add_argument("--option", action="append", metavar="PASS.KEY=VALUE", help="a pass option (repeatable)")
+    p.add_argument("--select", action="append", metavar="RULE", help="rewrite only sites matching RULE")
+    p.add_argument("--ignore", action="append", metavar="RULE", help="leave sites matching RULE alone")
+    p.add_argument("--leaf", action="append", metavar="RULE", help="keep matching modules opaque")

@@ -1,0 +1,214 @@
+"""The runner: orders passes, finds their targets, applies the default rules, and keeps
+every graph valid.
+
+For each pass and each traced region it finds the targets the pass matches, leaves alone
+those the default rules exclude (selection, the model's final activation, a pass already
+applied there), calls ``prepare`` once with the rest, then ``check`` and ``apply`` per
+target. After the pass it stamps every new node with ``meta["vgp.pass"]``, lints and
+recompiles each graph, and wraps any failure with the pass, node and region. The result
+is a :class:`PassResult`; nothing is written to a report behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from torch import fx, nn
+
+from ..errors import PassError, UsageError, VgpError
+from . import protocol
+from .contract import BLOCK, LAYER, MODEL, SITE, Env, Pass, PassResult, Target
+from .select import target_of
+from .targets import META_PASS, META_SITE, Block, Layer, ModelTarget, Site, find_blocks, find_layers, find_sites
+
+
+def order(passes: Sequence[Pass]) -> list[Pass]:
+    """``passes`` reordered so that a pass that reads a fact runs after every pass that
+    writes it (arp's pivots read the value ranges gpn changes); otherwise as given."""
+    return _stable_order(list(passes), lambda p: p.reads, lambda p: p.writes, "run")
+
+
+def lower_order(passes: Sequence[Pass]) -> list[Pass]:
+    """The order freeze lowers in: the reverse of the run order, then a pass whose lowering
+    reads a fact after every pass whose lowering writes it (gpn folds into plain layers,
+    which arp's and orthogonal's lowerings produce)."""
+    return _stable_order(list(reversed(passes)), lambda p: p.lower_reads, lambda p: p.lower_writes, "lower")
+
+
+def _stable_order(items: list[Pass], reads, writes, what: str) -> list[Pass]:
+    out: list[Pass] = []
+    pending = list(items)
+    while pending:
+        ready = next(
+            (p for p in pending if not any(reads(p) & writes(q) for q in pending if q is not p)),
+            None,
+        )
+        if ready is None:
+            names = [p.name for p in pending]
+            raise UsageError(f"passes {names} read what each other writes; no {what} order satisfies them all")
+        out.append(ready)
+        pending.remove(ready)
+    return out
+
+
+def run_pass(
+    pass_: Pass,
+    regions: dict[str, fx.GraphModule] | fx.GraphModule,
+    env: Env | None = None,
+    root: nn.Module | None = None,
+) -> PassResult:
+    """Run one pass over ``regions`` (or one bare GraphModule) and return what it did."""
+    if isinstance(regions, fx.GraphModule):
+        regions = {"": regions}
+    env = env or Env(passes=(pass_.name,))
+    start = time.perf_counter()
+    result = PassResult(pass_.name)
+    before = {prefix: set(gm.graph.nodes) for prefix, gm in regions.items()}
+    candidates = _candidates(pass_, regions, env, result)
+    if root is not None and MODEL in pass_.matches:
+        candidates.append(ModelTarget(root, regions))
+    _guarded(pass_, None, "", lambda: _merge(result, pass_.prepare(candidates, env)))
+    for target in candidates:
+        _guarded(pass_, _node_of(target), _region_of(target), lambda t=target: _visit(pass_, t, env, result))
+        if isinstance(target, ModelTarget) and target.root is not root:
+            result.root = target.root
+    for prefix, gm in regions.items():
+        _guarded(pass_, None, prefix, lambda gm=gm, prefix=prefix: _finish_graph(gm, before[prefix], pass_.name))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _candidates(pass_: Pass, regions: dict[str, fx.GraphModule], env: Env, result: PassResult) -> list[Target]:
+    """Every target of the kinds the pass matches that survives the default rules."""
+    found: list[Target] = []
+    for prefix, gm in regions.items():
+        targets: list[Target] = []
+        sites = find_sites(gm, prefix, env.catalogue) if {SITE, BLOCK} & set(pass_.matches) else []
+        if SITE in pass_.matches:
+            targets += sites
+        if BLOCK in pass_.matches:
+            targets += find_blocks(sites)
+        if LAYER in pass_.matches and pass_.layer_types:
+            targets += find_layers(gm, prefix, pass_.layer_types)
+        for target in targets:
+            reason = default_skip(target, pass_, env)
+            if reason:
+                _record(result, target, False, reason)
+            else:
+                found.append(target)
+    return found
+
+
+def default_skip(target: Target, pass_: Pass, env: Env) -> str | None:
+    """The reason the default rules leave ``target`` alone, or None."""
+    if isinstance(target, Layer):
+        reason = env.selection.decide(target_of([target.full_name], [target.module]))
+        if reason:
+            return reason
+        if pass_.name in protocol.applied(target.module):
+            return f"already rewritten by {pass_.name!r}; a pass is applied once per layer"
+        return None
+    site = target.site if isinstance(target, Block) else target
+    if site.unusable:
+        return site.unusable
+    selected = site_target(site)
+    reason = env.selection.decide(selected)
+    if reason:
+        return reason
+    if site.is_output and not env.selection.explicitly_selected(selected):
+        return "model output activation (left alone by default; select it by name to rewrite it)"
+    if pass_.name in site.applied:
+        return f"already rewritten by {pass_.name!r}; a pass is applied once per site"
+    return None
+
+
+def site_target(site: Site):
+    names = (site.name, site.module_name, site.producer_name)
+    mod = site.node.graph.owning_module.get_submodule(site.node.target) if site.module_name else None
+    return target_of(names, (mod, site.producer_module), site.activation.name)
+
+
+def _visit(pass_: Pass, target: Target, env: Env, result: PassResult) -> None:
+    reason = pass_.check(target, env)
+    if reason:
+        _record(result, target, False, reason)
+    else:
+        _record(result, target, True, pass_.apply(target, env))
+
+
+def _record(result: PassResult, target: Target, changed: bool, text: str) -> None:
+    if isinstance(target, Site):
+        result.record(target.name, changed, text)
+    elif isinstance(target, Block):
+        result.record(target.site.name, changed, text)
+    elif isinstance(target, Layer):
+        result.record(target.full_name, changed, text, type(target.module).__name__, "layer")
+    else:
+        result.record("<model>", changed, text, type(target.root).__name__, "model")
+
+
+def _merge(result: PassResult, extra: PassResult | None) -> None:
+    if extra is not None:
+        result.outcomes += extra.outcomes
+        result.warnings += extra.warnings
+        result.stats.update(extra.stats)
+
+
+def _finish_graph(gm: fx.GraphModule, before: set[fx.Node], pass_name: str) -> None:
+    for node in gm.graph.nodes:
+        if node not in before:
+            node.meta.setdefault(META_PASS, pass_name)
+    gm.graph.lint()
+    _check_targets(gm)
+    gm.recompile()
+
+
+def _node_of(target: Target) -> fx.Node | None:
+    if isinstance(target, Block):
+        return target.site.node
+    return None if isinstance(target, ModelTarget) else target.node
+
+
+def _region_of(target: Target) -> str:
+    if isinstance(target, Block):
+        return target.site.region
+    return "" if isinstance(target, ModelTarget) else target.region
+
+
+def _guarded(pass_: Pass, node: fx.Node | None, region: str, fn) -> Any:
+    """Run ``fn``; any failure is re-raised naming the pass, the node and the region."""
+    try:
+        return fn()
+    except PassError:
+        raise
+    except VgpError as err:
+        raise type(err)(f"pass {pass_.name!r}{_where(node, region)}: {err}") from err
+    except Exception as err:
+        raise PassError(f"pass {pass_.name!r} failed{_where(node, region)}: {type(err).__name__}: {err}") from err
+
+
+def _where(node: fx.Node | None, region: str) -> str:
+    if node is None:
+        return f" in region {region or '<root>'!r}"
+    site = node.meta.get(META_SITE, "")
+    return f" at node {node.name!r}" + (f" (site {site!r})" if site else "") + f" in region {region or '<root>'!r}"
+
+
+def _check_targets(gm: fx.GraphModule) -> None:
+    """Every call_module and get_attr target resolves (fx's lint checks this only partly)."""
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            try:
+                gm.get_submodule(str(node.target)) if node.op == "call_module" else get_attr(gm, str(node.target))
+            except AttributeError as err:
+                raise PassError(f"node {node.name!r} refers to missing {node.target!r}: {err}") from None
+
+
+def get_attr(root: nn.Module, target: str) -> Any:
+    """``root.a.b.c`` for ``target`` ``"a.b.c"``."""
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

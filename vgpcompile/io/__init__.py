@@ -1,0 +1,1 @@
+"""Files: checkpoints (weights + recipe) and ONNX export with onnxruntime parity."""

@@ -1,0 +1,384 @@
+"""Auto-rotating affine layers (ARP: Saromo, Villota, Villanueva 2019), by hand or from the ``arp`` pass.
+
+Each layer computes its plain affine map z = W*x + b and returns rho * z, with one factor
+per output unit (per output channel for convolutions)::
+
+    z_Q = q * (sum of the unit's weights) + b     the pre-activation at the pivot x = q*1
+    rho = L / (|z_Q| + eps)                       so that |rho * z_Q| ~= L
+    q   = 2 * xmax - xmin  ("auto"), or a given xQ
+
+rho is recomputed from the weights in every forward pass and gradients flow through it (no
+detach), exactly as the reference arpkeras layers (research/arp.md §1). There are no new
+parameters: the classes subclass the torch layers, so parameter names, shapes and
+state_dict keys are the torch ones and ``isinstance(m, nn.Linear)`` still holds. L, q and
+eps are plain attributes.
+
+Where we differ from the reference, on purpose:
+
+- Convolutions take rho per output channel from the whole kernel, q * sum(kernel) + bias:
+  the value at an interior position, which ignores padding. The reference runs the conv
+  on a constant image with the layer's own padding, so with 'same' padding the border
+  positions sum fewer taps; their z_Q can approach 0 and rho explodes there (output 15.2
+  for L = 2 in research/arp.md §7). Per channel, a rotated conv is also exactly a plain
+  conv with rotated weights, which is what ``fold()`` returns. ``pivot="position"`` keeps
+  the reference behaviour on ``AutoRotConv1d/2d/3d`` for parity tests; it cannot be folded.
+- Transposed convolutions use the same whole-kernel rule. (With stride > 1 each output
+  position receives only some of the taps, so no single position sees q * sum(kernel).)
+- eps is added before dividing for every layer. The reference Conv1D adds it after, which
+  gives inf/NaN for a unit with z_Q = 0 (research/arp.md §1.5).
+- rho is computed in float32 for float16/bfloat16 weights: L/eps = 4e5 overflows float16.
+
+Where the rotation is applied: ``AutoRotLinear`` multiplies its output by rho (batch*out
+element operations, fewer than the in*out of scaling the weight at the batch sizes MLPs
+train with); the convolutions run the plain conv once with W' = rho * W and b' = rho * b,
+since rho * (W x + b) = W' x + b' and the kernel is far smaller than the output map.
+
+``fold()`` returns the exact plain torch layer with W' and b' as its parameters;
+:func:`vgpcompile.freeze` calls it. The ``arp_*`` functions are the rotated forms of
+``F.linear`` / ``F.conv*``; the pass calls them for functional producers and ``freeze``
+folds them through their ``vgp_fold`` attribute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.modules.conv import _ConvTransposeNd
+
+from ...errors import UsageError
+from .constants import EPS
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def pivot_q(xmin: float = 0.0, xmax: float = 1.0, xQ: float | None = None) -> float:
+    """The pivot coordinate: ``xQ`` when given, else the reference's auto rule 2*xmax - xmin."""
+    q = float(xQ) if xQ is not None else 2.0 * float(xmax) - float(xmin)
+    if not math.isfinite(q):
+        raise UsageError(f"ARP pivot q must be finite, got {q} (xmin={xmin}, xmax={xmax}, xQ={xQ})")
+    return q
+
+
+def check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"ARP {name} must be a positive finite number, got {value!r}")
+    return value
+
+
+def rotation(zq: torch.Tensor, L: float | torch.Tensor, eps: float) -> torch.Tensor:
+    """rho = L / (|z_Q| + eps), in float32 at least; eps before the division keeps rho <= L/eps finite."""
+    if zq.dtype in _LOW_PRECISION:
+        zq = zq.float()
+    return L / (zq.abs() + eps)
+
+
+def _pivot_values(unit_sums: torch.Tensor, bias: torch.Tensor | None, q: float) -> torch.Tensor:
+    return unit_sums * q if bias is None else torch.add(bias, unit_sums, alpha=q)
+
+
+def _scaled(t: torch.Tensor, rho: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return (t.to(rho.dtype) * rho.view(shape)).to(t.dtype)
+
+
+def unit_sums(weight: torch.Tensor, *, transposed: bool = False, groups: int = 1) -> torch.Tensor:
+    """The sum of each output unit's weights: Linear/ConvNd (out, in, ...), transposed (in, out/groups, ...)."""
+    if transposed:
+        # output channel c = g * (out/groups) + j reads weight[group g's inputs, j, ...]
+        return weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], -1).sum(dim=(1, 3)).reshape(-1)
+    return weight.sum(dim=tuple(range(1, weight.dim()))) if weight.dim() > 1 else weight
+
+
+def rotate_parameters(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    q: float,
+    L: float,
+    eps: float,
+    transposed: bool = False,
+    groups: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(rho * W, rho * b), rho per output unit, for a Linear/ConvNd or a transposed conv weight."""
+    rho = rotation(_pivot_values(unit_sums(weight, transposed=transposed, groups=groups), bias, q), L, eps)
+    if transposed:
+        cpg = weight.shape[1]
+        grouped = weight.reshape(groups, weight.shape[0] // groups, cpg, -1)
+        w = _scaled(grouped, rho, (groups, 1, cpg, 1)).reshape(weight.shape)
+    else:
+        w = _scaled(weight, rho, (-1,) + (1,) * (weight.dim() - 1))
+    return w, None if bias is None else _scaled(bias, rho, (-1,))
+
+
+class _AutoRot:
+    """What every rotated affine layer shares: the options, rho, fold()."""
+
+    vgp_pass = "arp"
+    vgp_applied = ("arp",)
+    _plain: type[nn.Module]
+    _transposed = False
+
+    def __init__(
+        self,
+        *args: Any,
+        L: float = 4.0,
+        xmin: float = 0.0,
+        xmax: float = 1.0,
+        xQ: float | None = None,
+        eps: float = EPS,
+        rotate: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # the torch layer that follows in the MRO
+        self._setup_rotation(L, xmin, xmax, xQ, eps, rotate)
+
+    def _setup_rotation(self, L: float, xmin: float, xmax: float, xQ: float | None, eps: float, rotate: bool) -> None:
+        self.L = check_positive("L", L)
+        self.q = pivot_q(xmin, xmax, xQ)
+        self.eps = check_positive("eps", eps)
+        self.rotate = bool(rotate)
+
+    def rotated_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(rho * W, rho * b): the weight and bias the plain op runs with."""
+        groups = getattr(self, "groups", 1)
+        return rotate_parameters(
+            self.weight, self.bias, q=self.q, L=self.L, eps=self.eps, transposed=self._transposed, groups=groups
+        )
+
+    def rho(self) -> torch.Tensor:
+        """The rotation factor per output unit, shape (out_features,) / (out_channels,)."""
+        sums = unit_sums(self.weight, transposed=self._transposed, groups=getattr(self, "groups", 1))
+        return rotation(_pivot_values(sums, self.bias, self.q), self.L, self.eps)
+
+    def fold(self) -> nn.Module:
+        """The exact plain torch layer: rho folded into its weight and bias."""
+        plain = _build(self._plain, self, device="meta")
+        with torch.no_grad():
+            w, b = self.rotated_parameters() if self.rotate else (self.weight, self.bias)
+        plain.weight = nn.Parameter(w.detach().clone(), requires_grad=self.weight.requires_grad)
+        if b is not None:
+            plain.bias = nn.Parameter(b.detach().clone(), requires_grad=self.bias.requires_grad)
+        return plain.train(self.training)
+
+    @classmethod
+    def from_module(cls, module: nn.Module, *, L: float, q: float, eps: float = EPS, rotate: bool = True, **kw: Any):
+        """A rotated layer sharing ``module``'s parameter objects (no copy, same names)."""
+        new = _build(cls, module, device="meta", L=L, xQ=q, eps=eps, rotate=rotate, **kw)
+        new.weight, new.bias = module.weight, module.bias
+        return new.train(module.training)
+
+    def extra_repr(self) -> str:
+        rot = f"L={self.L:g}, q={self.q:g}, eps={self.eps:g}" + ("" if self.rotate else ", rotate=False")
+        return f"{super().extra_repr()}, {rot}"
+
+
+def _build(cls: type[nn.Module], like: nn.Module, **extra: Any) -> nn.Module:
+    """A fresh ``cls`` with ``like``'s layer hyper-parameters (weights on ``extra['device']``)."""
+    kw: dict[str, Any] = {"bias": like.bias is not None, "dtype": like.weight.dtype, **extra}
+    if isinstance(like, nn.Linear):
+        return cls(like.in_features, like.out_features, **kw)
+    kw.update(
+        stride=like.stride,
+        padding=like.padding,
+        dilation=like.dilation,
+        groups=like.groups,
+        padding_mode=like.padding_mode,
+    )
+    if isinstance(like, _ConvTransposeNd):
+        kw["output_padding"] = like.output_padding
+    return cls(like.in_channels, like.out_channels, like.kernel_size, **kw)
+
+
+class AutoRotLinear(_AutoRot, nn.Linear):
+    """``nn.Linear`` whose output is rotated per unit (the reference's ``AutoRotDense``).
+
+    ``L`` is the pivot target (4 for sigmoid, 2 for tanh); ``xmin``/``xmax`` the range of
+    the inputs, giving q = 2*xmax - xmin, unless ``xQ`` is given; ``rotate=False`` is the
+    plain layer.
+    """
+
+    _plain = nn.Linear
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        L: float = 4.0,
+        xmin: float = 0.0,
+        xmax: float = 1.0,
+        xQ: float | None = None,
+        eps: float = EPS,
+        rotate: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, bias, L=L, xmin=xmin, xmax=xmax, xQ=xQ, eps=eps, rotate=rotate,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        z = F.linear(input, self.weight, self.bias)
+        if not self.rotate:
+            return z
+        return z * rotation(_pivot_values(self.weight.sum(1), self.bias, self.q), self.L, self.eps).to(z.dtype)
+
+
+class _AutoRotConv(_AutoRot):
+    """Shared by AutoRotConv1d/2d/3d; ``pivot="position"`` is the reference's per-position rho."""
+
+    def __init__(self, *args: Any, pivot: str = "channel", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if pivot not in ("channel", "position"):
+            raise UsageError(f"pivot must be 'channel' or 'position', got {pivot!r}")
+        self.pivot = pivot
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.rotate:
+            return self._conv_forward(input, self.weight, self.bias)
+        if self.pivot == "position":
+            return self._reference_forward(input)
+        return self._conv_forward(input, *self.rotated_parameters())
+
+    def _reference_forward(self, input: torch.Tensor) -> torch.Tensor:
+        # arpkeras: Z_Q = conv(full(q)) + b with the layer's own padding, rho per output position
+        spatial = input.shape[-(len(self.kernel_size) + 1) :]
+        zq = self._conv_forward(input.new_full((1, *spatial), self.q), self.weight, self.bias)
+        return self._conv_forward(input, self.weight, self.bias) * rotation(zq, self.L, self.eps).to(input.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", pivot='position'" if self.pivot == "position" else "")
+
+    def fold(self) -> nn.Module:
+        if self.pivot == "position" and self.rotate:
+            raise UsageError(
+                f"{type(self).__name__}(pivot='position') rotates each output position separately, which no plain "
+                "conv can express; use pivot='channel' (the default) to freeze it"
+            )
+        return super().fold()
+
+
+class AutoRotConv1d(_AutoRotConv, nn.Conv1d):
+    """``nn.Conv1d`` rotated per output channel (module docstring: why per channel)."""
+
+    _plain = nn.Conv1d
+
+
+class AutoRotConv2d(_AutoRotConv, nn.Conv2d):
+    """``nn.Conv2d`` rotated per output channel (module docstring: why per channel)."""
+
+    _plain = nn.Conv2d
+
+
+class AutoRotConv3d(_AutoRotConv, nn.Conv3d):
+    """``nn.Conv3d`` rotated per output channel (module docstring: why per channel)."""
+
+    _plain = nn.Conv3d
+
+
+class _AutoRotConvTranspose(_AutoRot):
+    _transposed = True
+    _functional: Callable[..., torch.Tensor]
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if not self.rotate:
+            return super().forward(input, output_size)
+        dims = len(self.kernel_size)
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, dims, self.dilation
+        )
+        w, b = self.rotated_parameters()
+        return self._functional(input, w, b, self.stride, self.padding, output_padding, self.groups, self.dilation)
+
+
+class AutoRotConvTranspose1d(_AutoRotConvTranspose, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` rotated per output channel from its whole kernel."""
+
+    _plain = nn.ConvTranspose1d
+    _functional = staticmethod(F.conv_transpose1d)
+
+
+class AutoRotConvTranspose2d(_AutoRotConvTranspose, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` rotated per output channel from its whole kernel."""
+
+    _plain = nn.ConvTranspose2d
+    _functional = staticmethod(F.conv_transpose2d)
+
+
+class AutoRotConvTranspose3d(_AutoRotConvTranspose, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` rotated per output channel from its whole kernel."""
+
+    _plain = nn.ConvTranspose3d
+    _functional = staticmethod(F.conv_transpose3d)
+
+
+ROTATED_MODULES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: AutoRotLinear,
+    nn.Conv1d: AutoRotConv1d,
+    nn.Conv2d: AutoRotConv2d,
+    nn.Conv3d: AutoRotConv3d,
+    nn.ConvTranspose1d: AutoRotConvTranspose1d,
+    nn.ConvTranspose2d: AutoRotConvTranspose2d,
+    nn.ConvTranspose3d: AutoRotConvTranspose3d,
+}
+
+
+# ---- functional producers: F.linear / F.conv* called on a module's own parameters ----
+
+
+def groups_of(args: tuple, kwargs: dict) -> int:
+    # F.conv_transposeNd(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    return int(args[3]) if len(args) > 3 else int(kwargs.get("groups", 1))
+
+
+def _rotated_function(fn: Callable[..., torch.Tensor], name: str, transposed: bool) -> Callable[..., torch.Tensor]:
+    def rotated(input, weight, bias=None, *args, L: float, q: float, eps: float = EPS, **kwargs):
+        if fn is F.linear:  # as AutoRotLinear: scale the output
+            z = F.linear(input, weight, bias)
+            return z * rotation(_pivot_values(weight.sum(1), bias, q), L, eps).to(z.dtype)
+        groups = groups_of(args, kwargs) if transposed else 1
+        w, b = rotate_parameters(weight, bias, q=q, L=L, eps=eps, transposed=transposed, groups=groups)
+        return fn(input, w, b, *args, **kwargs)
+
+    rotated.__name__ = rotated.__qualname__ = name
+    rotated.__doc__ = f"``{fn.__name__}`` with the ARP rotation of its weight and bias (per output unit)."
+    rotated.vgp_pass = "arp"
+    rotated.vgp_plain = fn
+    rotated.vgp_transposed = transposed
+    rotated.vgp_fold = _fold_call
+    return rotated
+
+
+def _fold_call(node: fx.Node, gm: fx.GraphModule) -> None:
+    from .lower import fold_call  # the lowering lives with the pass's other lowering code
+
+    fold_call(node, gm)
+
+
+arp_linear = _rotated_function(F.linear, "arp_linear", False)
+arp_conv1d = _rotated_function(F.conv1d, "arp_conv1d", False)
+arp_conv2d = _rotated_function(F.conv2d, "arp_conv2d", False)
+arp_conv3d = _rotated_function(F.conv3d, "arp_conv3d", False)
+arp_conv_transpose1d = _rotated_function(F.conv_transpose1d, "arp_conv_transpose1d", True)
+arp_conv_transpose2d = _rotated_function(F.conv_transpose2d, "arp_conv_transpose2d", True)
+arp_conv_transpose3d = _rotated_function(F.conv_transpose3d, "arp_conv_transpose3d", True)
+
+ROTATED_FUNCTIONS: dict[Any, Callable[..., torch.Tensor]] = {
+    fn.vgp_plain: fn
+    for fn in (
+        arp_linear,
+        arp_conv1d,
+        arp_conv2d,
+        arp_conv3d,
+        arp_conv_transpose1d,
+        arp_conv_transpose2d,
+        arp_conv_transpose3d,
+    )
+}
