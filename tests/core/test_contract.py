@@ -1,14 +1,21 @@
 """Registry, options, selectors and the pipeline's contracts."""
 
+import dataclasses
+import re
+from pathlib import Path
+
 import models
 import pytest
 import torch
 from torch import nn
 
-from vgpcompile import PassError, SelectorError, UsageError, list_passes, vgpcompile
-from vgpcompile.core.contract import Pass
+from vgpcompile import PassError, SelectorError, UsageError, VgpWarning, list_passes, plan, run_pass, vgpcompile
+from vgpcompile.core.contract import BLOCK, MODEL, Pass
+from vgpcompile.core.pipeline import format_pipeline
 from vgpcompile.core.registry import REGISTRY, get_pass, make_pass, resolve
-from vgpcompile.core.targets import META_PASS
+from vgpcompile.core.runner import lower_order, order
+from vgpcompile.core.targets import META_PASS, Block, ModelTarget
+from vgpcompile.nn import GPNActivation
 from vgpcompile.passes.gpn import GPN
 
 
@@ -140,3 +147,112 @@ def test_selector_grammar(select, ignore, expected):
 def test_selector_errors(kw, message):
     with pytest.raises(SelectorError, match=message):
         vgpcompile(Mixed(), passes=["gpn"], **kw)
+
+
+# --- the contract: targets, results, ordering, bare graphs ------------------------------------
+
+
+def test_run_pass_on_a_bare_graph_module_returns_its_result():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 1))
+    gm = torch.fx.symbolic_trace(net)
+    result = run_pass(GPN(), gm)
+    assert result.pass_name == "gpn" and result.changed == 2
+    assert {o.target for o in result.outcomes if o.changed} == {"1", "3"}
+    x = torch.randn(5, 3)
+    a, b = GPNActivation("tanh").a, GPNActivation("tanh").b
+    z = net[2](a * torch.tanh(net[0](x)) + b)
+    a2, b2 = GPNActivation("sigmoid").a, GPNActivation("sigmoid").b
+    assert torch.allclose(gm(x), net[4](a2 * torch.sigmoid(z) + b2), atol=1e-6)
+
+
+def test_passes_run_in_the_order_their_reads_and_writes_need():
+    from vgpcompile.passes.arp import ARP
+    from vgpcompile.passes.orthogonal import Orthogonal
+
+    assert [p.name for p in order([ARP(), GPN()])] == ["gpn", "arp"]  # arp reads the ranges gpn writes
+    assert [p.name for p in order([Orthogonal(), ARP(), GPN()])] == ["orthogonal", "gpn", "arp"]
+    # freeze lowers in reverse, but gpn folds into plain layers, which the others' lowerings make
+    assert [p.name for p in lower_order([Orthogonal(), GPN()])] == ["orthogonal", "gpn"]
+    assert [p.name for p in lower_order([GPN(), ARP()])] == ["arp", "gpn"]
+
+
+def test_read_write_cycle_is_an_error():
+    @dataclasses.dataclass(frozen=True)
+    class A(Pass):
+        name = "a"
+        reads = frozenset({"x"})
+        writes = frozenset({"y"})
+
+    @dataclasses.dataclass(frozen=True)
+    class B(Pass):
+        name = "b"
+        reads = frozenset({"y"})
+        writes = frozenset({"x"})
+
+    with pytest.raises(UsageError, match="read what each other writes"):
+        order([A(), B()])
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockProbe(Pass):
+    """A test pass that matches blocks and the model, and rewrites nothing."""
+
+    name = "gpn"  # borrows a registered name so resolve() accepts the instance
+    matches = (BLOCK, MODEL)
+
+    def check(self, target, env):
+        return target.shape_change() if isinstance(target, Block) else None
+
+    def apply(self, target, env):
+        return "model seen" if isinstance(target, ModelTarget) else f"block {target.name}"
+
+
+def test_block_and_model_targets():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Conv1d(1, 1, 3), nn.Tanh())
+    result = run_pass(BlockProbe(), torch.fx.symbolic_trace(net), root=net)
+    by = {o.target: (o.changed, o.text) for o in result.outcomes}
+    assert by["1"] == (False, "Linear 3 -> 4 is not square")
+    assert by["3"] == (True, "block 2")
+    assert by["<model>"] == (True, "model seen")
+    assert not by["5"][0] and by["5"][1].startswith("model output activation")  # the default rules
+
+
+def test_pipeline_strings_work_in_the_python_api():
+    net = models.deep_tanh_mlp(depth=2)
+    by_string = vgpcompile(net, passes="gpn{root=plus}")
+    by_obj = vgpcompile(net, passes=[GPN(root="plus")])
+    x = torch.randn(3, 16)
+    assert torch.equal(by_string(x), by_obj(x))
+    assert by_string.vgp_recipe["passes"] == by_obj.vgp_recipe["passes"]
+    assert format_pipeline([GPN(root="plus", learnable=True)]) == "gpn{root=plus,learnable=true}"
+    with pytest.raises(UsageError, match="unbalanced braces"):
+        vgpcompile(net, passes="gpn{root=plus")
+
+
+def test_misspelled_keywords_are_errors_with_a_suggestion():
+    net = models.deep_tanh_mlp(depth=2)
+    with pytest.raises(UsageError, match="unexpected keyword 'ignroe'. Did you mean 'ignore'"):
+        vgpcompile(net, passes=["gpn"], ignroe=["x"])
+    with pytest.raises(UsageError, match="unexpected keyword 'selct'. Did you mean 'select'"):
+        plan(net, ["gpn"], selct=["1"])
+
+
+def test_options_for_a_pass_given_as_an_instance_are_an_error():
+    net = models.deep_tanh_mlp(depth=2)
+    with pytest.raises(UsageError, match="given as an instance and also in options="):
+        vgpcompile(net, passes=[GPN(root="plus")], options={"gpn": {"root": "paper"}})
+
+
+def test_warnings_reach_python_users_too():
+    net = models.deep_tanh_mlp(depth=12)
+    with pytest.warns(VgpWarning, match="gpn without orthogonal"):
+        report = plan(net, ["gpn"])
+    assert any("gpn without orthogonal" in w for w in report.warnings)
+
+
+def test_safetensors_is_a_runtime_dependency():
+    """save() writes safetensors by default, so an install without extras must have it."""
+    text = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    runtime = re.search(r"^dependencies = \[(.*?)\]", text, re.M | re.S)[1]
+    dev = re.search(r"^dev = \[(.*?)\]", text, re.M | re.S)[1]
+    assert '"safetensors' in runtime and '"scipy' in dev

@@ -90,7 +90,7 @@ class Report:
     def warn(self, text: str) -> None:
         """Add a warning to the report and emit it with ``warnings.warn`` for Python users."""
         self.warnings.append(text)
-        warnings.warn(text, VgpWarning, stacklevel=4)
+        warnings.warn(text, VgpWarning, stacklevel=6)  # the user's vgpcompile()/plan() call
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
