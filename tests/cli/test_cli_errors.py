@@ -246,13 +246,17 @@ def cli(*args, cwd=None):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def test_subprocess_rows_import_that_exits_and_version(env):
+def test_subprocess_row_import_that_exits(env):
     """A model file that calls sys.exit at import: a real process must not exit 0 having written nothing."""
     code, _, err = cli("convert", "--model", f"{env / 'exit_on_import.py'}:f", "-o", str(env / "x"))
     assert code == 4 and "called sys.exit(3) instead of returning a model" in err and len(err.splitlines()) == 1
     assert not (env / "x").exists()
-    code, out, _ = cli("--version")
-    assert code == 0 and out.startswith("vgpcompile 0.1.0 (torch ")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("vgpcompile 0.1.0 (torch ")
 
 
 def test_debug_prints_the_traceback_with_its_cause(env, capsys):

@@ -23,8 +23,9 @@ EPILOG = """selector grammar (--select / --ignore / --leaf, repeatable):
   act:<kind>            activation kind: tanh, sigmoid, relu, gelu, ...
 pass options: --passes "gpn{root=paper,learnable=true}" or --option gpn.root=paper
 
-exit codes: 0 ok, 2 bad arguments, 3 selector error, 4 load failure, 5 trace failure,
-6 parity failure, 7 pass failure, 8 ONNX export failure
+exit codes: 0 ok, 1 internal error, 2 bad arguments, 3 selector error, 4 load failure,
+5 trace failure, 6 parity failure, 7 pass failure, 8 ONNX export failure; errors are one
+line on stderr, `vgpcompile --debug COMMAND ...` adds the traceback and its causes
 """
 
 
