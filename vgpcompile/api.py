@@ -202,8 +202,8 @@ def _input_range(opts: CompileOptions) -> list[float] | None:
         for t in _as_tuple(opts.example_inputs) or ()
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()
     ]
-    if not tensors:
-        return None
+    if not tensors or not all(bool(torch.isfinite(t).all()) for t in tensors):
+        return None  # no range to record (arp, the one reader, refuses such inputs with a reason)
     return [min(float(t.min()) for t in tensors), max(float(t.max()) for t in tensors)]
 
 
@@ -217,19 +217,51 @@ def _check_arguments(model: Any, opts: CompileOptions) -> None:
             f"{type(model).__name__} is a wrapper: compile the bare model first, then wrap the result "
             "(DDP / DataParallel / torch.compile)"
         )
+    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise UsageError(
+            f"the model's {meta!r} is on the 'meta' device (no data): materialize the model first, e.g. "
+            "model.to_empty(device='cpu') and initialize or load its weights"
+        )
+    _check_example_inputs(opts.example_inputs)
+    for key in ("select", "ignore", "leaf"):
+        rules = getattr(opts, key)
+        if rules is not None and not isinstance(rules, (str, list, tuple)):
+            kind = type(rules).__name__
+            raise UsageError(f"{key}= must be a rule string or a list of them, got {kind} {rules!r:.30}")
     if opts.input_range is not None:
         _check_range(opts.input_range)
+    if not isinstance(opts.inplace, bool):
+        raise UsageError(f"inplace= must be True or False, got {opts.inplace!r:.60}")
     if opts.catalogue is not None and not isinstance(opts.catalogue, Catalogue):
         raise UsageError(f"catalogue= must be a vgpcompile Catalogue, got {type(opts.catalogue).__name__}")
 
 
+def _check_example_inputs(value: Any) -> None:
+    """A tuple (or list) of the model's positional inputs; a bare tensor is taken as the one input."""
+    if value is None or isinstance(value, torch.Tensor):
+        items = [] if value is None else [value]
+    elif isinstance(value, (tuple, list)):
+        items = list(value)
+    else:
+        raise UsageError(
+            f"example_inputs= must be a tuple of the model's inputs (or one tensor), got {type(value).__name__} "
+            f"{value!r:.40}"
+        )
+    for i, t in enumerate(items):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any()):
+            raise UsageError(f"example_inputs[{i}] contains NaN: give sample data the model is meant to see")
+
+
 def _check_range(value: Any) -> None:
     try:
+        if isinstance(value, (str, bytes)) or any(isinstance(v, (str, bytes, bool)) for v in value):
+            raise TypeError
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise UsageError(f"input_range= must be a pair (lo, hi) of numbers, got {value!r}") from None
+        raise UsageError(f"input_range= must be a pair (lo, hi) of numbers, got {value!r:.60}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise UsageError(f"input_range= must be finite with lo <= hi, got {value!r}")
+        raise UsageError(f"input_range= must be finite with lo <= hi, got {value!r:.60}")
 
 
 def _check_kinds(selection: Selection, catalogue: Catalogue) -> None:

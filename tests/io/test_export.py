@@ -114,15 +114,18 @@ def test_parity_failure_keeps_the_file_and_says_so(tmp_path, monkeypatch):
     import vgpcompile.io.onnx as ex
 
     model, x = compile_for(mlp, ["gpn"], (5, 6))
+    export_onnx(model, tmp_path / "m.onnx", (x,), exporter="torchscript")
+    good = (tmp_path / "m.onnx").read_bytes()
     real = ex._compare
 
-    def skewed(frozen, session, probe, atol, rtol, target):
-        return real(lambda *a: frozen(*a) + 1.0, session, probe, atol, rtol, target)
+    def skewed(frozen, session, probe, atol, rtol, first=False):
+        return real(lambda *a: frozen(*a) + 1.0, session, probe, atol, rtol, first)
 
     monkeypatch.setattr(ex, "_compare", skewed)
-    with pytest.raises(ParityError, match="was written for inspection"):
+    with pytest.raises(ParityError, match=r"kept for inspection as .*m\.parity-failed\.onnx"):
         export_onnx(model, tmp_path / "m.onnx", (x,), exporter="torchscript")
-    assert (tmp_path / "m.onnx").is_file()
+    assert (tmp_path / "m.onnx").read_bytes() == good  # never over the good file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.parity-failed.onnx"]
 
 
 def test_save_needs_a_compiled_model_and_load_checks_files(tmp_path):
@@ -132,11 +135,11 @@ def test_save_needs_a_compiled_model_and_load_checks_files(tmp_path):
         load(mlp, tmp_path)
     model, _ = compile_for(mlp, ["gpn"], (5, 6))
     save(model, tmp_path / "ck")
-    with pytest.raises(LoadError, match="does not fit the model: missing keys"):
+    with pytest.raises(LoadError, match="do not fit the model built by the factory: missing keys"):
         load(lambda: nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 3),
                                    nn.Linear(3, 3)), tmp_path / "ck")  # fmt: skip
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(LoadError, match="cannot read safetensors"):
+    with pytest.raises(LoadError, match="do not belong together"):  # the digest catches it first
         load(mlp, tmp_path / "ck")
 
 
@@ -193,7 +196,7 @@ def bad_inputs(tmp_path):
         (base + ["--weights", str(tmp_path / "missing.pt")], 4, "missing.pt: no such file"),
         (base + ["--weights", str(truncated)], 4, "trunc.pt: cannot read checkpoint"),
         (base + ["--weights", str(pickled)], 4, "refusing to unpickle it (pass --allow-pickle"),
-        (base + ["--weights", str(other)], 4, "does not fit the model: missing keys bn1.bias"),
+        (base + ["--weights", str(other)], 4, "do not fit the model built by the factory: missing keys bn1.bias"),
         (base + ["--weights", str(good), "--passes", "gnp"], 2, "unknown pass 'gnp'"),
         (base + ["--weights", str(good), "--select", "conv9"], 3, "select rule 'conv9' matches no"),
         (base + ["--weights", str(good), "--onnx", str(tmp_path / "x.onnx"), "--input-shape", "1,4,8,8"], 2,

@@ -5,12 +5,15 @@ Each command module has ``HELP`` (one line), ``EXAMPLE``, ``add_arguments(parser
 
 Exit codes: 0 success; 1 internal error; 2 bad arguments or options; 3 selector error;
 4 load failure; 5 trace failure; 6 parity failure; 7 a pass failed; 8 ONNX export failed.
+Every error is one line on stderr; ``--debug`` adds the traceback with its chained causes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 
 from ..errors import VgpError
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-shape 1,3,32,32\n\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         p = sub.add_parser(
@@ -44,21 +49,63 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         module.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         p.set_defaults(func=module.run)
     return parser
 
 
+DEBUG_HELP = "on an error, also print the full traceback with its chained causes (and an exporter's full log)"
+
+
+def _version() -> str:
+    import torch
+
+    from .. import __version__
+
+    return f"vgpcompile {__version__} (torch {torch.__version__})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every error is one line on stderr and an exit code (the full story with --debug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except VgpError as err:
-        print(f"vgpcompile {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"vgpcompile {args.command}: interrupted", file=sys.stderr)
-        return 130
+    where = f"vgpcompile {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(where)
+        try:
+            return args.func(args)
+        except VgpError as err:
+            _report(where, "error", err, args.debug)
+            return err.exit_code
+        except KeyboardInterrupt:
+            print(f"{where}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # a bug of ours: still one line, the traceback with --debug
+            _report(where, f"internal error ({type(err).__name__}; please report it)", err, args.debug)
+            return 1
+
+
+def _report(where: str, label: str, err: BaseException, debug: bool) -> None:
+    text = " ".join(str(err).split("\n")).strip() or type(err).__name__
+    hint = ""
+    if not debug and getattr(err, "log", None):
+        hint = " (--debug shows the exporter's full output)"
+    elif not debug and label.startswith("internal"):
+        hint = " (--debug shows the full traceback)"
+    print(f"{where}: {label}: {text}{hint}", file=sys.stderr)
+    if debug:
+        traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+        log = getattr(err, "log", None)
+        if log:
+            print(f"--- the exporter's output ---\n{log}", file=sys.stderr)
+
+
+def _one_line_warning(where: str):
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split("\n"))
+        print(f"{where}: warning: {text}", file=file or sys.stderr)
+
+    return show
 
 
 __all__ = ["COMMANDS", "build_parser", "load_factory", "main"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,18 @@ EPILOG = """selector grammar (--select / --ignore / --leaf, repeatable):
   act:<kind>            activation kind: tanh, sigmoid, relu, gelu, ...
 pass options: --passes "gpn{root=paper,learnable=true}" or --option gpn.root=paper
 
-exit codes: 0 ok, 2 bad arguments, 3 selector error, 4 load failure, 5 trace failure,
-6 parity failure, 7 pass failure, 8 ONNX export failure
+exit codes: 0 ok, 1 internal error, 2 bad arguments, 3 selector error, 4 load failure,
+5 trace failure, 6 parity failure, 7 pass failure, 8 ONNX export failure; errors are one
+line on stderr, `vgpcompile --debug COMMAND ...` adds the traceback and its causes
 """
 
 
 def load_factory(spec: str) -> nn.Module:
-    """Build a model from ``pkg.module:callable`` or ``path/to/file.py:callable``."""
+    """Build a model from ``pkg.module:callable`` or ``path/to/file.py:callable``.
+
+    Anything the user's code raises, ``sys.exit()`` included, is a LoadError (exit 4): a
+    model file that exits has not produced a model.
+    """
     if ":" not in spec:
         raise UsageError(f"--model {spec!r}: expected 'pkg.module:factory' or 'path/file.py:factory'")
     where, name = spec.rsplit(":", 1)
@@ -36,18 +42,25 @@ def load_factory(spec: str) -> nn.Module:
         module = _import(where)
     except LoadError:
         raise
-    except Exception as err:
-        raise LoadError(f"--model {spec!r}: cannot import {where!r}: {type(err).__name__}: {err}") from None
+    except (Exception, SystemExit) as err:
+        raise LoadError(f"--model {spec!r}: cannot import {where!r}: {_raised(err)}") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise LoadError(f"--model {spec!r}: {where!r} has no callable {name!r}")
     try:
         model = factory()
-    except Exception as err:
-        raise LoadError(f"--model {spec!r}: {name}() raised {type(err).__name__}: {err}") from None
+    except (Exception, SystemExit) as err:
+        raise LoadError(f"--model {spec!r}: {name}() {_raised(err)}") from None
     if not isinstance(model, nn.Module):
         raise LoadError(f"--model {spec!r}: {name}() returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _raised(err: BaseException) -> str:
+    if isinstance(err, SystemExit):
+        return f"called sys.exit({err.code!r}) instead of returning a model"
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"raised {type(err).__name__}: {first}"
 
 
 def _import(where: str):
@@ -92,10 +105,21 @@ def load_model(args: argparse.Namespace) -> nn.Module:
     return model
 
 
+# An example input is for tracing and parity checks: 2**28 elements (1 GiB of float32) is far
+# beyond any useful one, and refusing early beats an out-of-memory kill.
+MAX_INPUT_ELEMENTS = 2**28
+
+
 def example_input(text: str | None):
     """``--input-shape 1,3,32,32`` -> a seeded standard normal tensor of that shape."""
     import torch
 
+    shape = input_shape(text)
+    return None if shape is None else torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def input_shape(text: str | None) -> list[int] | None:
+    """The sizes of ``--input-shape``, checked before any work: positive, and a sane total."""
     if not text:
         return None
     try:
@@ -104,7 +128,13 @@ def example_input(text: str | None):
         raise UsageError(f"--input-shape {text!r}: expected comma-separated integers, e.g. 1,3,32,32") from None
     if not shape or any(v <= 0 for v in shape):
         raise UsageError(f"--input-shape {text!r}: every size must be positive")
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    total = math.prod(shape)
+    if total > MAX_INPUT_ELEMENTS:
+        raise UsageError(
+            f"--input-shape {text!r}: {total:.3g} elements ({4 * total / 2**30:.3g} GiB); an example input only "
+            f"needs one small batch (at most {MAX_INPUT_ELEMENTS} elements)"
+        )
+    return shape
 
 
 def input_range(text: str | None) -> tuple[float, float] | None:
@@ -114,7 +144,30 @@ def input_range(text: str | None) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"--input-range {text!r}: expected LO,HI, e.g. 0,1") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise UsageError(f"--input-range {text!r}: expected finite LO <= HI, e.g. 0,1")
     return lo, hi
+
+
+def output_paths(args: argparse.Namespace) -> None:
+    """Check -o/--output and --onnx before any work (exit 2), so a bad path costs nothing."""
+    from ..io.checkpoint import check_replaceable
+    from ..io.files import output_path
+
+    out = getattr(args, "output", None)
+    if out is not None:
+        check_replaceable(output_path(out, "-o/--output", "dir"), "-o/--output")
+    onnx = getattr(args, "onnx", None)
+    if onnx is None:
+        return
+    target = output_path(onnx, "--onnx", "file").absolute()
+    for flag in ("output", "checkpoint"):
+        folder = getattr(args, flag, None)
+        if folder and Path(folder).absolute() in target.parents:
+            raise UsageError(
+                f"--onnx {onnx!r} is inside the checkpoint directory {folder!r}, which holds exactly its weights "
+                "and recipe: write the ONNX file elsewhere"
+            )
 
 
 def source_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from .common import compile_args, example_input, input_range, load_model, model_args, onnx_args
+from .common import compile_args, example_input, input_range, load_model, model_args, onnx_args, output_paths
 
 HELP = "compile a model and write its training-form (or frozen) checkpoint"
 EXAMPLE = (
@@ -30,15 +30,17 @@ def run(args: argparse.Namespace) -> int:
     from ..io.checkpoint import save
     from ..io.onnx import check_runs, export_onnx
 
-    model = load_model(args)
+    output_paths(args)  # every argument is checked before the model is loaded
     example = example_input(args.input_shape)
+    value_range = input_range(args.input_range)
     if args.onnx and example is None:
         raise UsageError("--onnx needs --input-shape (the example input for export and parity checks)")
+    model = load_model(args)
     compiled = vgpcompile(
         model,
         **compile_args(args),
         example_inputs=(example,) if example is not None else None,
-        input_range=input_range(args.input_range),
+        input_range=value_range,
     )
     print(compiled.vgp_report)
     if example is not None:  # fail before anything is written
@@ -49,4 +51,3 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx:
         print(export_onnx(out, args.onnx, (example,), exporter=args.exporter, opset=args.opset))
     return 0
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from .common import example_input, load_factory, onnx_args
+from .common import example_input, load_factory, onnx_args, output_paths
 
 HELP = "export a converted checkpoint to ONNX and check it in onnxruntime"
 EXAMPLE = (
@@ -27,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model is None:
         raise UsageError("--model is required: the checkpoint holds weights and the recipe, not the architecture")
-    model = load(lambda: load_factory(args.model), args.checkpoint)
+    output_paths(args)
     example = example_input(args.input_shape)
+    model = load(lambda: load_factory(args.model), args.checkpoint)
     report = export_onnx(
         model, args.onnx, (example,), exporter=args.exporter, opset=args.opset, dynamic_batch=not args.static_batch
     )

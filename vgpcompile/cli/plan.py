@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..api import plan
 
-    report = plan(load_factory(args.model), **compile_args(args), input_range=input_range(args.input_range))
+    value_range = input_range(args.input_range)
+    report = plan(load_factory(args.model), **compile_args(args), input_range=value_range)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return 0

@@ -14,12 +14,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import LoadError
+from ..errors import LoadError, UsageError
 from .catalogue import BUILTIN_KINDS, Catalogue
 from .contract import Pass
 from .report import Report
 
 FORMS = ("training", "frozen")
+# format -> the weights file name of a checkpoint; a recipe may name nothing else.
+WEIGHT_FILES = {"safetensors": "model.safetensors", "pt": "model.pt"}
 
 
 def build(
@@ -60,37 +62,80 @@ def _where(file: str, field: str) -> str:
 
 
 def validate(recipe: Any, file: str = "recipe.json") -> dict[str, Any]:
-    """``recipe`` if it has the recipe schema, else a LoadError naming the file and the field."""
+    """``recipe`` if it has the recipe schema, else a LoadError naming the file and the field.
+
+    The one place the schema lives: every field's type, every pass known and its options
+    valid for it (types, and the ranges the pass itself enforces), numbers finite, the
+    weights file a plain name inside the checkpoint directory.
+    """
     if not isinstance(recipe, dict):
         raise LoadError(f"{file}: corrupt recipe (a JSON object is expected, got {type(recipe).__name__})")
-    passes = recipe.get("passes")
-    if not isinstance(passes, list):
-        raise LoadError(f"{_where(file, 'passes')} must be a list, got {type(passes).__name__}")
-    for i, entry in enumerate(passes):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise LoadError(f"{_where(file, f'passes[{i}]')} must be {{'name': str, 'options': {{...}}}}")
-        if not isinstance(entry.get("options", {}), dict):
-            raise LoadError(f"{_where(file, f'passes[{i}].options')} must be an object")
-    for key in ("select", "ignore", "leaf"):
-        value = recipe.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise LoadError(f"{_where(file, key)} must be a list of strings")
+    _check_passes(recipe.get("passes"), file)
+    for key in ("select", "ignore", "leaf", "activations"):
+        _check_strings(recipe.get(key), key, file)
     _check_range(recipe.get("input_range"), file)
-    for key in ("activations",):
-        value = recipe.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise LoadError(f"{_where(file, key)} must be a list of strings")
     changed = recipe.get("changed") or {}
     if not isinstance(changed, dict) or not all(
         isinstance(v, list) and all(isinstance(n, str) for n in v) for v in changed.values()
     ):
         raise LoadError(f"{_where(file, 'changed')} must map pass names to lists of target names")
+    versions = recipe.get("versions") or {}
+    if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
+        raise LoadError(f"{_where(file, 'versions')} must map package names to version strings")
     if recipe.get("form", "training") not in FORMS:
         raise LoadError(f"{_where(file, 'form')} must be one of {list(FORMS)}, got {recipe.get('form')!r}")
     weights = recipe.get("weights")
-    if weights is not None and not isinstance(weights, str):
-        raise LoadError(f"{_where(file, 'weights')} must be a file name, got {type(weights).__name__}")
+    if weights is not None and weights not in WEIGHT_FILES.values():
+        shown = repr(weights) if isinstance(weights, str) else type(weights).__name__
+        raise LoadError(
+            f"{_where(file, 'weights')} must name the weights file inside the checkpoint directory, one of "
+            f"{sorted(WEIGHT_FILES.values())}; got {shown}"
+        )
+    if not isinstance(recipe.get("weights_digest", ""), str):
+        raise LoadError(f"{_where(file, 'weights_digest')} must be a string")
     return recipe
+
+
+def _check_passes(passes: Any, file: str) -> None:
+    from .registry import make_pass  # the registry imports pass modules lazily
+
+    if not isinstance(passes, list):
+        raise LoadError(f"{_where(file, 'passes')} must be a list, got {type(passes).__name__}")
+    seen: set[str] = set()
+    for i, entry in enumerate(passes):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise LoadError(f"{_where(file, f'passes[{i}]')} must be {{'name': str, 'options': {{...}}}}")
+        options = entry.get("options", {})
+        if not isinstance(options, dict):
+            raise LoadError(f"{_where(file, f'passes[{i}].options')} must be an object, got {type(options).__name__}")
+        for key, value in options.items():
+            if not _sane_number(value):
+                raise LoadError(f"{_where(file, f'passes[{i}].options.{key}')} has an absurd value {value!r}")
+        try:
+            make_pass(entry["name"], options)
+        except UsageError as err:
+            field = f"passes[{i}].name" if entry["name"] not in _known_passes() else f"passes[{i}].options"
+            raise LoadError(f"{_where(file, field)}: {err}") from None
+        if entry["name"] in seen:
+            raise LoadError(f"{_where(file, f'passes[{i}]')}: pass {entry['name']!r} is listed twice")
+        seen.add(entry["name"])
+
+
+def _sane_number(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return not isinstance(value, int) or abs(value) < 2**63
+
+
+def _known_passes() -> set[str]:
+    from .registry import REGISTRY
+
+    return set(REGISTRY)
+
+
+def _check_strings(value: Any, key: str, file: str) -> None:
+    if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        raise LoadError(f"{_where(file, key)} must be a list of strings, got {value!r:.80}")
 
 
 def _check_range(value: Any, file: str) -> None:
@@ -103,7 +148,7 @@ def _check_range(value: Any, file: str) -> None:
         and value[0] <= value[1]
     )
     if not ok:
-        raise LoadError(f"{_where(file, 'input_range')} must be [lo, hi] with finite lo <= hi, got {value!r}")
+        raise LoadError(f"{_where(file, 'input_range')} must be [lo, hi] with finite lo <= hi, got {value!r:.80}")
 
 
 def check_rebuild(recipe: Mapping[str, Any], report: Report, file: str) -> None:

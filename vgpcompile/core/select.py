@@ -13,18 +13,28 @@ Grammar (the same in Python and on the CLI):
 
 A target is selected when ``select`` is empty or any select rule matches it, and no
 ignore rule matches it: ignore wins. A rule that matches nothing is an error.
+
+Regexes are user input, and Python's ``re`` backtracks: ``re:(.*.*)*Z`` takes minutes on a
+20-character name. They are matched with the ``regex`` package (the same syntax) under a
+time limit instead: each ``re:`` rule gets ``REGEX_BUDGET_S`` seconds in all for one
+compile, and a rule that exceeds it is a SelectorError naming the rule (simplify its
+nested repetitions).
 """
 
 from __future__ import annotations
 
 import difflib
-import re
+import functools
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..errors import SelectorError
+import regex
+
+from ..errors import SelectorError, UsageError
 
 PREFIXES = ("re:", "type:", "act:")
+REGEX_BUDGET_S = 2.0  # per re: rule and compile; a sane pattern needs microseconds per name
 
 
 @dataclass(frozen=True)
@@ -40,22 +50,40 @@ class Target:
 class Rule:
     text: str
     where: str  # "select" or "ignore"
+    spent: list[float] = field(default_factory=lambda: [0.0], compare=False, repr=False)  # seconds matching
 
     def matches(self, target: Target) -> bool:
         if self.text.startswith("re:"):
-            pattern = self._regex()
-            return any(pattern.fullmatch(n) for n in target.names)
+            return any(self._fullmatch(n) for n in target.names)
         if self.text.startswith("type:"):
             return self.text[5:] in target.classes
         if self.text.startswith("act:"):
             return target.kind == self.text[4:]
         return any(n == self.text or n.startswith(self.text + ".") for n in target.names)
 
-    def _regex(self) -> re.Pattern:
+    def _regex(self) -> regex.Pattern:
         try:
-            return re.compile(self.text[3:])
-        except re.error as err:
+            return _compile(self.text[3:])
+        except regex.error as err:
             raise SelectorError(f"{self.where} rule {self.text!r} is not a valid regex: {err}") from None
+
+    def _fullmatch(self, name: str) -> bool:
+        left = REGEX_BUDGET_S - self.spent[0]
+        start = time.perf_counter()
+        try:
+            return self._regex().fullmatch(name, timeout=max(left, 0.001)) is not None
+        except TimeoutError:
+            raise SelectorError(
+                f"{self.where} rule {self.text!r} took more than {REGEX_BUDGET_S:g} s to match (at {name!r}): its "
+                "nested repetitions backtrack exponentially; simplify it, e.g. 're:.*Z' instead of 're:(.*.*)*Z'"
+            ) from None
+        finally:
+            self.spent[0] += time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(pattern: str) -> regex.Pattern:
+    return regex.compile(pattern)
 
 
 def _class_names(objs: Iterable[object]) -> tuple[str, ...]:
@@ -84,6 +112,9 @@ class Selection:
             return []
         if isinstance(rules, str):
             rules = [rules]
+        if not isinstance(rules, (list, tuple)):
+            kind = type(rules).__name__
+            raise UsageError(f"{where}= must be a rule string or a list of them, got {kind} {rules!r:.60}")
         parsed = []
         for text in rules:
             if not isinstance(text, str) or not text.strip():

@@ -1,20 +1,31 @@
 """Checkpoints: a state_dict plus the recipe, never a pickled GraphModule.
 
-A checkpoint is a directory with ``model.safetensors`` (or ``model.pt``, a plain state_dict
-loaded with ``weights_only=True``) and ``recipe.json`` (passes with every option resolved,
-selections, versions, and whether it holds the training or the frozen form). ``load``
+A checkpoint is a directory holding exactly two files: ``model.safetensors`` (or
+``model.pt``, a plain state_dict loaded with ``weights_only=True``) and ``recipe.json``
+(passes with every option resolved, selections, versions, whether it holds the training
+or the frozen form, the name of the weights file and ``weights_digest``). ``load``
 rebuilds the module from the original model factory by re-applying the recipe, so nothing
 depends on node.meta or generated code surviving a pickle (research/peers.md §0.6).
-Files are written to a temporary name and renamed, so a failed save leaves nothing half
-written where the output should be.
+
+Replaced whole or not at all: ``save`` writes the new checkpoint into a staging directory
+beside the target and swaps it in with one atomic rename (see :mod:`vgpcompile.io.files`),
+so the directory is always entirely the old checkpoint or entirely the new one, and no
+file of the old one (a ``model.safetensors`` beside a new ``model.pt``) survives. An
+existing directory is only replaced if it is empty or a checkpoint; anything else in it is
+refused rather than deleted.
+
+Belonging together: ``weights_digest`` is the sha256 of the recipe's other fields and the
+weights file's bytes. ``load`` recomputes it before anything else and refuses weights and
+a recipe that were not saved together (a half-copied checkpoint, an edited recipe, a
+``form`` that does not match the weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,29 +35,52 @@ from torch import nn
 
 from ..core import recipe as recipes
 from ..core.catalogue import Catalogue
+from ..core.report import VgpWarning
 from ..errors import LoadError, UsageError
+from . import files
 
 RECIPE = "recipe.json"
-WEIGHTS = {"safetensors": "model.safetensors", "pt": "model.pt"}
+WEIGHTS = recipes.WEIGHT_FILES
+DIGEST = "weights_digest"
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, format: str = "safetensors") -> Path:
-    """Write ``model``'s weights and recipe into directory ``path``; return the directory."""
+    """Write ``model``'s weights and recipe into directory ``path``, replacing it whole; return it."""
     recipe = getattr(model, "vgp_recipe", None)
     if recipe is None:
         raise UsageError("save() takes a model returned by vgpcompile() or freeze(): it carries the recipe")
     if format not in WEIGHTS:
         raise UsageError(f"save(format={format!r}): use 'safetensors' or 'pt'")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    target = files.output_path(path, "save(path)", "dir")
+    if target.is_symlink():  # replace the directory it points to, keep the link
+        target = target.resolve()
+    check_replaceable(target, "save(path)")
+    stage = files.stage_for(target)
     try:
-        _write_weights(model, stage / WEIGHTS[format], format)
-        (stage / RECIPE).write_text(json.dumps({**recipe, "weights": WEIGHTS[format]}, indent=2))
-        _publish(stage, target)
+        weights = stage / WEIGHTS[format]
+        _write_weights(model, weights, format)
+        full = {**recipe, "weights": weights.name}
+        full[DIGEST] = digest(full, weights)
+        (stage / RECIPE).write_text(json.dumps(full, indent=2))
+        for name in (weights.name, RECIPE):
+            files.fsync(stage / name)
+        files.publish_dir(stage, target)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        files.remove(stage)  # the unpublished new checkpoint, or the old one swapped out
     return target
+
+
+def check_replaceable(target: Path, flag: str) -> None:
+    """Refuse to replace a directory that holds anything but a checkpoint: it would be deleted."""
+    if not target.is_dir():
+        return
+    others = sorted(p.name for p in target.iterdir() if p.name not in {RECIPE, *WEIGHTS.values()})
+    if others:
+        shown = ", ".join(others[:3]) + (f" (+{len(others) - 3} more)" if len(others) > 3 else "")
+        raise UsageError(
+            f"{flag} {str(target)!r} is a directory that holds other files than a checkpoint ({shown}); "
+            "a checkpoint directory is replaced whole, so choose a new or empty directory"
+        )
 
 
 def _write_weights(model: nn.Module, file: Path, format: str) -> None:
@@ -58,16 +92,55 @@ def _write_weights(model: nn.Module, file: Path, format: str) -> None:
         torch.save(model.state_dict(), file)
 
 
-def _publish(stage: Path, target: Path) -> None:
-    """Move staged files into ``target``: a rename of the whole directory when it is new."""
-    if not target.exists():
-        os.rename(stage, target)
-        stage.mkdir()  # so the caller's cleanup has something to remove
+def digest(recipe: dict[str, Any], weights: Path) -> str:
+    """sha256 of the recipe (without this field) and the weights file: binds the two together."""
+    h = hashlib.sha256()
+    body = {k: v for k, v in recipe.items() if k != DIGEST}
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    h.update(b"\0")
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def check_belongs(recipe: dict[str, Any], weights: Path, file: str) -> None:
+    """Refuse weights and a recipe that were not saved together (or warn if the recipe predates digests)."""
+    saved = recipe.get(DIGEST)
+    if saved is None:
+        warnings.warn(
+            f"{file} has no {DIGEST!r} (written by an older vgpcompile): cannot check that {weights.name} "
+            "belongs to it; save the checkpoint again to add one",
+            VgpWarning,
+            stacklevel=3,
+        )
         return
-    if not target.is_dir():
-        raise UsageError(f"save: {target} exists and is not a directory")
-    for item in stage.iterdir():
-        os.replace(item, target / item.name)
+    if digest(recipe, weights) == saved:
+        return
+    form = recipe.get("form", "training")
+    other = next(f for f in recipes.FORMS if f != form)
+    if digest({**recipe, "form": other}, weights) == saved:
+        raise LoadError(
+            f"{file}: field 'form' says {form!r} but {weights.name} holds the {other!r} form; "
+            f"the recipe was edited: set it back to {other!r} or save the checkpoint again"
+        )
+    raise LoadError(
+        f"{file} and {weights.name} do not belong together (weights digest mismatch): one was changed or "
+        "copied from another save; write the checkpoint again with vgpcompile.save() or convert"
+    )
+
+
+def check_version(recipe: dict[str, Any], file: str) -> None:
+    from .. import __version__
+
+    saved = (recipe.get("versions") or {}).get("vgpcompile")
+    if saved is not None and saved != __version__:
+        warnings.warn(
+            f"{file} was written by vgpcompile {saved}, this is {__version__}: the rebuild is checked "
+            "against the saved targets, but pass defaults may differ",
+            VgpWarning,
+            stacklevel=3,
+        )
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
@@ -75,9 +148,11 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
     if not file.is_file():
         raise LoadError(f"{path}: not a vgpcompile checkpoint (no {RECIPE}); write one with vgpcompile.save()")
     try:
-        recipe = json.loads(file.read_text())
+        recipe = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LoadError(f"{file}: corrupt recipe ({err})") from None
+    except OSError as err:
+        raise LoadError(f"{file}: cannot read ({err.strerror or err})") from None
     return recipes.validate(recipe, str(file))
 
 
@@ -89,10 +164,12 @@ def load(
 ) -> nn.Module:
     """Rebuild a saved model: original model (or factory) -> re-apply the recipe -> load weights.
 
-    Outputs are bitwise equal to the saved model's. The rebuild must rewrite exactly the
-    targets the saved model had rewritten (a user activation not registered again, or a
-    changed factory, is refused naming the difference). ``catalogue`` is the activation
-    catalogue the model was compiled with, when it was not the default one.
+    Outputs are bitwise equal to the saved model's. Weights and recipe must have been saved
+    together (their digest is checked first). The rebuild must rewrite exactly the targets
+    the saved model had rewritten (a user activation not registered again, or a changed
+    factory, is refused naming the difference). ``catalogue`` is the activation catalogue
+    the model was compiled with, when it was not the default one. A recipe written by
+    another vgpcompile version loads with a warning.
     """
     from ..api import vgpcompile
     from ..core.catalogue import DEFAULT
@@ -101,6 +178,11 @@ def load(
 
     recipe = read_recipe(path)
     file = str(Path(path) / RECIPE)
+    weights = Path(path) / recipe.get("weights", WEIGHTS["safetensors"])
+    if not weights.is_file():
+        raise LoadError(f"{weights}: no such file (named by field 'weights' of {file})")
+    check_belongs(recipe, weights, file)
+    check_version(recipe, file)
     missing = recipes.missing_activations(recipe, catalogue or DEFAULT)
     if missing:
         raise LoadError(
@@ -108,10 +190,7 @@ def load(
             "vgpcompile.register_activation(...) for them (or pass catalogue=) before load()"
         )
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
-    try:
-        passes = [make_pass(p["name"], p.get("options", {})) for p in recipe["passes"]]
-    except UsageError as err:
-        raise LoadError(f"{file}: field 'passes': {err}") from None
+    passes = [make_pass(p["name"], p.get("options", {})) for p in recipe["passes"]]  # validated above
     rng = recipe.get("input_range")
     compiled = vgpcompile(
         model,
@@ -125,7 +204,7 @@ def load(
     recipes.check_rebuild(recipe, compiled.vgp_report, file)
     if recipe.get("form") == "frozen":
         compiled = freeze(compiled)
-    load_weights(compiled, Path(path) / recipe.get("weights", WEIGHTS["safetensors"]))
+    load_weights(compiled, weights)
     return compiled
 
 
@@ -133,16 +212,27 @@ def load_weights(model: nn.Module, file: Path) -> None:
     """Load a weights file written by ``save`` into ``model``, strictly."""
     if not file.is_file():
         raise LoadError(f"{file}: no such file")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_model
-
-        try:
-            missing, unexpected = load_model(model, str(file), strict=False)
-        except Exception as err:
-            raise LoadError(f"{file}: cannot read safetensors ({_first_line(err)})") from None
-        _check_keys(file, missing, unexpected)
+    if file.suffix != ".safetensors":
+        fit_state_dict(model, read_state_dict(file), file)
         return
-    fit_state_dict(model, read_state_dict(file), file)
+    from safetensors.torch import load_model
+
+    _check_shapes(model, _safetensors_shapes(file), file)
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False)
+    except Exception as err:
+        raise LoadError(f"{file}: cannot read safetensors ({_first_line(err)})") from None
+    _check_keys(file, missing, unexpected)
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as err:
+        raise LoadError(f"{file}: cannot read safetensors ({_first_line(err)})") from None
 
 
 def read_state_dict(file: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
@@ -190,13 +280,24 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], file: str | os.PathLike) -> None:
     """``model.load_state_dict(state)``, with a LoadError naming missing/unexpected/mis-shaped keys."""
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if wrong:
-        k = wrong[0]
-        raise LoadError(f"{file}: shape mismatch for {k!r}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}")
+    _check_shapes(model, {k: tuple(v.shape) for k, v in state.items()}, file)
     result = model.load_state_dict(state, strict=False)
     _check_keys(file, result.missing_keys, result.unexpected_keys)
+
+
+def _check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], file: str | os.PathLike) -> None:
+    """The first keys whose shapes differ between the model and the weights, model side first."""
+    own = model.state_dict()
+    wrong = [k for k, shape in shapes.items() if k in own and tuple(own[k].shape) != shape]
+    if wrong:
+        listed = "; ".join(
+            f"{k!r} is {tuple(own[k].shape)} in the model, {shapes[k]} in the weights" for k in wrong[:3]
+        )
+        more = f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise LoadError(
+            f"the model built by the factory does not fit the weights of {Path(file).name}: {listed}{more}; "
+            "was the factory (or its arguments) changed since they were saved?"
+        )
 
 
 def _check_keys(file, missing, unexpected) -> None:
@@ -206,7 +307,7 @@ def _check_keys(file, missing, unexpected) -> None:
             parts.append(f"missing keys {_few(missing)}")
         if unexpected:
             parts.append(f"unexpected keys {_few(unexpected)}")
-        raise LoadError(f"{file}: does not fit the model: " + "; ".join(parts))
+        raise LoadError(f"the weights of {file} do not fit the model built by the factory: " + "; ".join(parts))
 
 
 def _few(keys) -> str:

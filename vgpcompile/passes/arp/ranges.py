@@ -115,8 +115,12 @@ def _model_input_range(x: fx.Node, region: str, env: Env) -> Found:
         return lo, hi, "input_range"
     inputs = env.example_inputs or ()
     index = [n for n in x.graph.nodes if n.op == "placeholder"].index(x)
-    if index < len(inputs) and isinstance(inputs[index], torch.Tensor) and inputs[index].numel():
+    if index < len(inputs) and isinstance(inputs[index], torch.Tensor):
         t = inputs[index].detach().float()
+        if not t.numel():
+            return f"the model input {x.target!r}, and example_inputs[{index}] is empty (shape {tuple(t.shape)})"
+        if not bool(torch.isfinite(t).all()):
+            return f"the model input {x.target!r}, and example_inputs[{index}] holds NaN or Inf values"
         return float(t.min()), float(t.max()), "example_inputs"
     if not inputs:
         return f"the model input {x.target!r}, and neither input_range= nor example_inputs= is given"
