@@ -16,6 +16,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
+from ..core.report import VgpWarning
 from ..errors import VgpError
 from . import convert, demo, export, inspect, passes, plan
 from .common import EPILOG, load_factory
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     where = f"vgpcompile {args.command}"
     with warnings.catch_warnings():
+        warnings.simplefilter("default", VgpWarning)  # a command's own warnings always reach the user
         warnings.showwarning = _one_line_warning(where)
         try:
             return args.func(args)
