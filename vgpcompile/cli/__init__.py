@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VgpError
-from . import convert, demo, export, inspect, passes, plan
+from . import convert, demo, diagnose, export, inspect, passes, plan
 from .common import EPILOG, load_factory
 
 COMMANDS = {
@@ -24,6 +24,7 @@ COMMANDS = {
     "convert": convert,
     "export": export,
     "demo": demo,
+    "diagnose": diagnose,
 }
 
 

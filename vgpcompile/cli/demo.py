@@ -15,10 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (default 1e-4, the BSNN code's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", metavar="FILE.png", help="write the step-0 per-layer gradient and signal plot here")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..tools.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(args.activation, args.depth, args.width, args.steps, args.lr, seed=args.seed))
+    run_demo(DemoConfig(args.activation, args.depth, args.width, args.steps, args.lr, seed=args.seed, plot=args.plot))
     return 0
