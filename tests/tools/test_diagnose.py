@@ -128,6 +128,31 @@ def test_per_step_gradients_equal_autograd():
     assert torch.allclose(torch.tensor(m.recurrent[0].steps, dtype=torch.float64), expected, rtol=1e-10)
 
 
+class Cells(nn.Module):
+    """An LSTM (time-major) feeding an RNNCell stepped in Python: one step per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 8)
+        self.cell = nn.RNNCell(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq, _ = self.lstm(x)
+        h = torch.zeros(x.shape[1], 8, dtype=x.dtype)
+        for t in range(seq.shape[0]):
+            h = self.cell(seq[t], h)
+        return h
+
+
+def test_lstm_and_a_stepped_cell_report_one_value_per_time_step():
+    torch.manual_seed(0)
+    m = measure(Cells().double(), torch.randn(12, 5, 3, dtype=torch.float64))
+    rows = {r.name: r for r in m.recurrent}
+    assert len(rows["lstm"].steps) == 12 and len(rows["cell"].steps) == 12
+    assert all(v > 0 for r in rows.values() for v in r.steps)
+    assert rows["cell"].steps[-1] > rows["cell"].steps[0]
+
+
 class Untraceable(nn.Module):
     """Data-dependent control flow: torch.fx cannot trace it, capture leaves it eager."""
 
@@ -214,10 +239,11 @@ def test_plots_are_written_with_the_expected_axes(deep_report, tmp_path):
     assert "| weight-gradient norm max/min (BSNN figure of merit) |" in md and md.count("| Linear |") == 201
 
 
-def test_batches_and_seeds_are_averaged():
+def test_batches_and_seeds_are_averaged_with_a_progress_bar(capsys):
     net = plain_mlp("tanh", depth=2, width=16, d_in=4, d_out=2, arm=Arm("xavier"))
     batches = [(torch.randn(8, 4), None), (torch.randn(8, 4), None)]
-    report = vgpcompile.diagnose(net, batches=batches, seeds=3, progress=False)
+    report = vgpcompile.diagnose(net, batches=batches, seeds=3, progress=True)
+    assert "diagnose before" in capsys.readouterr().err  # tqdm
     assert report.settings["runs"] == 6 and report.before.measurement.runs == 6
     single = [measure(net, x, seed=s).layers[0].grad_norm for x, _ in batches for s in range(3)]
     assert math.isclose(report.before.measurement.layers[0].grad_norm, sum(single) / 6, rel_tol=1e-9)

@@ -104,6 +104,7 @@ class RecurrentRow:
     steps: list[float] = field(default_factory=list)
     note: str = ""
     _series: list[list[float] | None] = field(default_factory=list, repr=False)
+    _cell: bool = field(default=False, repr=False)  # each call is one step: calls concatenate
 
 
 @dataclass
@@ -280,7 +281,7 @@ class _Probe(TorchFunctionMode):
             return None
         slot = len(row._series)
         row._series.append(None)
-        cell = isinstance(module, nn.RNNCellBase)
+        cell = row._cell = isinstance(module, nn.RNNCellBase)
         tdim = _time_dim(module, x)
 
         def per_step(grad: torch.Tensor) -> None:
@@ -377,7 +378,7 @@ class _Probe(TorchFunctionMode):
             row.saturation = act.saturation if act else None
         for row in self.recurrent.values():
             done = [s for s in row._series if s is not None]
-            row.steps = _mean_series(done)
+            row.steps = [v for s in done for v in s] if row._cell else _mean_series(done)
         return Measurement(
             list(self.layers.values()), list(self.activations.values()), [r for r in self.recurrent.values()], loss
         )
