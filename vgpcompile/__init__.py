@@ -28,12 +28,14 @@ from .errors import (  # noqa: E402
 from .freeze import freeze  # noqa: E402
 from .io.checkpoint import load, save  # noqa: E402
 from .io.onnx import export_onnx  # noqa: E402
+from .tools.diagnose import DiagnoseReport, diagnose  # noqa: E402
 
 __all__ = [
     "Activation",
     "ActivationError",
     "CaptureError",
     "Catalogue",
+    "DiagnoseReport",
     "Env",
     "ExportError",
     "LoadError",
@@ -48,6 +50,7 @@ __all__ = [
     "VgpWarning",
     "__version__",
     "compile",
+    "diagnose",
     "export_onnx",
     "freeze",
     "list_passes",

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from vgpcompile import vgpcompile
+from vgpcompile.tools.probes import measure
 
 
 def tanh_mlp(depth: int, width: int, orthogonal: bool, bias: bool = True) -> nn.Sequential:
@@ -30,8 +31,7 @@ def grad_ratio(model: nn.Module, width: int) -> tuple[float, list[float]]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, width, generator=g, dtype=torch.float64)  # rows on the thin shell, ||x||^2 ~ width
     target = torch.randn(64, 1, generator=g, dtype=torch.float64)
-    nn.functional.mse_loss(model(x), target).backward()
-    norms = [m.weight.grad.norm().item() for m in model.modules() if isinstance(m, nn.Linear)][:-1]
+    norms = measure(model, x, target, nn.functional.mse_loss).grad_norms()[:-1]
     return max(norms) / min(norms), norms
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from ..core.report import VgpWarning
 from ..errors import VgpError
-from . import convert, demo, export, inspect, passes, plan
+from . import convert, demo, diagnose, export, inspect, passes, plan
 from .common import EPILOG, load_factory
 
 COMMANDS = {
@@ -28,6 +28,7 @@ COMMANDS = {
     "convert": convert,
     "export": export,
     "demo": demo,
+    "diagnose": diagnose,
 }
 
 

@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (default 1e-4, the BSNN code's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", metavar="FILE.png", help="write the step-0 per-layer gradient and signal plot here")
 
 
 # Bounds that keep a demo a demo: below them its tables are empty, above them it runs for hours.
@@ -35,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr {args.lr}: must be a positive number")
     DEFAULT.get(args.activation)  # an unknown activation is a UsageError naming close ones
-    run_demo(DemoConfig(args.activation, args.depth, args.width, args.steps, args.lr, seed=args.seed))
+    run_demo(DemoConfig(args.activation, args.depth, args.width, args.steps, args.lr, seed=args.seed, plot=args.plot))
     return 0

@@ -17,6 +17,9 @@ import torch
 from torch import nn
 
 from ..core.catalogue import DEFAULT
+from .probes import layer_grad_norms, measure
+
+__all__ = ["DemoConfig", "accuracy", "deep_mlp", "layer_grad_norms", "moons", "run_demo", "train"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class DemoConfig:
     batch: int = 64
     seed: int = 0
     passes: tuple[str, ...] = ("gpn",)
+    plot: str | None = None  # write the step-0 before/after plot (diagnose's gradients figure) here
 
 
 def moons(n: int, seed: int, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,15 +60,6 @@ def deep_mlp(activation: str = "relu", depth: int = 50, width: int = 128, d_in: 
         if isinstance(m, nn.Linear):
             nn.init.orthogonal_(m.weight, gain=math.sqrt(width / d_in) if m is layers[0] else 1.0)
     return net
-
-
-def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """Frobenius norm of each Linear weight's gradient on one batch, input to output."""
-    model.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    norms = [m.weight.grad.norm().item() for m in model.modules() if isinstance(m, nn.Linear)]
-    model.zero_grad()
-    return norms
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: DemoConfig) -> list[float]:
@@ -97,7 +92,13 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out=print) -> dict[str, float]:
     out(
         f"  compiled with passes={list(cfg.passes)}: {compiled.vgp_report.changed_count(cfg.passes[0])} sites rewritten"
     )
-    _print_grads(layer_grad_norms(plain, x[:256], y[:256]), layer_grad_norms(compiled, x[:256], y[:256]), out)
+    before, after = measure(plain, x[:256], y[:256]), measure(compiled, x[:256], y[:256])
+    _print_grads(before.grad_norms(), after.grad_norms(), out)
+    if cfg.plot:
+        from .plots import layer_figure, save_figure
+
+        title = f"{cfg.depth + 2}-layer {cfg.activation} MLP at step 0: plain vs passes={list(cfg.passes)}"
+        out(f"  wrote {save_figure(layer_figure({'plain': before, 'compiled': after}, title), cfg.plot)}")
     t0 = time.perf_counter()
     lp = train(plain, x, y, cfg)
     t1 = time.perf_counter()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vgpcompile import vgpcompile
+from vgpcompile.tools.probes import measure
 
 DEPTH, WIDTH, BATCH = 200, 256, 256
 ACTS = {"tanh": nn.Tanh, "selu": nn.SELU, "elu": nn.ELU, "gelu": nn.GELU, "relu": nn.ReLU}
@@ -28,16 +29,12 @@ def deep(act: str) -> nn.Sequential:
 
 def propagate(model: nn.Module) -> tuple[list[float], list[float]]:
     """(‖x^l‖²/n averaged over the batch at the input of each hidden layer, ‖∂E/∂W^l‖_F per hidden layer)."""
-    hidden = [m for m in model.modules() if isinstance(m, nn.Linear)][:DEPTH]
-    shells: list[float] = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: shells.append(a[0].pow(2).mean().item())) for m in hidden]
     g = torch.Generator().manual_seed(1)
     x = 3.0 * torch.randn(BATCH, WIDTH, generator=g)  # off the shell on purpose: thin_shell puts it back
-    error = torch.randn(BATCH, WIDTH, generator=g)
-    (model(x) * error).sum().div(BATCH).backward()
-    for h in hooks:
-        h.remove()
-    return shells, [m.weight.grad.norm().item() for m in hidden]
+    error = torch.randn(BATCH, WIDTH, generator=g)  # the authors' independent top error (§4.1)
+    m = measure(model, x, error, lambda out, e: (out * e).sum().div(BATCH))
+    hidden = m.layers[:DEPTH]
+    return [r.signal for r in hidden], [r.grad_norm for r in hidden]
 
 
 def show(label: str, shells: list[float], grads: list[float]) -> None:

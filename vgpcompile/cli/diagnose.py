@@ -1,0 +1,59 @@
+"""``vgpcompile diagnose``: measure vanishing/exploding gradients, before and after passes."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import compile_args, example_input, load_model, model_args
+
+HELP = "measure per-layer gradient and signal norms and saturation; verdict and recommended passes"
+EXAMPLE = "vgpcompile diagnose --model examples/models.py:deep_tanh_mlp --input-shape 64,16 --passes bsnn --out report/"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    model_args(p, source=True)
+    p.add_argument("--input-shape", required=True, metavar="N,...", help="shape of a generated N(0, 1) input batch")
+    p.add_argument("--out", metavar="DIR", help="write report.json, report.md and the PNGs here")
+    p.add_argument("--batches", type=int, default=1, help="random input batches to average over (default 1)")
+    p.add_argument("--seeds", type=int, default=1, help="random top errors per batch (default 1)")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="measure in this precision (deep nets: float64)")
+    p.add_argument("--rows", type=int, default=24, help="layers shown in the printed table (default 24; 0: all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..errors import UsageError
+    from ..tools.diagnose import diagnose
+
+    if args.batches < 1 or args.seeds < 1:
+        raise UsageError("--batches and --seeds must be positive")
+    model = load_model(args)
+    kwargs = compile_args(args)
+    batches = [
+        (example_input(args.input_shape) if i == 0 else _batch(args.input_shape, i), None) for i in range(args.batches)
+    ]
+    report = diagnose(
+        model,
+        passes=kwargs["passes"] or None,
+        options=kwargs["options"],
+        select=kwargs["select"],
+        ignore=kwargs["ignore"],
+        leaf=kwargs["leaf"],
+        batches=batches,
+        seeds=args.seeds,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+    )
+    print(report.to_markdown(max_rows=args.rows or None))
+    if args.out:
+        for path in report.write(args.out):
+            print(f"wrote {path}")
+    print(f"verdict: {report.verdict}")
+    return 0
+
+
+def _batch(shape: str, seed: int):
+    import torch
+
+    sizes = [int(v) for v in shape.split(",")]
+    return torch.randn(sizes, generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,542 @@
+"""Signal-propagation probes: what ``diagnose``, the demo and the tests measure, in one place.
+
+One forward and backward pass of a model, watched with module hooks (and a
+``TorchFunctionMode`` for activations called as functions), so it works the same on traced
+GraphModules, on eager modules capture left untraced and on models never compiled at all.
+Per weight layer (a module owning a parameter of two or more dimensions, in forward call
+order):
+
+- ``signal``: ‖x^l‖²/n of the layer's input, the mean of x² over all elements (for a batch
+  of vectors the batch mean of ‖x_k‖²/n); averaged over the layer's calls;
+- ``grad_norm``: the Frobenius norm of ∂E/∂W over the layer's weight parameters (ndim >= 2;
+  biases and norm scales are left out, as in the BSNN figure of merit);
+- ``out_grad``: ‖∂E/∂h^l‖²/n of the layer's output h (mean of the squared gradient), the
+  backward signal;
+- ``activation`` / ``saturation``: the first activation applied after this layer (before
+  the next layer, in execution order) and its saturated fraction.
+
+Per activation call site: the fraction of pre-activations outside the activation's
+dynamic region, and a histogram of |φ'(h)| / max|φ'| (the BSNN slides' φ' histogram).
+The dynamic region of φ is [lo, hi], the smallest interval holding every x where
+|φ'(x)| >= THRESHOLD * max|φ'| (THRESHOLD = 0.1), found once per activation on a float64
+grid over [-30, 30]; an end that reaches the grid edge is infinite. For the symmetric
+saturating activations it is ±L: tanh ±1.82, sigmoid ±3.64, arctan ±3, softsign ±2.16,
+hardtanh ±1. One-sided for the rest: relu [0, ∞) (a negative pre-activation is a dead
+unit), elu and selu [-2.3, ∞), leaky_relu(0.01) [0, ∞), leaky_relu(0.2) everywhere. Pass
+``regions={"tanh": (-2, 2)}`` to override.
+
+Per recurrent layer (``nn.RNN``/``LSTM``/``GRU`` and their cells): the norm of ∂E/∂x_t,
+the gradient of the loss with respect to the layer's input at each time step t (for a
+cell, each call is one step) — the RNN figure of merit of the ARNN and ROAF seeds.
+
+Activations inside fused kernels (the gates of ``nn.LSTM``) are not seen; a user
+activation registered as a Python function is seen only when it is a module.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
+
+from ..core import protocol
+from ..core.catalogue import DEFAULT, Activation, Catalogue
+from ..errors import UsageError
+
+THRESHOLD = 0.1  # |φ'| below this fraction of its maximum counts as saturated
+HIST_BINS = 20  # histogram of |φ'(h)| / max|φ'| over [0, 1]
+_GRID = 30.0
+_STEP = 1e-3
+
+Loss = Callable[[Any, Any], torch.Tensor]
+
+
+@dataclass
+class LayerRow:
+    """One weight layer, in forward call order."""
+
+    name: str
+    type: str
+    weights: int  # elements of its weight parameters (ndim >= 2)
+    calls: int = 0
+    signal: float | None = None  # ‖x‖²/n of its input, mean over calls
+    grad_norm: float | None = None  # ‖∂E/∂W‖_F; None when no weight got a gradient
+    out_grad: float | None = None  # ‖∂E/∂h‖²/n of its output, mean over calls
+    activation: str | None = None  # the activation applied next, if any
+    saturation: float | None = None  # that activation's saturated fraction
+    _signal_sum: float = field(default=0.0, repr=False)
+    _signal_n: int = field(default=0, repr=False)
+    _grad_sum: float = field(default=0.0, repr=False)
+    _grad_n: int = field(default=0, repr=False)
+
+
+@dataclass
+class ActivationRow:
+    """One activation call site (a module, or a function called inside a module)."""
+
+    name: str
+    kind: str
+    region: tuple[float, float]  # the dynamic region [lo, hi]
+    two_sided: bool  # saturates at both ends (tanh-like); one-sided ones (relu family, elu, ...) die on one side
+    calls: int = 0
+    count: int = 0  # pre-activation elements seen
+    saturated: int = 0  # of which outside the region
+    hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)
+
+    @property
+    def saturation(self) -> float:
+        return self.saturated / self.count if self.count else 0.0
+
+
+@dataclass
+class RecurrentRow:
+    """One recurrent layer: ‖∂E/∂x_t‖ per time step (per call for a cell)."""
+
+    name: str
+    type: str
+    steps: list[float] = field(default_factory=list)
+    note: str = ""
+    _series: list[list[float] | None] = field(default_factory=list, repr=False)
+    _cell: bool = field(default=False, repr=False)  # each call is one step: calls concatenate
+
+
+@dataclass
+class Measurement:
+    """What one or several forward/backward passes showed."""
+
+    layers: list[LayerRow]
+    activations: list[ActivationRow]
+    recurrent: list[RecurrentRow]
+    loss: float
+    runs: int = 1
+
+    def grad_norms(self) -> list[float]:
+        """Weight-gradient norms of the layers that got one, input to output."""
+        return [r.grad_norm for r in self.layers if r.grad_norm is not None]
+
+    def signals(self) -> list[float]:
+        return [r.signal for r in self.layers if r.signal is not None]
+
+
+# ---------------------------------------------------------------------------------------
+# dynamic regions
+
+
+@functools.lru_cache(maxsize=256)
+def _region(fn: Callable, params: tuple, threshold: float) -> tuple[float, float, float]:
+    n = int(round(2 * _GRID / _STEP)) + 1
+    x = torch.linspace(-_GRID, _GRID, n, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        (d,) = torch.autograd.grad(fn(x, **dict(params)).sum(), x)
+    d = d.detach().abs()
+    top = float(d.max())
+    if not math.isfinite(top) or top <= 0:
+        raise UsageError(f"cannot find the dynamic region of {fn}: its derivative is {top} everywhere")
+    keep = (d >= threshold * top).nonzero().flatten()
+    first, last = int(keep[0]), int(keep[-1])
+    xs = x.detach()
+    lo = -math.inf if first == 0 else round(float(xs[first - 1] + xs[first]) / 2, 2)
+    hi = math.inf if last == n - 1 else round(float(xs[last] + xs[last + 1]) / 2, 2)
+    return lo, hi, top
+
+
+def dynamic_region(activation: Activation, params: Mapping[str, Any] | None = None, threshold: float = THRESHOLD):
+    """(lo, hi, max|φ'|) of ``activation``: see the module docstring."""
+    merged = {**activation.defaults, **(params or {})}
+    return _region(activation.fn, tuple(sorted(merged.items())), float(threshold))
+
+
+# ---------------------------------------------------------------------------------------
+# the probe
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _weights(module: nn.Module) -> list[nn.Parameter]:
+    """A module's own weight parameters (ndim >= 2), the originals of parametrized ones included."""
+    found = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+    if parametrize.is_parametrized(module):
+        for plist in module.parametrizations.values():
+            found += [p for p in plist.parameters(recurse=False) if p.dim() >= 2]
+    return found
+
+
+def _time_dim(module: nn.Module, x: torch.Tensor) -> int:
+    if isinstance(module, nn.RNNBase) and x.dim() == 3 and module.batch_first:
+        return 1
+    return 0
+
+
+class _Probe(TorchFunctionMode):
+    """Hooks on every module of one model; the mode sees activations called as functions."""
+
+    def __init__(self, model: nn.Module, catalogue: Catalogue, regions: Mapping, threshold: float) -> None:
+        super().__init__()
+        self.catalogue, self.regions, self.threshold = catalogue, dict(regions), threshold
+        self.layers: dict[str, LayerRow] = {}
+        self.activations: dict[str, ActivationRow] = {}
+        self.recurrent: dict[str, RecurrentRow] = {}
+        self._weights: dict[str, list[nn.Parameter]] = {}
+        self._stack: list[str] = []
+        self._inside_activation = 0
+        self._busy = False  # our own tensor work: not the model's
+        self._last_layer: LayerRow | None = None
+        self._counts: dict[str, int] = {}
+        self._handles: list[Any] = []
+        # a parametrization's modules are the weight's, counted with their layer (_weights)
+        skip = [f"{n}.parametrizations".lstrip(".") for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+        for name, module in model.named_modules():
+            if any(name == s or name.startswith(s + ".") for s in skip):
+                continue
+            weights = _weights(module)
+            if weights:
+                self._weights[name] = weights
+            self._handles.append(module.register_forward_pre_hook(functools.partial(self._pre, name)))
+            self._handles.append(module.register_forward_hook(functools.partial(self._post, name), always_call=True))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # module hooks ------------------------------------------------------------------------
+    def _pre(self, name: str, module: nn.Module, args: tuple) -> tuple | None:
+        self._stack.append(name)
+        found = self._activation_of(module)
+        if found is not None:
+            self._inside_activation += 1  # what it calls inside is that activation, not another site
+        if self._busy:
+            return None
+        self._busy = True
+        try:
+            if found is not None:
+                x = _first_tensor(args)
+                if x is not None:
+                    self._record_activation(name or "<root>", found[0], found[1], x)
+                return None
+            if name in self._weights:
+                self._record_layer(name, module, args)
+            if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+                return self._watch_time(name, module, args)
+            return None
+        finally:
+            self._busy = False
+
+    def _post(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._stack and self._stack[-1] == name:
+            self._stack.pop()
+        if self._activation_of(module) is not None:
+            self._inside_activation -= 1
+            return
+        row = self.layers.get(name)
+        out = _first_tensor(output)
+        if row is None or self._busy or out is None or not out.requires_grad:
+            return
+        out.register_hook(functools.partial(self._out_grad, row))
+
+    def _activation_of(self, module: nn.Module) -> tuple[Activation, dict] | None:
+        match = self.catalogue.match_module(module)
+        if match is not None:
+            return match.activation, match.params
+        return protocol.wrapped_activation(module)
+
+    def _record_layer(self, name: str, module: nn.Module, args: tuple) -> None:
+        row = self.layers.get(name)
+        if row is None:
+            row = LayerRow(name or "<root>", type(module).__name__, sum(p.numel() for p in self._weights[name]))
+            self.layers[name] = row
+        row.calls += 1
+        x = _first_tensor(args)
+        if x is not None and x.is_floating_point() and x.numel():
+            row._signal_sum += x.detach().double().pow(2).mean().item()
+            row._signal_n += 1
+        self._last_layer = row
+
+    @staticmethod
+    def _out_grad(row: LayerRow, grad: torch.Tensor) -> None:
+        row._grad_sum += grad.detach().double().pow(2).mean().item()
+        row._grad_n += 1
+
+    def _watch_time(self, name: str, module: nn.Module, args: tuple) -> tuple | None:
+        row = self.recurrent.setdefault(name, RecurrentRow(name, type(module).__name__))
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor):
+            row.note = "input is not a tensor (packed sequence?): no per-step gradients"
+            return None
+        slot = len(row._series)
+        row._series.append(None)
+        cell = row._cell = isinstance(module, nn.RNNCellBase)
+        tdim = _time_dim(module, x)
+
+        def per_step(grad: torch.Tensor) -> None:
+            g = grad.detach().double()
+            row._series[slot] = (
+                [g.norm().item()] if cell else g.movedim(tdim, 0).reshape(g.shape[tdim], -1).norm(dim=1).tolist()
+            )
+
+        if x.requires_grad:
+            x.register_hook(per_step)
+            return None
+        # the model's own input: a leaf that requires grad cuts nothing upstream
+        leaf = x.detach().requires_grad_(True)
+        leaf.register_hook(per_step)
+        return (leaf, *args[1:])
+
+    # activations called as functions -----------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self._busy and not self._inside_activation and args and isinstance(args[0], torch.Tensor):
+            spelling = self._spelling(func)
+            if spelling is not None:
+                self._busy = True
+                try:
+                    act = self.catalogue.kinds[spelling.kind]
+                    given = dict(zip(spelling.argnames, args[1:]))
+                    given.update(kwargs)
+                    params = {k: given.get(k, v) for k, v in act.defaults.items()}
+                    owner = self._stack[-1] if self._stack else ""
+                    self._record_activation(
+                        f"{owner or '<root>'}.{getattr(func, '__name__', spelling.kind)}",
+                        act,
+                        params,
+                        args[0],
+                        count_calls=True,
+                    )
+                finally:
+                    self._busy = False
+        return func(*args, **kwargs)
+
+    def _spelling(self, func):
+        try:
+            found = self.catalogue.functions.get(func)
+        except TypeError:
+            return None
+        if found is not None:
+            return found
+        name = getattr(func, "__name__", "")
+        if getattr(torch.Tensor, name, None) is func:
+            return self.catalogue.methods.get(name)
+        return None
+
+    def _record_activation(self, name: str, act: Activation, params: dict, h: torch.Tensor, count_calls=False):
+        if not h.is_floating_point() or not h.numel():
+            return
+        if count_calls:  # the k-th call of one function in one module is its own site
+            k = self._counts.get(name, 0)
+            self._counts[name] = k + 1
+            name = name if k == 0 else f"{name}#{k}"
+        lo, hi, top = self._region_of(act, params)
+        row = self.activations.get(name)
+        if row is None:
+            two_sided = math.isfinite(lo) and math.isfinite(hi) and act.family != "relu"  # relu6: dead below 0
+            row = self.activations[name] = ActivationRow(name, act.describe(params), (lo, hi), two_sided)
+        h = h.detach()
+        row.calls += 1
+        row.count += h.numel()
+        row.saturated += int(((h < lo) | (h > hi)).sum())
+        with torch.enable_grad():
+            z = h.double().requires_grad_(True)
+            (d,) = torch.autograd.grad(act.fn(z, **params).sum(), z)
+        counts = torch.histc((d.abs() / top).clamp(0, 1), bins=HIST_BINS, min=0.0, max=1.0)
+        row.hist = [a + int(b) for a, b in zip(row.hist, counts.tolist())]
+        if self._last_layer is not None:
+            if self._last_layer.activation is None:
+                self._last_layer.activation = name
+            self._last_layer = None
+
+    def _region_of(self, act: Activation, params: dict) -> tuple[float, float, float]:
+        lo, hi, top = dynamic_region(act, params, self.threshold)
+        given = self.regions.get(act.name)
+        if given is not None:
+            lo, hi = float(given[0]), float(given[1])
+        return lo, hi, top
+
+    # results -----------------------------------------------------------------------------
+    def collect(self, loss: float) -> Measurement:
+        for name, row in self.layers.items():
+            row.signal = row._signal_sum / row._signal_n if row._signal_n else None
+            row.out_grad = row._grad_sum / row._grad_n if row._grad_n else None
+            grads = [p.grad for p in self._weights[name] if p.grad is not None]
+            row.grad_norm = math.sqrt(sum(g.detach().double().pow(2).sum().item() for g in grads)) if grads else None
+            act = self.activations.get(row.activation) if row.activation else None
+            row.saturation = act.saturation if act else None
+        for row in self.recurrent.values():
+            done = [s for s in row._series if s is not None]
+            row.steps = [v for s in done for v in s] if row._cell else _mean_series(done)
+        return Measurement(
+            list(self.layers.values()), list(self.activations.values()), [r for r in self.recurrent.values()], loss
+        )
+
+
+def _mean_series(series: Sequence[Sequence[float]]) -> list[float]:
+    """The elementwise mean of equally long series, else their concatenation."""
+    if not series:
+        return []
+    if all(len(s) == len(series[0]) for s in series):
+        return [sum(v) / len(series) for v in zip(*series)]
+    return [v for s in series for v in s]
+
+
+# ---------------------------------------------------------------------------------------
+# losses
+
+
+def projection_loss(output: Any, seed: int = 0) -> torch.Tensor:
+    """E = Σ_k <y_k, e_k> / B with an independent top error e ~ N(0, 1) per output element:
+    the BSNN synthetic protocol (research/bsnn.md §4.1, protocol A); ∂E/∂y = e / B."""
+    tensors = [t for t in _flatten(output) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not tensors or not any(t.requires_grad for t in tensors):
+        raise UsageError("diagnose: the model output has no floating tensor that depends on the parameters")
+    g = torch.Generator(device=tensors[0].device).manual_seed(seed)
+    total = 0.0
+    for t in tensors:
+        e = torch.randn(t.shape, generator=g, dtype=t.dtype, device=t.device)
+        total = total + (t * e).sum() / (t.shape[0] if t.dim() > 1 else 1)
+    return total
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, (tuple, list)):
+        return [v for item in value for v in _flatten(item)]
+    if isinstance(value, Mapping):
+        return [v for item in value.values() for v in _flatten(item)]
+    return [value]
+
+
+def default_loss(output: Any, targets: Any) -> torch.Tensor:
+    """MSE for float targets of the output's shape, cross-entropy for integer class targets."""
+    out = _first_tensor(output) if not isinstance(output, torch.Tensor) else output
+    if isinstance(targets, torch.Tensor) and out is not None:
+        if not targets.is_floating_point() and targets.dim() == out.dim() - 1:
+            return nn.functional.cross_entropy(out, targets)
+        if targets.is_floating_point() and targets.shape == out.shape:
+            return nn.functional.mse_loss(out, targets)
+    raise UsageError(
+        "diagnose: no default loss for these targets (float targets of the output's shape get MSE, integer "
+        "class indices cross-entropy); pass loss=callable(output, targets)"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# the entry point
+
+
+def measure(
+    model: nn.Module,
+    inputs: Any,
+    targets: Any = None,
+    loss: Loss | None = None,
+    *,
+    seed: int = 0,
+    catalogue: Catalogue | None = None,
+    regions: Mapping[str, tuple[float, float]] | None = None,
+    threshold: float = THRESHOLD,
+) -> Measurement:
+    """One forward and backward pass of ``model`` on ``inputs`` (a tensor or a tuple of
+    positional inputs), watched by the probes; the model's parameters' ``.grad`` are left
+    as they were. ``loss(output, targets)`` gives the scalar to differentiate; without it,
+    ``targets`` pick MSE or cross-entropy, and without targets the loss is
+    :func:`projection_loss` with ``seed``. The model runs in its current train/eval mode.
+    """
+    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    probe = _Probe(model, catalogue or DEFAULT, regions or {}, threshold)
+    try:
+        with torch.enable_grad():
+            with probe:
+                output = model(*args)
+            if loss is not None:
+                value = loss(output, targets)
+            elif targets is not None:
+                value = default_loss(output, targets)
+            else:
+                value = projection_loss(output, seed)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise UsageError(f"diagnose: the loss must be a scalar tensor, got {_describe(value)}")
+            value.backward()
+        return probe.collect(float(value.detach()))
+    finally:
+        probe.remove()
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def merge(measurements: Sequence[Measurement]) -> Measurement:
+    """Several runs as one: per-layer figures averaged, activation counts summed, per-step
+    gradients averaged (rows matched by name; a row missing from a run is averaged over the
+    runs that have it)."""
+    if len(measurements) == 1:
+        return measurements[0]
+    first = measurements[0]
+    layers = []
+    for row in first.layers:
+        same = [r for m in measurements for r in m.layers if r.name == row.name]
+        merged = LayerRow(row.name, row.type, row.weights, sum(r.calls for r in same))
+        merged.signal = _mean([r.signal for r in same])
+        merged.grad_norm = _mean([r.grad_norm for r in same])
+        merged.out_grad = _mean([r.out_grad for r in same])
+        merged.activation = row.activation
+        merged.saturation = _mean([r.saturation for r in same])
+        layers.append(merged)
+    acts = []
+    for row in first.activations:
+        same = [r for m in measurements for r in m.activations if r.name == row.name]
+        hist = [sum(col) for col in zip(*(r.hist for r in same))]
+        acts.append(
+            ActivationRow(
+                row.name,
+                row.kind,
+                row.region,
+                row.two_sided,
+                sum(r.calls for r in same),
+                sum(r.count for r in same),
+                sum(r.saturated for r in same),
+                hist,
+            )
+        )
+    recurrent = []
+    for row in first.recurrent:
+        same = [r for m in measurements for r in m.recurrent if r.name == row.name]
+        recurrent.append(RecurrentRow(row.name, row.type, _mean_series([r.steps for r in same if r.steps]), row.note))
+    return Measurement(
+        layers,
+        acts,
+        recurrent,
+        sum(m.loss for m in measurements) / len(measurements),
+        sum(m.runs for m in measurements),
+    )
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return sum(found) / len(found) if found else None
+
+
+def layer_grad_norms(model: nn.Module, inputs: Any, targets: Any = None, loss: Loss | None = None) -> list[float]:
+    """‖∂E/∂W‖_F of each weight layer, input to output (a layer without a gradient is left out)."""
+    return measure(model, inputs, targets, loss).grad_norms()
