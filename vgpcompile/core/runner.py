@@ -126,8 +126,7 @@ def default_skip(target: Target, pass_: Pass, env: Env) -> str | None:
 
 def site_target(site: Site):
     names = (site.name, site.module_name, site.producer_name)
-    mod = site.node.graph.owning_module.get_submodule(site.node.target) if site.module_name else None
-    return target_of(names, (mod, site.producer_module), site.activation.name)
+    return target_of(names, (site.module, site.producer_module), site.activation.name)
 
 
 def _visit(pass_: Pass, target: Target, env: Env, result: PassResult) -> None:

@@ -56,6 +56,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
+from ...core.affine import declared
 from ...core.contract import LAYER, MODEL, Env, Pass, PassResult
 from ...core.protocol import mark_applied_module
 from ...core.rewrite import unique_name
@@ -115,6 +116,9 @@ class Orthogonal(Pass):
         if isinstance(target, ModelTarget):
             return thin_shell_reason(target.root_graph)
         module = target.module
+        spec = declared(module)
+        if spec is not None and (spec.weight != "weight" or getattr(module.weight, "dim", lambda: 0)() != 2):
+            return f"declared affine layer {type(module).__name__}: orthogonal needs a 2-D weight named 'weight'"
         weight = getattr(module, "weight", None)
         if parametrize.is_parametrized(module, "weight"):
             kinds = ", ".join(type(p).__name__ for p in module.parametrizations.weight)
