@@ -1,10 +1,12 @@
 """The recipe: what ``load`` needs to rebuild a compiled model exactly, and its schema.
 
-A recipe is JSON: the passes with every option resolved, the selection rules, the model
-input range, the activations the compile relied on that are not built in, the targets each
-pass changed (so a rebuild that rewrites other sites is refused instead of silently giving
-other outputs), the versions, and the form (training or frozen). ``validate`` checks a
-recipe read from disk against that schema in one place and names the field at fault.
+A recipe is JSON: the passes with every option resolved, the select/ignore/leaf/eager rules,
+the capture decisions that came from example inputs (modules the check kept eager,
+arguments traced as the example calls passed them), the model input range, the
+activations the compile relied on that are not built in, the targets each pass changed (so
+a rebuild that rewrites other sites is refused instead of silently giving other outputs),
+the versions, and the form (training or frozen). ``validate`` checks a recipe read from
+disk against that schema in one place and names the field at fault.
 """
 
 from __future__ import annotations
@@ -29,18 +31,22 @@ def build(
     report: Report,
     catalogue: Catalogue,
     versions: Mapping[str, str],
+    capture: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The recipe of one compile."""
+    """The recipe of one compile; ``capture`` holds the capture decisions that depended on
+    the example inputs (modules the check kept eager, arguments traced as called)."""
     return {
         "passes": [{"name": p.name, "options": dataclasses.asdict(p)} for p in passes],
         "select": list(rules.get("select", [])),
         "ignore": list(rules.get("ignore", [])),
         "leaf": list(rules.get("leaf", [])),
+        "eager": list(rules.get("eager", [])),
         "input_range": input_range,
         "activations": custom_activations(report, catalogue),
         "changed": {p.name: report.changed_names(p.name) for p in passes},
         "versions": dict(versions),
         "form": "training",
+        "capture": dict(capture or {"eager": {}, "args": {}}),
     }
 
 
@@ -71,7 +77,7 @@ def validate(recipe: Any, file: str = "recipe.json") -> dict[str, Any]:
             raise LoadError(f"{_where(file, f'passes[{i}]')} must be {{'name': str, 'options': {{...}}}}")
         if not isinstance(entry.get("options", {}), dict):
             raise LoadError(f"{_where(file, f'passes[{i}].options')} must be an object")
-    for key in ("select", "ignore", "leaf"):
+    for key in ("select", "ignore", "leaf", "eager"):
         value = recipe.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise LoadError(f"{_where(file, key)} must be a list of strings")
@@ -85,12 +91,27 @@ def validate(recipe: Any, file: str = "recipe.json") -> dict[str, Any]:
         isinstance(v, list) and all(isinstance(n, str) for n in v) for v in changed.values()
     ):
         raise LoadError(f"{_where(file, 'changed')} must map pass names to lists of target names")
+    _check_capture(recipe.get("capture"), file)
     if recipe.get("form", "training") not in FORMS:
         raise LoadError(f"{_where(file, 'form')} must be one of {list(FORMS)}, got {recipe.get('form')!r}")
     weights = recipe.get("weights")
     if weights is not None and not isinstance(weights, str):
         raise LoadError(f"{_where(file, 'weights')} must be a file name, got {type(weights).__name__}")
     return recipe
+
+
+def _check_capture(value: Any, file: str) -> None:
+    if value is None:
+        return
+    eager, args = (value.get("eager", {}), value.get("args", {})) if isinstance(value, dict) else (None, None)
+    ok = (
+        isinstance(eager, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in eager.items())
+        and isinstance(args, dict)
+        and all(isinstance(k, str) and isinstance(v, dict) for k, v in args.items())
+    )
+    if not ok:
+        raise LoadError(f"{_where(file, 'capture')} must be {{'eager': {{name: reason}}, 'args': {{name: {{...}}}}}}")
 
 
 def _check_range(value: Any, file: str) -> None:

@@ -83,6 +83,7 @@ class Orthogonal(Pass):
     summary: ClassVar[str] = "Linear/Conv weights (semi-)orthogonal, kept so in training (BSNN with gpn)"
     layer_types: ClassVar[tuple[type, ...]] = LAYER_TYPES
     lower_writes: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    rewrites_eager: ClassVar[bool] = True  # a layer is changed in place, traced or not
 
     init: Literal["haar", "project"] = "haar"
     keep: Literal["init", "rownorm", "parametrization", "retraction"] = "retraction"
