@@ -37,7 +37,7 @@ TENSOR = "tensor"  # a recorded decision: the argument stays a Proxy
 @dataclass
 class Decision:
     """How to trace one module: ``concrete`` for fx, the constants whose guard is dropped,
-    the JSON record for the recipe (observed decisions only), or why it stays eager."""
+    the JSON record for the recipe, or why it stays eager."""
 
     concrete: dict[str, Any] = field(default_factory=dict)
     unguarded: set[str] = field(default_factory=set)
@@ -72,20 +72,44 @@ def decide(
     """The decision for module ``name`` (``""``: the root); ``trace(concrete)`` traces it once."""
     params = parameters(forward)
     if planned is not None:
-        return Decision(_from_record(params, planned), record=dict(planned))
+        concrete, unguarded = _from_record(params, planned)
+        return Decision(concrete, unguarded, record=dict(planned))
     if calls:
-        return _observed(forward, params, calls)
-    if name == "":
-        return Decision(_defaults(params))
-    return _probe(params, trace)
+        decision = _observed(forward, params, calls)
+    elif name == "":
+        decision = Decision(_defaults(params))
+    else:
+        decision = _probe(params, trace)
+    if not decision.reason:
+        decision.record = _record(params, decision)
+    return decision
 
 
-def _from_record(params: list[inspect.Parameter], record: Mapping[str, Any]) -> dict[str, Any]:
+def _record(params: list[inspect.Parameter], decision: Decision) -> dict[str, Any]:
+    """The decision as JSON, for the recipe: each named argument a Proxy or a constant."""
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        if p.name in decision.concrete:
+            entry = {"value": decision.concrete[p.name]}
+            if p.name in decision.unguarded:
+                entry["unguarded"] = True
+            out[p.name] = entry
+        else:
+            out[p.name] = TENSOR
+    return out
+
+
+def _from_record(params: list[inspect.Parameter], record: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
     concrete = {"**" + p.name: {} for p in params if p.kind is inspect.Parameter.VAR_KEYWORD}
+    unguarded = set()
     for key, entry in record.items():
         if entry != TENSOR:
             concrete[key] = entry["value"]
-    return concrete
+            if entry.get("unguarded"):
+                unguarded.add(key)
+    return concrete, unguarded
 
 
 def _observed(forward: Callable, params: list[inspect.Parameter], calls: list) -> Decision:
@@ -109,11 +133,10 @@ def _observed(forward: Callable, params: list[inspect.Parameter], calls: list) -
             if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
                 seen.setdefault(p.name, []).append(value)
     concrete = {"**" + p.name: {} for p in params if p.kind is inspect.Parameter.VAR_KEYWORD}
-    record: dict[str, Any] = {}
     for key, values in seen.items():
         constants = [v for v in values if isinstance(v, _CONSTANTS)]
         if not constants:
-            record[key] = TENSOR
+            continue
         elif len(constants) < len(values):
             return Decision(reason=f"it is called with None and with a tensor for {key!r}: one graph cannot take both")
         elif any(type(v) is not type(constants[0]) or v != constants[0] for v in constants):
@@ -121,8 +144,7 @@ def _observed(forward: Callable, params: list[inspect.Parameter], calls: list) -
             return Decision(reason=f"it is called with different values for {key!r} ({', '.join(values)})")
         else:
             concrete[key] = constants[0]
-            record[key] = {"value": constants[0]}
-    return Decision(concrete, record=record)
+    return Decision(concrete)
 
 
 def _probe(params: list[inspect.Parameter], trace: Callable[[dict[str, Any]], fx.Graph]) -> Decision:

@@ -44,6 +44,7 @@ import torch
 from torch import fx, nn
 
 from . import arguments, modes, protocol
+from .affine import declared
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,11 +94,12 @@ class Capture:
     verify: Verifier | None = None
     observed: Mapping[str, list] = field(default_factory=dict)  # recorded calls per module (core/verify.py)
     plan: Mapping[str, Any] = field(default_factory=dict)  # an earlier compile's decisions (a recipe's "capture")
-    decided: dict[str, dict] = field(default_factory=dict)  # argument decisions made from observed calls
+    decided: dict[str, dict] = field(default_factory=dict)  # each traced region's argument decision
 
     def decisions(self) -> dict[str, Any]:
-        """What ``load`` needs to capture the same way without example inputs (JSON)."""
-        eager = {e.name: e.reason for e in self.eager if e.checked}
+        """What ``load`` needs to capture the same way without example inputs (JSON): every
+        module left eager, and how each region's arguments were traced."""
+        eager = {e.name: e.reason for e in self.eager if not e.forced}
         return {"eager": eager, "args": dict(self.decided)}
 
 
@@ -157,10 +159,11 @@ def forward_location(module: nn.Module) -> str:
 
 def is_torch_leaf(module: nn.Module) -> bool:
     """torch.nn's own modules (Linear, Tanh, LSTM, ...) are kept whole, as fx does by default,
-    except its composite layers (TORCH_COMPOSITES); so are the modules vgpcompile inserts,
-    so a compiled model compiles again cleanly."""
-    if protocol.inserted_by(module) is not None:
-        return True
+    except its composite layers (TORCH_COMPOSITES); so are declared affine layers of other
+    libraries (core/affine.py) and the modules vgpcompile inserts, so a compiled model
+    compiles again cleanly."""
+    if protocol.inserted_by(module) is not None or declared(module) is not None:
+        return True  # declared affine layers of other libraries too: sites see them as producers
     if type(module) in TORCH_COMPOSITES:
         return False
     return _PLAIN_TRACER.is_leaf_module(module, "")
@@ -215,7 +218,7 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
         return _leave_eager(module, prefix, "kept eager by eager=", out, forced=True)
     planned_eager = (out.plan.get("eager") or {}).get(name or "<root>")
     if planned_eager:
-        return _leave_eager(module, prefix, planned_eager, out, checked=True)
+        return _leave_eager(module, prefix, planned_eager, out)
     forward, reason = traceable_forward(module)
     if reason:
         return _leave_eager(module, prefix, reason, out)
@@ -250,7 +253,7 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
     if reason:
         return _leave_eager(module, prefix, reason, out, checked=True)
     out.regions[prefix] = gm
-    if decision.record:
+    if decision.record is not None:
         out.decided[name or "<root>"] = decision.record
     for qual, why in forced.items():
         _leave_eager(gm.get_submodule(qual), f"{prefix}{qual}.", why, out)

@@ -25,6 +25,7 @@ Without example inputs, whether an eager activation computes the model's output 
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import os
 import sys
@@ -155,6 +156,17 @@ def _site(name, region, act, params, spelling, where: EagerCall, outputs: set[st
 # ---- function calls in the owner's own code ------------------------------------------------
 
 
+def function_sites(owner: nn.Module, catalogue: Catalogue) -> list[Site]:
+    """The activation calls of ``owner``'s own code (its class's methods)."""
+    return _function_sites(owner, "", "", catalogue)
+
+
+def eager_replacements(owner: nn.Module) -> set[str]:
+    """Names of the submodules that replace intercepted calls of ``owner``'s code."""
+    rewrites = owner.__dict__.get(HOOK_ATTR)
+    return {attr for entries in rewrites.targets.values() for *_, attr in entries} if rewrites else set()
+
+
 def _function_sites(owner: nn.Module, name: str, prefix: str, catalogue: Catalogue) -> list[Site]:
     sites: dict[str, Site] = {}
     for fn in _own_methods(type(owner)):
@@ -194,19 +206,12 @@ def _own_methods(cls: type) -> list:
 
 def _scan(fn, owner: nn.Module, catalogue: Catalogue):
     """(call site, spelling, params, unusable reason) for each catalogue call in ``fn``'s source."""
-    try:
-        source = textwrap.dedent(inspect.getsource(fn))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError):
+    parsed = _parse(fn)
+    if parsed is None:
         return
+    calls, parents = parsed
     offset = fn.__code__.co_firstlineno - 1
-    parents: dict[ast.AST, ast.AST] = {}
-    for node in ast.walk(tree):
-        for child in ast.iter_child_nodes(node):
-            parents[child] = node
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
+    for node in calls:
         found = _resolve(node, fn, owner, catalogue)
         if found is None:
             continue
@@ -219,6 +224,20 @@ def _scan(fn, owner: nn.Module, catalogue: Catalogue):
         call = CallSite(fn.__code__.co_filename, fn.__code__.co_name, node.lineno + offset,
                         (node.end_lineno or node.lineno) + offset, callee)
         yield call, spelling, params, unusable
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(fn) -> tuple[list[ast.Call], dict[ast.AST, ast.AST]] | None:
+    """The calls in ``fn``'s source and each AST node's parent (parsed once per function)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)], parents
 
 
 def _resolve(call: ast.Call, fn, owner: nn.Module, catalogue: Catalogue) -> tuple[Any, Spelling] | None:
@@ -274,12 +293,11 @@ def _in_formula(call: ast.Call, parents: dict, fn, owner: nn.Module, catalogue: 
     arg = call.args[0] if call.args else (call.func.value if isinstance(call.func, ast.Attribute) else None)
     if arg is not None and _nonlinear(arg, fn, owner, catalogue):
         return True
-    names = {n.id for n in ast.walk(arg) if isinstance(n, ast.Name)} if arg is not None else set()
     parent = parents.get(call)
-    if isinstance(parent, ast.BinOp) and isinstance(parent.op, (ast.Mult, ast.Div)):
+    if isinstance(parent, ast.BinOp) and isinstance(parent.op, (ast.Mult, ast.Div)) and arg is not None:
         other = parent.right if parent.left is call else parent.left
-        if names & {n.id for n in ast.walk(other) if isinstance(n, ast.Name)}:
-            return True
+        if _locals(arg) & _locals(other):
+            return True  # x * sigmoid(x): the call's result multiplies its own input
     if isinstance(parent, ast.Call) and _resolve(parent, fn, owner, catalogue) is not None:
         return True  # tanh(softplus(x)): the inner call feeds another activation
     return False
@@ -304,7 +322,12 @@ def _nonlinear(expr: ast.AST, fn, owner: nn.Module, catalogue: Catalogue) -> boo
 
 def _has_name(expr: ast.AST) -> bool:
     """Whether ``expr`` reads a local value (not only constants and module attributes)."""
-    return any(isinstance(n, ast.Name) and n.id != "math" for n in ast.walk(expr))
+    return bool(_locals(expr))
+
+
+def _locals(expr: ast.AST) -> set[str]:
+    """The local variables ``expr`` reads (``self.scale``, ``math.pi`` and the like are not)."""
+    return {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id not in ("self", "math", "torch", "F")}
 
 
 def _params(call: ast.Call, spelling: Spelling, owner: nn.Module) -> tuple[dict[str, Any], str]:
