@@ -170,9 +170,9 @@ def _probe(params: list[inspect.Parameter], trace: Callable[[dict[str, Any]], fx
             if g1 is not None and base[key] is None:
                 del concrete[key]  # used as a tensor without a None check: callers pass one
             continue
-        if g1 is not None and same_graph(g0, g1):
+        if g1 is not None and same_graph(g0, g1, as_none={key} if base[key] is None else set()):
             if base[key] is None:
-                del concrete[key]
+                del concrete[key]  # unused, or used as a value that None would take the place of
             else:
                 unguarded.add(key)
         else:
@@ -206,26 +206,29 @@ def drop_guards(graph: fx.Graph, names: set[str]) -> None:
                     graph.erase_node(a)
 
 
-def same_graph(a: fx.Graph, b: fx.Graph) -> bool:
-    """Whether two traces compute the same thing, ignoring guards and placeholder names."""
-    return _signature(a) == _signature(b)
+def same_graph(a: fx.Graph, b: fx.Graph, as_none: set[str] = frozenset()) -> bool:
+    """Whether two traces compute the same thing, ignoring guards and placeholder names; in
+    ``b``, the arguments ``as_none`` read as None (a graph that only passes an argument on
+    computes, for None, what the trace with None computes)."""
+    return _signature(a) == _signature(b, as_none)
 
 
-def _signature(graph: fx.Graph) -> list:
+def _signature(graph: fx.Graph, as_none: set[str] = frozenset()) -> list:
     skip = set()
+    nones = {n for n in graph.nodes if n.op == "placeholder" and str(n.target) in as_none}
     for node in graph.nodes:
         if is_guard(node) is not None:
             skip.add(node)
             skip.update(a for a in node.all_input_nodes if a.op != "placeholder" and len(a.users) == 1)
     for node in graph.nodes:
-        if node.op == "placeholder" and all(u in skip for u in node.users):
-            skip.add(node)  # an argument the graph does not use
+        if node.op == "placeholder" and (node in nones or all(u in skip for u in node.users)):
+            skip.add(node)  # an argument the graph does not use (or reads as None)
     nodes = [n for n in graph.nodes if n not in skip]
     index = {n: i for i, n in enumerate(nodes)}
 
     def norm(value: Any) -> Any:
         if isinstance(value, fx.Node):
-            return ("node", index.get(value))
+            return None if value in nones else ("node", index.get(value))
         if isinstance(value, (tuple, list)):
             return tuple(norm(v) for v in value)
         if isinstance(value, dict):

@@ -248,6 +248,7 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
             forced[failed] = describe_trace_error(err, module.get_submodule(failed))
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
     _complete_state(gm, module)
+    _copy_hooks(module, gm)
     _explain_guards(gm, name or "<root>", type(module).__name__)
     reason = out.verify(prefix, module, gm) if out.verify else None
     if reason:
@@ -406,6 +407,26 @@ def _complete_state(gm: fx.GraphModule, original: nn.Module) -> None:
                 target.register_buffer(name, b, persistent=name not in mod._non_persistent_buffers_set)
             elif name in mod._non_persistent_buffers_set:
                 target._non_persistent_buffers_set.add(name)
+
+
+_HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+)
+
+
+def _copy_hooks(original: nn.Module, gm: fx.GraphModule) -> None:
+    """The region keeps the hooks registered on the module it replaces: a traced forward does
+    not contain them (fx traces ``forward``, not ``__call__``), the call into the region must."""
+    for attr in _HOOKS:
+        table = getattr(original, attr, None)
+        if table:
+            getattr(gm, attr).update(table)
 
 
 def _ensure_path(root: nn.Module, path: str) -> nn.Module:
