@@ -268,11 +268,22 @@ def _trace(tracer: _Tracer, module: nn.Module, forward: Callable | None, concret
 
 
 def _trace_both_modes(tracer: _Tracer, module: nn.Module, forward: Callable | None, decision) -> fx.Graph:
-    """One graph that follows ``.train()``/``.eval()`` (core/modes.py)."""
-    graphs = [_trace(tracer, module, forward, decision.concrete, training) for training in (True, False)]
+    """One graph that follows ``.train()``/``.eval()`` (core/modes.py). A region made only
+    of torch's containers around leaves (an nn.Sequential of layers) reads no training flag
+    while tracing, and is traced once."""
+    modes_ = (True,) if _mode_free(tracer, module, "") else (True, False)
+    graphs = [_trace(tracer, module, forward, decision.concrete, training) for training in modes_]
     for graph in graphs:
         arguments.drop_guards(graph, decision.unguarded)
-    return modes.merge(*graphs, module)
+    return modes.merge(*graphs, module) if len(graphs) == 2 else graphs[0]
+
+
+def _mode_free(tracer: _Tracer, module: nn.Module, qual: str) -> bool:
+    if qual and tracer.is_leaf_module(module, qual):
+        return True
+    if type(module) not in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
+        return False
+    return all(_mode_free(tracer, child, f"{qual}.{name}" if qual else name) for name, child in module.named_children())
 
 
 def _plain_signature(graph: fx.Graph, concrete: dict[str, Any]) -> fx.Graph:
