@@ -16,7 +16,9 @@ A module left eager keeps running its own Python, but what it calls can still be
   polynomial) are not rewritten, with the reason.
 - **Layers** among its children (Linear, Conv, declared affine layers) are layer targets.
 
-Sites in eager code have no graph node (``Site.node is None``); a pass declares that it can
+The interception costs about 6 us per torch call made while such a module's forward runs
+(a Python ``__torch_function__``; measured on 2 CPU cores), only in modules with a call
+rewritten. Sites in eager code have no graph node (``Site.node is None``); a pass declares that it can
 rewrite them with ``rewrites_eager = True`` (the runner leaves them alone for the others).
 Without example inputs, whether an eager activation computes the model's output is unknown
 (noted); with them, the recorded run says.
@@ -401,6 +403,10 @@ class EagerRewrites:
         key = (call.filename, call.function)
         self.targets.setdefault(key, []).append((call.line, call.end_line, call.callee, attr))
 
+    def callees(self) -> set:
+        """What the intercepted calls call (functions, and Tensor method names)."""
+        return {callee for entries in self.targets.values() for _, _, callee, _ in entries}
+
     def enter(self, module: nn.Module, args: tuple) -> None:
         mode = _Intercept(self)
         mode.__enter__()
@@ -434,9 +440,12 @@ class _Intercept(TorchFunctionMode):
     def __init__(self, rewrites: EagerRewrites) -> None:
         super().__init__()
         self.rewrites = rewrites
+        self.callees = rewrites.callees()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        replacement = self.rewrites.target(func)
-        if replacement is not None:
-            return replacement(args[0])
+        # cheap test first: most torch calls in the forward are not activations at all
+        if func in self.callees or getattr(func, "__name__", None) in self.callees:
+            replacement = self.rewrites.target(func)
+            if replacement is not None:
+                return replacement(args[0])
         return func(*args, **(kwargs or {}))

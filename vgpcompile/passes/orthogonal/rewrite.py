@@ -107,7 +107,10 @@ class Orthogonal(Pass):
     def prepare(self, targets: list, env: Env) -> PassResult:
         result = PassResult(self.name)
         if not any(isinstance(t, Layer) for t in targets):
-            result.warnings.append("orthogonal: no affine layer (Linear/Conv) found to make orthogonal")
+            result.warnings.append(
+                "orthogonal: no affine layer (Linear/Conv) found to make orthogonal; declare another library's "
+                "affine layer with vgpcompile.register_affine(cls, layout=...)"
+            )
         model = next((t for t in targets if isinstance(t, ModelTarget)), None)
         if model is not None and model.root_graph is None:
             result.warnings.append(f"orthogonal: {NO_ROOT_GRAPH}")
