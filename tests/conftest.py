@@ -15,3 +15,12 @@ sys.path.insert(0, str(ROOT / "tests"))  # helpers.py, for tests in subdirectori
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The zoo's model x pass table, when the zoo ran."""
+    zoo = sys.modules.get("zoo_models")
+    if zoo is not None and zoo.TABLE:
+        terminalreporter.section("zoo: model x pass")
+        for line in zoo.format_table(zoo.TABLE):
+            terminalreporter.write_line(line)

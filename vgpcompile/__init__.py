@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from . import orthogonal  # noqa: E402  (vgpcompile.orthogonal.retract(model), ...)
 from .api import compile, plan, vgpcompile  # noqa: E402
+from .core.affine import register_affine  # noqa: E402
 from .core.catalogue import Activation, Catalogue, register_activation  # noqa: E402
 from .core.contract import Env, Pass, PassResult  # noqa: E402
 from .core.registry import list_passes  # noqa: E402
@@ -58,6 +59,7 @@ __all__ = [
     "orthogonal",
     "plan",
     "register_activation",
+    "register_affine",
     "run_pass",
     "save",
     "vgpcompile",

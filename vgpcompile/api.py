@@ -14,9 +14,11 @@ from torch import nn
 
 from . import __version__
 from .core import recipe as recipes
-from .core.capture import capture
+from .core import verify
+from .core.capture import capture as capture_model
 from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
+from .core.eager import eager_owners, find_eager_sites
 from .core.graph import nonlinear_depth
 from .core.registry import resolve
 from .core.report import Report, SiteRecord
@@ -41,6 +43,8 @@ class CompileOptions:
     inplace: bool = False
     input_range: tuple[float, float] | None = None
     catalogue: Catalogue | None = None
+    eager: Rules = None
+    capture: Mapping[str, Any] | None = None
 
 
 def vgpcompile(
@@ -55,6 +59,8 @@ def vgpcompile(
     inplace: bool = False,
     input_range: tuple[float, float] | None = None,
     catalogue: Catalogue | None = None,
+    eager: Rules = None,
+    capture: Mapping[str, Any] | None = None,
     **unknown: Any,
 ) -> nn.Module:
     """Compile ``model``: capture it with torch.fx, run ``passes``, return a trainable module.
@@ -66,11 +72,23 @@ def vgpcompile(
     ``vgp_report`` (per site: what changed, or why not) and ``vgp_recipe`` (what to
     re-apply on load). ``model`` itself is left untouched unless ``inplace=True``.
 
-    ``select`` / ``ignore`` / ``leaf`` take the rule grammar of :mod:`vgpcompile.core.select`;
-    ``leaf`` modules stay opaque (never traced into, never rewritten).
+    ``select`` / ``ignore`` / ``leaf`` / ``eager`` take the rule grammar of
+    :mod:`vgpcompile.core.select`; ``leaf`` modules stay opaque (never traced into, never
+    rewritten); ``eager`` modules are not traced but their children are captured and the
+    activations in their own code rewritten (core/eager.py); ``"<root>"`` names the model.
+
+    With ``example_inputs`` the captured model is checked against the original before any
+    pass: every traced region must reproduce the original's outputs on the calls the
+    example inputs make, in train mode (same random state) and eval mode, or it is left
+    eager with the reason in the report (core/verify.py), and the calls they make decide
+    which arguments are traced as constants (core/arguments.py). Without them nothing is
+    run. ``capture`` reproduces an earlier compile's capture decisions (``load`` passes a
+    checkpoint's ``recipe["capture"]``).
     """
     _refuse_unknown("vgpcompile", unknown)
-    opts = CompileOptions(example_inputs, options, select, ignore, leaf, inplace, input_range, catalogue)
+    opts = CompileOptions(
+        example_inputs, options, select, ignore, leaf, inplace, input_range, catalogue, eager, capture
+    )
     compiled, _ = _compile(model, passes, "compile", opts)
     return compiled
 
@@ -86,11 +104,13 @@ def plan(
     leaf: Rules = None,
     input_range: tuple[float, float] | None = None,
     catalogue: Catalogue | None = None,
+    eager: Rules = None,
+    capture: Mapping[str, Any] | None = None,
     **unknown: Any,
 ) -> Report:
     """The report ``vgpcompile`` would produce, computed on a copy: ``model`` is not changed."""
     _refuse_unknown("plan", unknown)
-    opts = CompileOptions(example_inputs, options, select, ignore, leaf, False, input_range, catalogue)
+    opts = CompileOptions(example_inputs, options, select, ignore, leaf, False, input_range, catalogue, eager, capture)
     _, report = _compile(model, passes, "plan", opts)
     return report
 
@@ -123,11 +143,21 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     pass_list = order(resolve(passes, opts.options))
     selection = Selection(opts.select, opts.ignore)
     _check_kinds(selection, catalogue)
-    is_leaf = _leaf_predicate(opts.leaf, model)
+    is_leaf = _module_predicate(opts.leaf, model, "leaf")
+    is_eager = _module_predicate(opts.eager, model, "eager")
     work = model if opts.inplace else copy_model(model)
-    cap = capture(work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules))
+    example = _as_tuple(opts.example_inputs)
+    reference = check_reference(work, example) if example is not None else None
+    check = reference.check if reference else None
+    observed = reference.calls if reference else None
+    cap = capture_model(
+        work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules), is_eager, check, observed, opts.capture
+    )
     report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
-    known = _register_sites(cap.regions, report, catalogue)
+    _report_capture(report, cap, reference, example)
+    owners = eager_owners(cap.root, cap.eager)
+    outputs = reference.outputs if reference else set()
+    known = _register_sites(cap.regions, report, catalogue) + _register_eager(owners, report, catalogue, outputs)
     report.depth_before, report.depth_exact = nonlinear_depth(cap.root, catalogue)
     env = Env(
         catalogue,
@@ -138,17 +168,19 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         report.depth_before,
     )
     for pass_ in pass_list:
-        result = run_pass(pass_, cap.regions, env, cap.root)
+        result = run_pass(pass_, cap.regions, env, cap.root, owners, outputs)
         report.add(result)
         if result.root is not None:
             cap.root = result.root
     if pass_list:
         selection.check_all_matched(known)
     report.depth_after, _ = nonlinear_depth(cap.root, catalogue)
-    rules = {k: _rules(getattr(opts, k)) for k in ("select", "ignore", "leaf")}
+    rules = {k: _rules(getattr(opts, k)) for k in ("select", "ignore", "leaf", "eager")}
     versions = {"vgpcompile": __version__, "torch": torch.__version__}
     cap.root.vgp_report = report
-    cap.root.vgp_recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions)
+    cap.root.vgp_recipe = recipes.build(
+        pass_list, rules, _input_range(opts), report, catalogue, versions, cap.decisions()
+    )
     return cap.root, report
 
 
@@ -164,6 +196,20 @@ def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:
             known += [n for n in (site.name, site.module_name, site.producer_name) if n]
     for prefix, gm in regions.items():
         known += [prefix + name for name, _ in gm.named_modules() if name]
+    return known
+
+
+def _register_eager(owners, report: Report, catalogue: Catalogue, outputs: set[str]) -> list[str]:
+    """Add the sites in eager code (core/eager.py) to the report; return their names."""
+    known: list[str] = []
+    for site in find_eager_sites(owners, catalogue, outputs):
+        record = SiteRecord(site.name, site.kind, site.spelling, None, site.is_output, list(site.notes), eager=True)
+        if not site.is_output and not outputs:
+            record.notes.append("position in the model unknown without example_inputs")
+        report.sites.append(record)
+        known += [n for n in (site.name, site.module_name) if n]
+    for name, owner in owners:
+        known += [f"{name}.{n}" if name else n for n, _ in owner.named_modules() if n]
     return known
 
 
@@ -274,21 +320,54 @@ def _check_kinds(selection: Selection, catalogue: Catalogue) -> None:
             )
 
 
-def _leaf_predicate(leaf: Rules, model: nn.Module):
-    if not leaf:
+def _module_predicate(rules_given: Rules, model: nn.Module, where: str):
+    """``(name, module) -> bool`` for ``leaf=`` / ``eager=`` rules; ``"<root>"`` names the model."""
+    if not rules_given:
         return lambda name, module: False
-    rules = Selection(leaf, None).select
-    modules = dict(model.named_modules())
+    rules = Selection(rules_given, None).select
+    modules = {n or "<root>": m for n, m in model.named_modules()}
     for rule in rules:
         if rule.text.startswith("act:"):
-            raise SelectorError(f"leaf rule {rule.text!r}: leaf= takes module names, re: or type: rules")
-        if not any(rule.matches(target_of([n], [m])) for n, m in modules.items() if n):
+            raise SelectorError(f"{where} rule {rule.text!r}: {where}= takes module names, re: or type: rules")
+        if not any(rule.matches(target_of([n], [m])) for n, m in modules.items()):
             raise SelectorError(
-                f"leaf rule {rule.text!r} matches no module." + did_you_mean(rule.text, [n for n in modules if n])
+                f"{where} rule {rule.text!r} matches no module." + did_you_mean(rule.text, list(modules))
             )
 
-    def is_leaf(name: str, module: nn.Module) -> bool:
-        target = target_of([name], [module])
+    def matches(name: str, module: nn.Module) -> bool:
+        target = target_of([name or "<root>"], [module])
         return any(r.matches(target) for r in rules)
 
-    return is_leaf
+    return matches
+
+
+def check_reference(model: nn.Module, example: tuple):
+    """The original's calls on the example inputs (core/verify.py); a model that cannot run
+    them is a usage error naming the failure."""
+    try:
+        return verify.record(model, example)[0]
+    except Exception as err:
+        shapes = [tuple(t.shape) for t in example if isinstance(t, torch.Tensor)]
+        raise UsageError(
+            f"the model does not run on example inputs of shape {shapes}: {verify.describe_trace_error(err)}; "
+            "pass example_inputs the model accepts (a tuple of positional arguments)"
+        ) from None
+
+
+def _report_capture(report: Report, cap, reference, example: tuple | None) -> None:
+    """The capture's figures, and a warning when nothing could be traced."""
+    if not cap.regions:
+        report.warn(
+            f"no part of {report.model} could be traced with torch.fx: it runs eager, and only activations in "
+            "eager code are rewritten (see the report's eager list)"
+        )
+    if reference is None:
+        report.stats["capture"] = {"checked": "no example_inputs: structure only"}
+        return
+    names = [p.rstrip(".") or "<root>" for p in cap.regions]
+    unexercised = [n for n in names if n not in reference.checked]
+    report.stats["capture"] = {
+        "regions checked on example_inputs (train+eval)": len(reference.checked),
+        "left eager by the check": len(reference.failed),
+        "regions not called by example_inputs": len(unexercised),
+    }

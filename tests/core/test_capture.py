@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from helpers import max_abs
 from torch import fx, nn
 
-from vgpcompile import CaptureError, SelectorError, UsageError, plan, vgpcompile
+from vgpcompile import SelectorError, UsageError, VgpWarning, plan, vgpcompile
 
 
 class WithUnused(nn.Module):
@@ -72,7 +72,8 @@ def test_untraceable_root_keeps_children_compiled():
     assert [e.name for e in report.eager] == ["<root>"]
     assert "TraceError" in report.eager[0].reason and "models.py:" in report.eager[0].reason
     assert all(isinstance(b, fx.GraphModule) for b in compiled.blocks)
-    assert report.changed_count("gpn") == 4
+    assert report.changed_count("gpn") == 5  # 4 in the traced blocks, the root's own tanh in eager code
+    assert report.changed_eager_count("gpn") == 1
     assert type(compiled).__name__ == "TinyTransformer"
     out = compiled(torch.randn(2, 6, 8))
     assert torch.isfinite(out).all()
@@ -140,7 +141,7 @@ def test_untraceable_submodule_is_left_eager_and_reported():
     assert isinstance(compiled.parent.inner, fx.GraphModule)  # grandchild traced on its own
     assert type(compiled.picky) is Picky
     changed = {r.name for r in report.sites if r.changed.get("gpn")}
-    assert changed == {"tanh()", "parent.inner.elu()"}
+    assert changed == {"tanh()", "parent.inner.elu()", "picky.act"}  # picky's Sigmoid module: an eager site
     x = torch.randn(4, 8)
     assert torch.isfinite(compiled(x)).all()
     assert torch.equal(vgpcompile(net)(x), net(x))
@@ -162,9 +163,13 @@ def test_leaf_by_type_and_unknown_leaf():
         vgpcompile(Outer(), leaf=["parnet"])
 
 
-def test_nothing_traceable_is_a_capture_error():
-    with pytest.raises(CaptureError, match="no part of Picky could be traced"):
-        vgpcompile(Picky())
+def test_nothing_traceable_is_returned_eager_with_a_report():
+    with pytest.warns(VgpWarning, match="no part of Picky could be traced"):
+        compiled = vgpcompile(Picky(), passes=["gpn"])
+    report = compiled.vgp_report
+    assert type(compiled) is Picky and report.regions == []
+    assert [e.name for e in report.eager] == ["<root>"]
+    assert report.site("act").eager and report.site("act").changed["gpn"]  # its Sigmoid module, swapped
 
 
 def test_wrapped_models_are_refused():

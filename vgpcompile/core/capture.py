@@ -4,27 +4,69 @@ A module whose ``forward`` cannot be traced (data-dependent control flow, a Prox
 an int, in an ``assert`` or a shape check) does not sink the model. The innermost module
 that raised is made a leaf and the parent is traced again; a leaf kept for that reason
 stays eager Python, and each of its children is captured in turn. When the root itself
-fails, the root stays eager and its children are captured. Every module left eager is
-reported with the first line of its trace error and the user's file:line that raised.
+fails, the root stays eager and its children are captured; when nothing at all can be
+traced, the model is returned eager with the report (never refused). Every module left
+eager is reported with the first line of its trace error and the user's file:line.
+
+What capture guarantees, and how:
+
+- **Train/eval mode** (core/modes.py): each region is traced in train and in eval mode and
+  the two merged into one graph that reads ``training`` at run time; a module whose
+  forward computes different things per mode stays eager.
+- **Arguments with defaults**: a forward is traced with its ``None`` and ``bool`` defaults
+  as those constants (``if mask is None:`` takes the branch the default takes) and
+  ``**kwargs`` empty, each guarded: a call with another value raises, naming the module
+  and the fix, instead of computing something else.
+- **Decorated forwards**: a forward wrapped by a decorator in :data:`TRANSPARENT_WRAPPERS`
+  (data: wrappers that do not change what forward computes) is traced unwrapped; any other
+  wrapper keeps the module eager, with the decorator's location.
+- **torch's composite layers** (:data:`TORCH_COMPOSITES`: nn.TransformerEncoderLayer,
+  ...) are traced into, through their standard path (the fused inference fast path is off
+  while tracing), so their feed-forward activations are sites.
+- **Checked against the original** when example inputs are given (core/verify.py): every
+  traced region must reproduce, bitwise, the original module's outputs on the calls the
+  example inputs make, in train mode (same random state) and eval mode; a region that
+  does not, or does not run, is left eager with that reason. Without example inputs
+  nothing is run: the guarantees above are structural.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from ..errors import CaptureError
-from . import protocol
+from . import arguments, modes, protocol
+from .affine import declared
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _FAILED = "_vgp_failed_module"
 _PLAIN_TRACER = fx.Tracer()
+
+# torch.nn modules traced into rather than kept whole: their activations are sites.
+TORCH_COMPOSITES: tuple[type[nn.Module], ...] = (
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.Transformer,
+)
+# Decorators on forward that do not change what it computes: (file suffix, wrapper name) -> why.
+TRANSPARENT_WRAPPERS: dict[tuple[str, str], str] = {
+    ("transformers/utils/deprecation.py", "wrapped_func"): "renames deprecated keyword arguments",
+    ("transformers/modeling_layers.py", "forward_with_checkpointing"): "gradient checkpointing (same values)",
+    ("transformers/integrations/accelerate.py", "wrapped"): "accelerate's offloading hooks",
+}
+Verifier = Callable[[str, nn.Module, fx.GraphModule], "str | None"]
 
 
 @dataclass
@@ -33,7 +75,9 @@ class EagerModule:
 
     name: str
     reason: str
-    forced: bool = False  # the user asked for it with leaf=
+    forced: bool = False  # the user asked for it with leaf= or eager=
+    checked: bool = False  # left eager by the check against the original (example inputs)
+    opaque: bool = False  # leaf=: nothing inside is captured or rewritten
 
 
 @dataclass
@@ -45,6 +89,18 @@ class Capture:
     eager: list[EagerModule] = field(default_factory=list)
     autowrap: tuple[Callable, ...] = ()
     leaf_types: tuple[type, ...] = ()
+    is_user_leaf: Callable[[str, nn.Module], bool] = lambda name, m: False
+    is_user_eager: Callable[[str, nn.Module], bool] = lambda name, m: False
+    verify: Verifier | None = None
+    observed: Mapping[str, list] = field(default_factory=dict)  # recorded calls per module (core/verify.py)
+    plan: Mapping[str, Any] = field(default_factory=dict)  # an earlier compile's decisions (a recipe's "capture")
+    decided: dict[str, dict] = field(default_factory=dict)  # each traced region's argument decision
+
+    def decisions(self) -> dict[str, Any]:
+        """What ``load`` needs to capture the same way without example inputs (JSON): every
+        module left eager, and how each region's arguments were traced."""
+        eager = {e.name: e.reason for e in self.eager if not e.forced}
+        return {"eager": eager, "args": dict(self.decided)}
 
 
 class _Tracer(fx.Tracer):
@@ -76,18 +132,41 @@ class _Tracer(fx.Tracer):
             raise
 
 
-def describe_trace_error(err: BaseException) -> str:
-    """First line of the error plus the deepest file:line outside torch itself."""
+def describe_trace_error(err: BaseException, module: nn.Module | None = None) -> str:
+    """First line of the error plus the deepest file:line of the user's code (neither torch's
+    nor vgpcompile's); the module's forward when the error was raised outside user code."""
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
-    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if _is_user_file(f.filename)]
+    if frames:
+        where = f" ({frames[-1].filename}:{frames[-1].lineno})"
+    else:
+        where = f" (in {forward_location(module)})" if module is not None else ""
     return f"{type(err).__name__}: {first}{where}"
+
+
+def _is_user_file(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return not path.startswith(_TORCH_DIR) and not path.startswith(_OWN_DIR) and not filename.startswith("<")
+
+
+def forward_location(module: nn.Module) -> str:
+    """``Class.forward (file:line)`` of ``module``'s forward, for messages."""
+    fn = inspect.unwrap(type(module).forward)
+    code = getattr(fn, "__code__", None)
+    where = f"{code.co_filename}:{code.co_firstlineno}" if code else "?"
+    return f"{type(module).__name__}.forward at {where}"
 
 
 def is_torch_leaf(module: nn.Module) -> bool:
     """torch.nn's own modules (Linear, Tanh, LSTM, ...) are kept whole, as fx does by default,
-    and so are the modules vgpcompile inserts, so a compiled model compiles again cleanly."""
-    return protocol.inserted_by(module) is not None or _PLAIN_TRACER.is_leaf_module(module, "")
+    except its composite layers (TORCH_COMPOSITES); so are declared affine layers of other
+    libraries (core/affine.py) and the modules vgpcompile inserts, so a compiled model
+    compiles again cleanly."""
+    if protocol.inserted_by(module) is not None or declared(module) is not None:
+        return True  # declared affine layers of other libraries too: sites see them as producers
+    if type(module) in TORCH_COMPOSITES:
+        return False
+    return _PLAIN_TRACER.is_leaf_module(module, "")
 
 
 def capture(
@@ -95,78 +174,242 @@ def capture(
     is_user_leaf: Callable[[str, nn.Module], bool] = lambda name, m: False,
     autowrap: tuple[Callable, ...] = (),
     leaf_types: tuple[type, ...] = (),
+    is_user_eager: Callable[[str, nn.Module], bool] = lambda name, m: False,
+    verify: Verifier | None = None,
+    observed: Mapping[str, list] | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> Capture:
     """Trace ``model`` hierarchically. ``model`` is changed in place (pass a copy).
 
     ``autowrap`` functions are recorded as single calls and ``leaf_types`` modules as single
-    module calls (user-registered activations), so sites see them whole.
+    module calls (user-registered activations), so sites see them whole. ``is_user_leaf``
+    modules stay opaque; ``is_user_eager`` modules stay eager with their children captured.
+    ``verify(prefix, original, gm)`` returns why a traced region may not replace the
+    original (core/verify.py), or None; ``observed`` holds the modules' recorded calls
+    (core/arguments.py decides from them); ``plan`` an earlier compile's
+    :meth:`Capture.decisions`, to capture the same way.
     """
-    result = Capture(root=model, autowrap=autowrap, leaf_types=leaf_types)
-    result.root = _capture(model, "", result, is_user_leaf)
-    if not result.regions:
-        names = ", ".join(e.name for e in result.eager[:3]) or "<root>"
-        raise CaptureError(
-            f"no part of {type(model).__name__} could be traced with torch.fx (left eager: {names}); "
-            "see the report's eager list, or make the failing forward traceable"
-        )
+    result = Capture(
+        model, {}, [], autowrap, leaf_types, is_user_leaf, is_user_eager, verify, observed or {}, plan or {}
+    )
+    with _no_mha_fastpath():
+        result.root = _capture(model, "", result)
     return result
 
 
-def _capture(module: nn.Module, prefix: str, out: Capture, is_user_leaf) -> nn.Module:
+@contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """Trace torch's transformer layers through their standard path, not the fused one."""
+    backend = getattr(torch.backends, "mha", None)
+    if backend is None:
+        yield
+        return
+    before = backend.get_fastpath_enabled()
+    backend.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        backend.set_fastpath_enabled(before)
+
+
+def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
+    name = prefix.rstrip(".")
+    if out.is_user_eager(name, module):
+        return _leave_eager(module, prefix, "kept eager by eager=", out, forced=True)
+    planned_eager = (out.plan.get("eager") or {}).get(name or "<root>")
+    if planned_eager:
+        return _leave_eager(module, prefix, planned_eager, out)
+    forward, reason = traceable_forward(module)
+    if reason:
+        return _leave_eager(module, prefix, reason, out)
     forced: dict[str, str] = {}
     while True:
-        tracer = _Tracer(set(forced), lambda q, m: is_user_leaf(prefix + q, m), out)
+        tracer = _Tracer(set(forced), lambda q, m: out.is_user_leaf(prefix + q, m), out)
         try:
-            graph = tracer.trace(module)
+            decision = arguments.decide(
+                forward or type(module).forward,
+                name,
+                (out.plan.get("args") or {}).get(name or "<root>"),
+                out.observed.get(name),
+                lambda concrete, tracer=tracer: _trace(tracer, module, forward, concrete, True),
+            )
+            if decision.reason:
+                return _leave_eager(module, prefix, f"{decision.reason} (in {forward_location(module)})", out)
+            graph = _trace_both_modes(tracer, module, forward, decision)
             break
+        except modes.ModeDependent as err:
+            if not err.owner or err.owner in forced:
+                return _leave_eager(module, prefix, f"{err} (in {forward_location(module)})", out)
+            forced[err.owner] = f"{err} (in {forward_location(module.get_submodule(err.owner))})"
         except Exception as err:
             failed = getattr(err, _FAILED, None)
             if failed is None or failed in forced:
-                return _leave_eager(module, prefix, describe_trace_error(err), out, is_user_leaf)
-            forced[failed] = describe_trace_error(err)
+                return _leave_eager(module, prefix, describe_trace_error(err, module), out)
+            forced[failed] = describe_trace_error(err, module.get_submodule(failed))
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
     _complete_state(gm, module)
+    _copy_hooks(module, gm)
+    _explain_guards(gm, name or "<root>", type(module).__name__)
+    reason = out.verify(prefix, module, gm) if out.verify else None
+    if reason:
+        return _leave_eager(module, prefix, reason, out, checked=True)
     out.regions[prefix] = gm
-    for qual, reason in forced.items():
-        _leave_eager(gm.get_submodule(qual), f"{prefix}{qual}.", reason, out, is_user_leaf)
-    _note_user_leaves(gm, graph, prefix, out, is_user_leaf)
+    if decision.record is not None:
+        out.decided[name or "<root>"] = decision.record
+    for qual, why in forced.items():
+        _leave_eager(gm.get_submodule(qual), f"{prefix}{qual}.", why, out)
+    _note_user_leaves(gm, graph, prefix, out)
     return gm
 
 
-def _leave_eager(module: nn.Module, prefix: str, reason: str, out: Capture, is_user_leaf) -> nn.Module:
+def _trace(tracer: _Tracer, module: nn.Module, forward: Callable | None, concrete: dict, training: bool) -> fx.Graph:
+    with modes.in_mode(module, training), _unwrapped(type(module), forward):
+        return _plain_signature(tracer.trace(module, concrete_args=concrete), concrete)
+
+
+def _trace_both_modes(tracer: _Tracer, module: nn.Module, forward: Callable | None, decision) -> fx.Graph:
+    """One graph that follows ``.train()``/``.eval()`` (core/modes.py). A region made only
+    of torch's containers around leaves (an nn.Sequential of layers) reads no training flag
+    while tracing, and is traced once."""
+    modes_ = (True,) if _mode_free(tracer, module, "") else (True, False)
+    graphs = [_trace(tracer, module, forward, decision.concrete, training) for training in modes_]
+    for graph in graphs:
+        arguments.drop_guards(graph, decision.unguarded)
+    return modes.merge(*graphs, module) if len(graphs) == 2 else graphs[0]
+
+
+def _mode_free(tracer: _Tracer, module: nn.Module, qual: str) -> bool:
+    if qual and tracer.is_leaf_module(module, qual):
+        return True
+    if type(module) not in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
+        return False
+    return all(_mode_free(tracer, child, f"{qual}.{name}" if qual else name) for name, child in module.named_children())
+
+
+def _plain_signature(graph: fx.Graph, concrete: dict[str, Any]) -> fx.Graph:
+    """The traced forward takes the original's parameter names (fx renames a constant
+    argument ``mask`` to ``mask_1``, which breaks keyword calls) and returns its structure
+    directly (an empty ``**kwargs`` makes fx generate pytree flattening code)."""
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            base = str(node.target).rsplit("_", 1)[0]
+            if base in concrete and str(node.target) == f"{base}_1":
+                node.target = base
+    codegen = graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if info is not None:
+        out = next(n for n in reversed(graph.nodes) if n.op == "output")
+        structure = torch.utils._pytree.tree_unflatten(list(out.args[0]), info.out_spec)
+        if not _plain_structure(structure):
+            raise TypeError("the forward returns a custom container, which a traced graph cannot rebuild")
+        out.args = (structure,)
+        graph._codegen = fx.graph.CodeGen()
+    return graph
+
+
+def _plain_structure(value: Any) -> bool:
+    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
+        return all(_plain_structure(v) for v in value)
+    if type(value) is dict:
+        return all(_plain_structure(v) for v in value.values())
+    return not isinstance(value, (tuple, list, dict))
+
+
+def traceable_forward(module: nn.Module) -> tuple[Callable | None, str]:
+    """(the forward to trace when it must be unwrapped, else None; why it cannot be traced, else "")."""
+    fn = type(module).forward
+    unwrapped = False
+    while hasattr(fn, "__wrapped__"):
+        code = getattr(fn, "__code__", None)
+        key = next(
+            (k for k in TRANSPARENT_WRAPPERS if code and code.co_filename.endswith(k[0]) and code.co_name == k[1]),
+            None,
+        )
+        if key is None:
+            where = f"{code.co_filename}:{code.co_firstlineno}" if code else "?"
+            return None, (
+                f"{forward_location(module)} is wrapped by {getattr(code, 'co_name', fn)!r} ({where}), which "
+                "torch.fx cannot trace through; kept eager (its children are captured)"
+            )
+        fn, unwrapped = fn.__wrapped__, True
+    return (fn if unwrapped else None), ""
+
+
+@contextmanager
+def _unwrapped(cls: type, forward: Callable | None) -> Iterator[None]:
+    """``cls.forward`` is ``forward`` while tracing (a transparent decorator taken off)."""
+    if forward is None:
+        yield
+        return
+    own = "forward" in cls.__dict__
+    before = cls.__dict__.get("forward")
+    cls.forward = forward
+    try:
+        yield
+    finally:
+        if own:
+            cls.forward = before
+        else:
+            del cls.forward
+
+
+def _explain_guards(gm: fx.GraphModule, name: str, cls: str) -> None:
+    """Make fx's "specialized" guard messages name the module and the fix."""
+    changed = False
+    for node in gm.graph.nodes:
+        arg = arguments.is_guard(node)
+        if arg is not None:
+            value = node.args[1].split(" has been specialized to have value ")[1].rsplit(" but got", 1)[0]
+            node.args = (
+                node.args[0],
+                f"vgpcompile traced {cls} {name!r} for {arg}={value} and it was called with another value: give "
+                f"vgpcompile example_inputs= that make this call (it is then traced as called, or kept eager), "
+                f"or keep the module eager with eager=[{name!r}]",
+            )
+            changed = True
+    if changed:
+        gm.recompile()
+
+
+def _leave_eager(
+    module: nn.Module, prefix: str, reason: str, out: Capture, forced: bool = False, checked: bool = False
+) -> nn.Module:
     """Keep ``module`` eager and capture each child that is neither torch's nor a user leaf."""
     if reason:
-        out.eager.append(EagerModule(prefix.rstrip(".") or "<root>", reason))
+        out.eager.append(EagerModule(prefix.rstrip(".") or "<root>", reason, forced, checked))
     for name, child in list(module.named_children()):
         qual = prefix + name
-        if is_user_leaf(qual, child):
+        if out.is_user_leaf(qual, child):
             continue
         if isinstance(child, CONTAINERS):  # no forward of their own: look inside
-            _leave_eager(child, qual + ".", "", out, is_user_leaf)
+            _leave_eager(child, qual + ".", "", out)
         elif not is_torch_leaf(child):
-            setattr(module, name, _capture(child, qual + ".", out, is_user_leaf))
+            setattr(module, name, _capture(child, qual + ".", out))
     return module
 
 
-def _note_user_leaves(gm: fx.GraphModule, graph: fx.Graph, prefix: str, out: Capture, is_user_leaf) -> None:
+def _note_user_leaves(gm: fx.GraphModule, graph: fx.Graph, prefix: str, out: Capture) -> None:
     for node in graph.nodes:
         if node.op == "call_module":
             sub = gm.get_submodule(node.target)
-            if not is_torch_leaf(sub) and is_user_leaf(prefix + node.target, sub):
+            if not is_torch_leaf(sub) and out.is_user_leaf(prefix + node.target, sub):
                 name = prefix + node.target
                 if all(e.name != name for e in out.eager):
-                    out.eager.append(EagerModule(name, "kept opaque by leaf=", forced=True))
+                    out.eager.append(EagerModule(name, "kept opaque by leaf=", forced=True, opaque=True))
 
 
 def _complete_state(gm: fx.GraphModule, original: nn.Module) -> None:
     """Give ``gm`` every parameter and buffer of ``original`` under the same name.
 
-    GraphModule copies only what the graph touches and registers every copied buffer as
+    GraphModule copies only what its graph touches and registers every copied buffer as
     persistent; both would change the state_dict, so an original checkpoint would no longer
     load. Unused entries are added back and non-persistent buffers stay non-persistent.
+    Every module path of ``original`` exists in ``gm`` (an empty module where the graph
+    inlined it), so ``<path>.training`` follows ``.train()``/``.eval()`` as the original's.
     """
     for path, mod in original.named_modules():
         target = _ensure_path(gm, path)
+        target.training = mod.training
         for name, p in mod._parameters.items():
             if name not in target._parameters and name not in target._modules:
                 target.register_parameter(name, p)
@@ -175,6 +418,26 @@ def _complete_state(gm: fx.GraphModule, original: nn.Module) -> None:
                 target.register_buffer(name, b, persistent=name not in mod._non_persistent_buffers_set)
             elif name in mod._non_persistent_buffers_set:
                 target._non_persistent_buffers_set.add(name)
+
+
+_HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+)
+
+
+def _copy_hooks(original: nn.Module, gm: fx.GraphModule) -> None:
+    """The region keeps the hooks registered on the module it replaces: a traced forward does
+    not contain them (fx traces ``forward``, not ``__call__``), the call into the region must."""
+    for attr in _HOOKS:
+        table = getattr(original, attr, None)
+        if table:
+            getattr(gm, attr).update(table)
 
 
 def _ensure_path(root: nn.Module, path: str) -> nn.Module:

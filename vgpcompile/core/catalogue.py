@@ -133,6 +133,8 @@ def _builtin_catalogue() -> list[Activation]:
         ),
         Activation("silu", F.silu, output_range=fixed((-0.2785, _INF))),
         Activation("mish", F.mish, output_range=fixed((-0.3089, _INF))),
+        Activation("hardswish", F.hardswish, output_range=fixed((-0.375, _INF)), kinks=fixed((-3.0, 3.0))),
+        Activation("hardsigmoid", F.hardsigmoid, output_range=fixed((0.0, 1.0)), kinks=fixed((-3.0, 3.0))),
         Activation(
             "softplus",
             F.softplus,
@@ -160,6 +162,8 @@ def _builtin_modules() -> dict[type[nn.Module], tuple[str, tuple[str, ...]]]:
         nn.SiLU: ("silu", ()),
         nn.Mish: ("mish", ()),
         nn.Softplus: ("softplus", ("beta", "threshold")),
+        nn.Hardswish: ("hardswish", ()),
+        nn.Hardsigmoid: ("hardsigmoid", ()),
     }
 
 
@@ -196,6 +200,10 @@ def _builtin_functions() -> dict[Any, Spelling]:
         F.silu: Spelling("silu", ("inplace",)),
         F.mish: Spelling("mish", ("inplace",)),
         F.softplus: Spelling("softplus", ("beta", "threshold")),
+        F.hardswish: Spelling("hardswish", ("inplace",)),
+        F.hardsigmoid: Spelling("hardsigmoid", ("inplace",)),
+        nn_c.hardswish_: Spelling("hardswish", inplace=True),
+        nn_c.hardsigmoid_: Spelling("hardsigmoid", inplace=True),
     }
     if hasattr(nn_c, "gelu") and nn_c.gelu is not F.gelu:
         table[nn_c.gelu] = Spelling("gelu", ("approximate",))

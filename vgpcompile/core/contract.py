@@ -12,8 +12,10 @@ the pass and node, and collects a :class:`PassResult`.
 A pass also declares what its rewrite reads and changes (``reads``/``writes``, e.g. arp
 reads the value ranges that gpn changes) so the runner can order passes, what its
 lowering reads and changes (``lower_reads``/``lower_writes``), whether it changes the
-model's inputs (``changes_inputs``), and how it lowers (``lower``: the exact inverse used
-by ``freeze``).
+model's inputs (``changes_inputs``), whether it can rewrite targets in eager code
+(``rewrites_eager``: sites and layers of modules whose forward was not traced have no
+graph node, ``target.node is None``; core/eager.py), and how it lowers (``lower``: the
+exact inverse used by ``freeze``).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class Pass:
     lower_reads: ClassVar[frozenset[str]] = frozenset()
     lower_writes: ClassVar[frozenset[str]] = frozenset()
     changes_inputs: ClassVar[bool] = False
+    rewrites_eager: ClassVar[bool] = False
 
     def prepare(self, targets: list[Target], env: Env) -> PassResult | None:
         """Called once with every target that passed the default rules, before any ``apply``:

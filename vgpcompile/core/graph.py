@@ -13,6 +13,7 @@ from torch import fx, nn
 from . import protocol
 from .capture import CONTAINERS, is_torch_leaf
 from .catalogue import Catalogue
+from .eager import eager_replacements, function_sites
 
 
 def to_digraph(gm: fx.GraphModule) -> nx.DiGraph:
@@ -35,11 +36,14 @@ def nonlinear_depth(module: nn.Module, catalogue: Catalogue) -> tuple[int, bool]
         return declared, True
     if is_torch_leaf(module) and not isinstance(module, CONTAINERS):
         return 0, True
-    total, exact = 0, False
-    for child in module.children():
-        d, _ = nonlinear_depth(child, catalogue)
-        total += d
-    return total, exact
+    # an eager module: its children and the activation calls of its own code, summed;
+    # the replacements of those calls (core/eager.py) are counted as the calls they replace
+    replaced = eager_replacements(module)
+    total = len(function_sites(module, catalogue)) if not isinstance(module, CONTAINERS) else 0
+    for name, child in module.named_children():
+        if name not in replaced:
+            total += nonlinear_depth(child, catalogue)[0]
+    return total, False
 
 
 def _graph_depth(gm: fx.GraphModule, catalogue: Catalogue) -> tuple[int, bool]:

@@ -1,10 +1,12 @@
 """The recipe: what ``load`` needs to rebuild a compiled model exactly, and its schema.
 
-A recipe is JSON: the passes with every option resolved, the selection rules, the model
-input range, the activations the compile relied on that are not built in, the targets each
-pass changed (so a rebuild that rewrites other sites is refused instead of silently giving
-other outputs), the versions, and the form (training or frozen). ``validate`` checks a
-recipe read from disk against that schema in one place and names the field at fault.
+A recipe is JSON: the passes with every option resolved, the select/ignore/leaf/eager rules,
+the capture decisions that came from example inputs (modules the check kept eager,
+arguments traced as the example calls passed them), the model input range, the
+activations the compile relied on that are not built in, the targets each pass changed (so
+a rebuild that rewrites other sites is refused instead of silently giving other outputs),
+the versions, and the form (training or frozen). ``validate`` checks a recipe read from
+disk against that schema in one place and names the field at fault.
 """
 
 from __future__ import annotations
@@ -31,18 +33,22 @@ def build(
     report: Report,
     catalogue: Catalogue,
     versions: Mapping[str, str],
+    capture: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The recipe of one compile."""
+    """The recipe of one compile; ``capture`` holds the capture decisions that depended on
+    the example inputs (modules the check kept eager, arguments traced as called)."""
     return {
         "passes": [{"name": p.name, "options": dataclasses.asdict(p)} for p in passes],
         "select": list(rules.get("select", [])),
         "ignore": list(rules.get("ignore", [])),
         "leaf": list(rules.get("leaf", [])),
+        "eager": list(rules.get("eager", [])),
         "input_range": input_range,
         "activations": custom_activations(report, catalogue),
         "changed": {p.name: report.changed_names(p.name) for p in passes},
         "versions": dict(versions),
         "form": "training",
+        "capture": dict(capture or {"eager": {}, "args": {}}),
     }
 
 
@@ -71,7 +77,7 @@ def validate(recipe: Any, file: str = "recipe.json") -> dict[str, Any]:
     if not isinstance(recipe, dict):
         raise LoadError(f"{file}: corrupt recipe (a JSON object is expected, got {type(recipe).__name__})")
     _check_passes(recipe.get("passes"), file)
-    for key in ("select", "ignore", "leaf", "activations"):
+    for key in ("select", "ignore", "leaf", "eager", "activations"):
         _check_strings(recipe.get(key), key, file)
     _check_range(recipe.get("input_range"), file)
     changed = recipe.get("changed") or {}
@@ -82,6 +88,7 @@ def validate(recipe: Any, file: str = "recipe.json") -> dict[str, Any]:
     versions = recipe.get("versions") or {}
     if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
         raise LoadError(f"{_where(file, 'versions')} must map package names to version strings")
+    _check_capture(recipe.get("capture"), file)
     if recipe.get("form", "training") not in FORMS:
         raise LoadError(f"{_where(file, 'form')} must be one of {list(FORMS)}, got {recipe.get('form')!r}")
     weights = recipe.get("weights")
@@ -136,6 +143,20 @@ def _known_passes() -> set[str]:
 def _check_strings(value: Any, key: str, file: str) -> None:
     if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
         raise LoadError(f"{_where(file, key)} must be a list of strings, got {value!r:.80}")
+
+
+def _check_capture(value: Any, file: str) -> None:
+    if value is None:
+        return
+    eager, args = (value.get("eager", {}), value.get("args", {})) if isinstance(value, dict) else (None, None)
+    ok = (
+        isinstance(eager, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in eager.items())
+        and isinstance(args, dict)
+        and all(isinstance(k, str) and isinstance(v, dict) for k, v in args.items())
+    )
+    if not ok:
+        raise LoadError(f"{_where(file, 'capture')} must be {{'eager': {{name: reason}}, 'args': {{name: {{...}}}}}}")
 
 
 def _check_range(value: Any, file: str) -> None:

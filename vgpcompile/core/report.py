@@ -29,6 +29,7 @@ class SiteRecord:
     notes: list[str] = field(default_factory=list)
     outcomes: dict[str, str] = field(default_factory=dict)  # pass -> what it did or why not
     changed: dict[str, bool] = field(default_factory=dict)
+    eager: bool = False  # in eager code (a module whose forward was not traced), not in a graph
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Report:
             return self.site(name)
         except KeyError:
             pass
-        rec = SiteRecord(name, kind, spelling, producer, False)
+        rec = SiteRecord(name, kind, spelling, producer, False, eager=spelling.startswith("eager"))
         self.sites.append(rec)
         return rec
 
@@ -71,6 +72,9 @@ class Report:
 
     def changed_count(self, pass_name: str) -> int:
         return sum(1 for r in self.sites if r.changed.get(pass_name))
+
+    def changed_eager_count(self, pass_name: str) -> int:
+        return sum(1 for r in self.sites if r.changed.get(pass_name) and r.eager)
 
     def changed_names(self, pass_name: str) -> list[str]:
         return [r.name for r in self.sites if r.changed.get(pass_name)]
@@ -113,7 +117,9 @@ class Report:
             f"nonlinear depth: {depth} -> {after}{approx}",
         ]
         for p in self.passes:
-            lines.append(f"  {p}: changed {self.changed_count(p)} of {len(self.sites)} sites")
+            n, eager = self.changed_count(p), self.changed_eager_count(p)
+            split = f" ({n - eager} in traced graphs, {eager} in eager code)" if eager else ""
+            lines.append(f"  {p}: changed {n} of {len(self.sites)} sites{split}")
         return lines
 
     def _table(self) -> list[str]:
@@ -121,7 +127,8 @@ class Report:
             return ["  (no activation sites found)"]
         head = ["site", "activation", "spelling", "producer"] + self.passes
         rows = [
-            [r.name, r.kind, r.spelling, r.producer or "-"] + [r.outcomes.get(p, "-") for p in self.passes]
+            [r.name, r.kind, ("eager " if r.eager and not r.spelling.startswith("eager") else "") + r.spelling,
+             r.producer or "-"] + [r.outcomes.get(p, "-") for p in self.passes]
             for r in self.sites
         ]
         widths = [min(max(len(str(x)) for x in col), 48) for col in zip(head, *rows)]
@@ -134,7 +141,7 @@ class Report:
     def _footer(self) -> list[str]:
         lines = []
         if self.eager:
-            lines.append("  left eager (not traced, not rewritten inside their own forward):")
+            lines.append("  left eager (not traced; their activation modules, calls and layers are eager sites):")
             lines += [f"    {e.name}: {e.reason}" for e in self.eager]
         for name, stats in self.stats.items():
             lines.append(f"  {name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stats.items()))

@@ -35,18 +35,25 @@ def mark_applied(node: fx.Node, site: Site, pass_name: str) -> None:
     node.meta[META_APPLIED] = tuple(sorted(set(site.applied) | {pass_name}))
 
 
-def replace_activation(site: Site, module: nn.Module, pass_name: str, tag: str) -> fx.Node:
+def replace_activation(site: Site, module: nn.Module, pass_name: str, tag: str) -> fx.Node | None:
     """Make ``site`` call ``module`` on the activation's input instead; return the new node.
 
     An activation module called from this one place is swapped under its own name, so the
     model's module tree keeps its shape. Otherwise (function or method spelling, or a
     module shared by several calls) the new module is added as ``<node>_<tag>`` on the
-    region. An in-place activation also mutated its input: every later use of that input
-    is rewired to the result so the program still computes the same values.
+    region. A formula site is replaced whole: one call on its input, the formula's nodes
+    erased. An in-place activation also mutated its input: every later use of that input
+    is rewired to the result so the program still computes the same values. A site in
+    eager code is rewritten by core.eager (returns None: there is no node).
     """
+    if site.node is None:
+        from .eager import replace_eager_activation
+
+        replace_eager_activation(site, module, tag)
+        return None
     node = site.node
     gm = node.graph.owning_module
-    src = node.args[0]
+    src = formula_input(site) if site.nodes else node.args[0]
     if site.spelling == "module" and site.module_calls == 1:
         gm.set_submodule(str(node.target), module)
         new = node
@@ -55,6 +62,8 @@ def replace_activation(site: Site, module: nn.Module, pass_name: str, tag: str) 
         name = unique_name(gm, f"{node.name}_{tag}")
         gm.add_submodule(name, module)
         new = replace_node(node, "call_module", name, (src,))
+        for dead in reversed(site.nodes[:-1]):  # the rest of a formula, now unused
+            node.graph.erase_node(dead)
     if site.inplace:
         _rewire_later_uses(src, new)
     mark_applied(new, site, pass_name)
@@ -65,3 +74,9 @@ def _rewire_later_uses(src: fx.Node, new: fx.Node) -> None:
     for user in list(src.users):
         if user is not new and user > new:  # fx nodes compare by position in the graph
             user.replace_input_with(src, new)
+
+
+def formula_input(site: Site) -> fx.Node:
+    """The current input of a formula site (an earlier rewrite may have replaced the node)."""
+    inside = set(site.nodes)
+    return next(a for n in site.nodes for a in n.all_input_nodes if a not in inside)

@@ -20,6 +20,7 @@ from torch import fx, nn
 from ..errors import PassError, UsageError, VgpError
 from . import protocol
 from .contract import BLOCK, LAYER, MODEL, SITE, Env, Pass, PassResult, Target
+from .eager import find_eager_layers, find_eager_sites
 from .select import target_of
 from .targets import META_PASS, META_SITE, Block, Layer, ModelTarget, Site, find_blocks, find_layers, find_sites
 
@@ -58,15 +59,21 @@ def run_pass(
     regions: dict[str, fx.GraphModule] | fx.GraphModule,
     env: Env | None = None,
     root: nn.Module | None = None,
+    eager: Sequence[tuple[str, nn.Module]] = (),
+    outputs: set[str] | frozenset[str] = frozenset(),
 ) -> PassResult:
-    """Run one pass over ``regions`` (or one bare GraphModule) and return what it did."""
+    """Run one pass over ``regions`` (or one bare GraphModule) and return what it did.
+
+    ``eager`` lists the modules left eager, (name, module), whose activation modules,
+    activation calls and layers are targets too (core/eager.py); ``outputs`` names eager
+    activation modules known to compute the model output."""
     if isinstance(regions, fx.GraphModule):
         regions = {"": regions}
     env = env or Env(passes=(pass_.name,))
     start = time.perf_counter()
     result = PassResult(pass_.name)
     before = {prefix: set(gm.graph.nodes) for prefix, gm in regions.items()}
-    candidates = _candidates(pass_, regions, env, result)
+    candidates = _candidates(pass_, regions, env, result) + _eager_candidates(pass_, eager, outputs, env, result)
     if root is not None and MODEL in pass_.matches:
         candidates.append(ModelTarget(root, regions))
     _guarded(pass_, None, "", lambda: _merge(result, pass_.prepare(candidates, env)))
@@ -101,6 +108,27 @@ def _candidates(pass_: Pass, regions: dict[str, fx.GraphModule], env: Env, resul
     return found
 
 
+def _eager_candidates(pass_: Pass, eager, outputs, env: Env, result: PassResult) -> list[Target]:
+    """The targets in eager code, for a pass that rewrites them (the others get a reason)."""
+    if not eager:
+        return []
+    targets: list[Target] = []
+    if SITE in pass_.matches:
+        targets += find_eager_sites(list(eager), env.catalogue, set(outputs))
+    if LAYER in pass_.matches and pass_.layer_types:
+        targets += find_eager_layers(list(eager), pass_.layer_types)
+    found: list[Target] = []
+    for target in targets:
+        reason = default_skip(target, pass_, env)
+        if reason is None and not pass_.rewrites_eager:
+            reason = f"in eager code: pass {pass_.name!r} rewrites traced graphs only"
+        if reason:
+            _record(result, target, False, reason)
+        else:
+            found.append(target)
+    return found
+
+
 def default_skip(target: Target, pass_: Pass, env: Env) -> str | None:
     """The reason the default rules leave ``target`` alone, or None."""
     if isinstance(target, Layer):
@@ -126,8 +154,7 @@ def default_skip(target: Target, pass_: Pass, env: Env) -> str | None:
 
 def site_target(site: Site):
     names = (site.name, site.module_name, site.producer_name)
-    mod = site.node.graph.owning_module.get_submodule(site.node.target) if site.module_name else None
-    return target_of(names, (mod, site.producer_module), site.activation.name)
+    return target_of(names, (site.module, site.producer_module), site.activation.name)
 
 
 def _visit(pass_: Pass, target: Target, env: Env, result: PassResult) -> None:
@@ -144,7 +171,8 @@ def _record(result: PassResult, target: Target, changed: bool, text: str) -> Non
     elif isinstance(target, Block):
         result.record(target.site.name, changed, text)
     elif isinstance(target, Layer):
-        result.record(target.full_name, changed, text, type(target.module).__name__, "layer")
+        spelling = "layer" if target.node is not None else "eager layer"
+        result.record(target.full_name, changed, text, type(target.module).__name__, spelling)
     else:
         result.record("<model>", changed, text, type(target.root).__name__, "model")
 

@@ -18,17 +18,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from . import protocol
+from .affine import TORCH_AFFINE, is_affine
 from .catalogue import Activation, Catalogue
+from .formulas import analyse
 
-AFFINE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+AFFINE_MODULES: tuple[type[nn.Module], ...] = TORCH_AFFINE  # declared layers of other libraries: core.affine
 AFFINE_FUNCTIONS: dict[Any, str] = {
     F.linear: "F.linear",
     F.conv1d: "F.conv1d",
@@ -52,11 +46,16 @@ META_SITE = "vgp.site"  # the stable site name, carried to replacement nodes
 
 @dataclass
 class Site:
-    """One activation call in a traced region."""
+    """One activation call: in a traced region (``node`` is its graph node), or in eager code
+    (``node`` is None and ``eager`` says where: see core.eager).
+
+    ``input`` is the activation's input node; for a formula (``spelling == "formula"``) it is
+    the formula's x and ``nodes`` are the formula's nodes, ``node`` its output.
+    """
 
     name: str
     region: str
-    node: fx.Node
+    node: fx.Node | None
     activation: Activation
     params: dict[str, Any]
     spelling: str
@@ -73,6 +72,10 @@ class Site:
     applied: frozenset[str] = frozenset()
     unusable: str = ""  # why no pass can touch it (e.g. a run-time parameter)
     notes: list[str] = field(default_factory=list)
+    input: fx.Node | None = None
+    nodes: tuple[fx.Node, ...] = ()
+    module: nn.Module | None = None  # the activation module (module spelling)
+    eager: Any = None  # core.eager.EagerCall for a site in eager code
 
     @property
     def kind(self) -> str:
@@ -98,7 +101,7 @@ def _producer(node: fx.Node, gm: fx.GraphModule) -> tuple[str | None, str | None
     """(kind, name, module) of the affine layer computing ``node``, or Nones."""
     if node.op == "call_module":
         mod = gm.get_submodule(str(node.target))
-        if isinstance(mod, AFFINE_MODULES):
+        if is_affine(mod):
             return type(mod).__name__, str(node.target), mod
         return None, None, None
     if node.op == "call_function" and node.target in AFFINE_FUNCTIONS:
@@ -150,12 +153,28 @@ def call_counts(gm: fx.GraphModule) -> dict[str, int]:
 
 
 def find_sites(gm: fx.GraphModule, region: str, catalogue: Catalogue) -> list[Site]:
-    """Every activation call in ``gm``, including modules that declare they wrap one
+    """Every activation site in ``gm``: activation calls applied to a pre-activation, formulas
+    recognised as one activation (core.formulas), and modules that declare they wrap one
     (``vgp_activation``, e.g. GPN's), which carry the passes already applied."""
     outputs = output_nodes(gm.graph)
     counts = call_counts(gm)
+    analysis = analyse(gm, catalogue)
+    formulas = {f.output: f for f in analysis.formulas}
+    in_formula = {n for f in formulas.values() for n in f.nodes}
     sites, nth = [], dict.fromkeys(counts, 0)
     for node in gm.graph.nodes:
+        if node in formulas:
+            f = formulas[node]
+            if analysis.nonlinear(f.input):
+                continue  # a formula applied to an activation's output: not a pre-activation
+            act = catalogue.get(f.kind)
+            params = {**act.defaults, **f.params}
+            site = _build(node, gm, region, act, params, "formula", False, "", frozenset(), outputs, f.input)
+            site.nodes = f.nodes
+            sites.append(site)
+            continue
+        if node in in_formula or analysis.inside_formula(node):
+            continue  # a piece of a formula, not applied to a pre-activation
         site = _site_at(node, gm, region, catalogue, outputs)
         if site is None:
             continue
@@ -188,8 +207,9 @@ def _site_at(node, gm, region, catalogue, outputs) -> Site | None:
                   applied, outputs)
 
 
-def _build(node, gm, region, act, params, spelling, inplace, unusable, applied, outputs) -> Site:
-    src = node.args[0] if node.args else None
+def _build(node, gm, region, act, params, spelling, inplace, unusable, applied, outputs, src=None) -> Site:
+    if src is None:
+        src = node.args[0] if node.args else None
     kind = name = module = None
     shared = False
     if isinstance(src, fx.Node):
@@ -215,6 +235,8 @@ def _build(node, gm, region, act, params, spelling, inplace, unusable, applied, 
         is_output=node in outputs and region == "",
         applied=applied,
         unusable=unusable,
+        input=src if isinstance(src, fx.Node) else None,
+        module=gm.get_submodule(str(node.target)) if node.op == "call_module" else None,
     )
 
 

@@ -198,6 +198,8 @@ def load(
         select=recipe.get("select") or None,
         ignore=recipe.get("ignore") or None,
         leaf=recipe.get("leaf") or None,
+        eager=recipe.get("eager") or None,
+        capture=recipe.get("capture"),  # decisions the saved compile took from its example inputs
         input_range=tuple(rng) if rng else None,
         catalogue=catalogue,
     )

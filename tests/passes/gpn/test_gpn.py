@@ -186,6 +186,12 @@ SPELLINGS = [
     ("softplus", {"beta": 2.0}, nn.Softplus(beta=2.0), None),
     ("softplus", {}, None, F.softplus),
     ("softplus", {"beta": 2.0, "threshold": 10.0}, None, lambda t: F.softplus(t, 2.0, 10.0)),
+    ("hardswish", {}, nn.Hardswish(), None),
+    ("hardswish", {}, None, F.hardswish),
+    ("hardswish", {}, None, lambda t: F.hardswish(t, inplace=True)),
+    ("hardsigmoid", {}, nn.Hardsigmoid(), None),
+    ("hardsigmoid", {}, None, F.hardsigmoid),
+    ("hardsigmoid", {}, None, lambda t: F.hardsigmoid(t, inplace=True)),
 ]
 
 

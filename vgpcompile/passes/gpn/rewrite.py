@@ -50,6 +50,7 @@ class GPN(Pass):
     matches: ClassVar[tuple[str, ...]] = (SITE,)
     writes: ClassVar[frozenset[str]] = frozenset({"ranges"})
     lower_reads: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    rewrites_eager: ClassVar[bool] = True  # replace_activation swaps or intercepts eager sites too
 
     root: Literal["minus", "plus", "paper"] = "minus"
     learnable: bool = False

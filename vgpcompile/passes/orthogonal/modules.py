@@ -26,10 +26,10 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrizations, parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ...core.targets import AFFINE_MODULES
+from ...core.affine import TORCH_AFFINE, DeclaredAffine, declared
 from ...errors import UsageError
 
-LAYER_TYPES: tuple[type[nn.Module], ...] = AFFINE_MODULES
+LAYER_TYPES: tuple[type, ...] = (*TORCH_AFFINE, DeclaredAffine)
 KEEPS = ("init", "rownorm", "parametrization", "retraction")
 MAPS = ("auto", "cayley", "matrix_exp", "householder")
 DEFAULT_TOL = 1e-4
@@ -40,7 +40,8 @@ STATE = "vgp_orthogonal"  # the attribute holding a layer's OrthogonalState
 class Layout:
     """How a weight tensor reads as ``groups`` matrices (fan_out, fan_in).
 
-    Linear: the weight itself. Conv (out, in/groups, *k): one (out/groups, in/groups * k)
+    Linear: the weight itself; a declared affine layer's (in, out) weight its transpose.
+    Conv (out, in/groups, *k): one (out/groups, in/groups * k)
     matrix per group — the map from an input patch to the outputs at one position, not
     torch's default of a matrix per trailing kernel slice. ConvTranspose stores
     (in, out/groups, *k); an output unit's fan-in runs over dim 0 and the kernel, so its
@@ -57,6 +58,10 @@ class Layout:
             return cls(tuple(module.weight.shape))
         if isinstance(module, _ConvNd):
             return cls(tuple(module.weight.shape), module.groups, bool(module.transposed))
+        spec = declared(module)
+        if spec is not None and spec.weight == "weight" and module.weight.dim() == 2:
+            # a declared (in, out) weight reads as its transpose, like a transposed conv's
+            return cls(tuple(module.weight.shape), 1, spec.layout == "in_out")
         raise UsageError(f"orthogonal weights need a Linear or Conv layer, got {type(module).__name__}")
 
     @property

@@ -56,6 +56,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
+from ...core.affine import declared
 from ...core.contract import LAYER, MODEL, Env, Pass, PassResult
 from ...core.protocol import mark_applied_module
 from ...core.rewrite import unique_name
@@ -82,6 +83,7 @@ class Orthogonal(Pass):
     summary: ClassVar[str] = "Linear/Conv weights (semi-)orthogonal, kept so in training (BSNN with gpn)"
     layer_types: ClassVar[tuple[type, ...]] = LAYER_TYPES
     lower_writes: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    rewrites_eager: ClassVar[bool] = True  # a layer is changed in place, traced or not
 
     init: Literal["haar", "project"] = "haar"
     keep: Literal["init", "rownorm", "parametrization", "retraction"] = "retraction"
@@ -105,7 +107,10 @@ class Orthogonal(Pass):
     def prepare(self, targets: list, env: Env) -> PassResult:
         result = PassResult(self.name)
         if not any(isinstance(t, Layer) for t in targets):
-            result.warnings.append("orthogonal: no affine layer (Linear/Conv) found to make orthogonal")
+            result.warnings.append(
+                "orthogonal: no affine layer (Linear/Conv) found to make orthogonal; declare another library's "
+                "affine layer with vgpcompile.register_affine(cls, layout=...)"
+            )
         model = next((t for t in targets if isinstance(t, ModelTarget)), None)
         if model is not None and model.root_graph is None:
             result.warnings.append(f"orthogonal: {NO_ROOT_GRAPH}")
@@ -115,6 +120,9 @@ class Orthogonal(Pass):
         if isinstance(target, ModelTarget):
             return thin_shell_reason(target.root_graph)
         module = target.module
+        spec = declared(module)
+        if spec is not None and (spec.weight != "weight" or getattr(module.weight, "dim", lambda: 0)() != 2):
+            return f"declared affine layer {type(module).__name__}: orthogonal needs a 2-D weight named 'weight'"
         weight = getattr(module, "weight", None)
         if parametrize.is_parametrized(module, "weight"):
             kinds = ", ".join(type(p).__name__ for p in module.parametrizations.weight)

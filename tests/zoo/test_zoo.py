@@ -1,0 +1,96 @@
+"""The zoo: every real architecture x every pass compiles and keeps what the model computes.
+
+For each model (zoo_models.ZOO) and pass list (PASSES): compiles with example inputs, runs
+in train and eval mode with a finite output; with no pass, equals the original bitwise in
+both modes (train mode from the same random seed); freeze gives the training form's
+output; save -> load gives it bitwise in both modes; the report finds and changes the
+expected numbers of sites. The table (model x pass) is printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import zoo_models
+from zoo_models import ZOO, main_output
+
+from vgpcompile import freeze, load, save, vgpcompile
+
+pytestmark = pytest.mark.zoo
+
+# One line per pass list; arp joins when its calibration lands.
+PASSES: tuple[tuple[str, ...], ...] = ((), ("gpn",), ("orthogonal",), ("bsnn",))
+
+# model -> activation sites found, and per pass (changed, of which in eager code); orthogonal
+# counts layers. Checked by hand once: e.g. t5 has a ReLU per feed-forward (4) and 32
+# Linear layers, the 24 of its attention modules (which fx cannot trace) in eager code.
+EXPECTED: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
+    "bert": (3, {"gpn": (3, 0), "orthogonal": (13, 6)}),
+    "distilbert": (2, {"gpn": (2, 0), "orthogonal": (12, 8)}),
+    "gpt2": (2, {"gpn": (2, 0), "orthogonal": (9, 5)}),  # GELU written out; Conv1D layers
+    "t5": (4, {"gpn": (4, 0), "orthogonal": (32, 24)}),
+    "mamba": (2, {"gpn": (2, 0), "orthogonal": (10, 10)}),
+    "rwkv": (6, {"gpn": (6, 6), "orthogonal": (14, 14)}),
+    "resnet": (5, {"gpn": (5, 0), "orthogonal": (7, 0)}),
+    "mobilenetv3": (10, {"gpn": (10, 0), "orthogonal": (13, 0)}),  # 2 hardswish formulas among them
+    "stochastic_depth": (2, {"gpn": (2, 0), "orthogonal": (8, 0)}),
+    "functional_bn": (2, {"gpn": (2, 0), "orthogonal": (3, 0)}),
+    "torch_transformer": (2, {"gpn": (2, 0), "orthogonal": (6, 2)}),
+    "rwkv_style": (6, {"gpn": (6, 6), "orthogonal": (15, 15)}),
+}
+
+FREEZE_TOL = 1e-4  # relative to the output's scale: folding a, b into the next layer rounds
+
+
+def _run(model, inputs, training: bool, seed: int = 0) -> torch.Tensor:
+    model.train(training)
+    torch.manual_seed(seed)
+    return main_output(model(*inputs)).detach()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("passes", PASSES, ids=lambda p: "+".join(p) or "none")
+@pytest.mark.parametrize("entry", ZOO, ids=lambda e: e.name)
+def test_zoo(entry, passes, tmp_path):
+    if entry.needs:
+        pytest.importorskip(entry.needs)
+    net, inputs = entry.factory(), entry.inputs()
+    compiled = vgpcompile(net, list(passes), example_inputs=inputs)
+    report = compiled.vgp_report
+    sites = len([r for r in report.sites if "layer" not in r.spelling])  # activation sites, not layer rows
+    row = {"model": entry.name, "passes": "+".join(passes) or "none", "sites": sites}
+
+    errors = []
+    for training in (True, False):
+        got = _run(compiled, inputs, training)
+        assert torch.isfinite(got).all(), f"{entry.name} {passes}: non-finite output (training={training})"
+        if not passes:
+            ref = _run(net, inputs, training)
+            errors.append(float((got - ref).abs().max()))
+            assert torch.equal(got, ref), f"{entry.name}: compiled != original, training={training}"
+    row["parity"] = max(errors) if errors else None
+
+    with torch.no_grad():
+        trained = _run(compiled, inputs, False)
+        frozen = _run(freeze(compiled), inputs, False)
+    row["freeze"] = _rel(frozen, trained)
+    assert row["freeze"] <= (0 if not passes else FREEZE_TOL), f"{entry.name} {passes}: freeze differs"
+
+    save(compiled, tmp_path / "ckpt")
+    back = load(entry.factory, tmp_path / "ckpt")
+    for training in (True, False):
+        assert torch.equal(_run(back, inputs, training), _run(compiled, inputs, training)), (
+            f"{entry.name} {passes}: load is not bitwise (training={training})"
+        )
+
+    for p in report.passes:
+        row[p] = (report.changed_count(p), report.changed_eager_count(p))
+    row["eager_modules"] = len(report.eager)
+    zoo_models.TABLE.append(row)
+    expected_sites, changed = EXPECTED[entry.name]
+    assert sites == expected_sites, f"{entry.name}: {sites} activation sites, expected {expected_sites}"
+    for p in report.passes:
+        assert row[p] == changed[p], f"{entry.name}: {p} changed {row[p]}, expected {changed[p]}"
