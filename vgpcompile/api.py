@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .core import calibrate
 from .core import recipe as recipes
 from .core.capture import capture
 from .core.catalogue import DEFAULT, Catalogue
@@ -41,6 +42,9 @@ class CompileOptions:
     inplace: bool = False
     input_range: tuple[float, float] | None = None
     catalogue: Catalogue | None = None
+    # not a keyword of vgpcompile(): the ranges each pass read in an earlier compile, which
+    # load() hands back (recipe "observed") so a rebuild needs no example inputs
+    observed: Mapping[str, Mapping[str, Sequence[float]]] | None = None
 
 
 def vgpcompile(
@@ -68,6 +72,11 @@ def vgpcompile(
 
     ``select`` / ``ignore`` / ``leaf`` take the rule grammar of :mod:`vgpcompile.core.select`;
     ``leaf`` modules stay opaque (never traced into, never rewritten).
+
+    ``example_inputs`` (a tuple of positional inputs) also calibrate: a pass that needs the
+    value range of a node (arp's pivots) gets the range seen when they run through the model
+    (:mod:`vgpcompile.core.calibrate`; the run changes neither the model's buffers nor the
+    RNG). The ranges a pass read are kept in the recipe, so ``load`` needs no example.
     """
     _refuse_unknown("vgpcompile", unknown)
     opts = CompileOptions(example_inputs, options, select, ignore, leaf, inplace, input_range, catalogue)
@@ -95,13 +104,20 @@ def plan(
     return report
 
 
+def compile_with(model: nn.Module, passes: Passes, opts: CompileOptions) -> nn.Module:
+    """``vgpcompile`` with options given as one CompileOptions (load() passes recorded ranges this way)."""
+    compiled, _ = _compile(model, passes, "compile", opts)
+    return compiled
+
+
 compile = vgpcompile  # noqa: A001  (vgpcompile.compile reads naturally; the builtin is not shadowed globally)
 
 
 def _refuse_unknown(where: str, unknown: Mapping[str, Any]) -> None:
     if unknown:
         key = next(iter(unknown))
-        fields = [f for f in CompileOptions.__dataclass_fields__ if where == "vgpcompile" or f != "inplace"]
+        fields = [f for f in CompileOptions.__dataclass_fields__ if f != "observed"]
+        fields = [f for f in fields if where == "vgpcompile" or f != "inplace"]
         raise UsageError(f"{where}() got an unexpected keyword {key!r}." + did_you_mean(key, fields))
 
 
@@ -129,16 +145,20 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
     known = _register_sites(cap.regions, report, catalogue)
     report.depth_before, report.depth_exact = nonlinear_depth(cap.root, catalogue)
+    inputs = _as_tuple(opts.example_inputs)
     env = Env(
         catalogue,
         selection,
-        _as_tuple(opts.example_inputs),
+        inputs,
         opts.input_range,
         tuple(p.name for p in pass_list),
         report.depth_before,
     )
+    run = None if inputs is None else (lambda: calibrate.observe(cap.root, cap.regions, inputs))
+    calibration = calibrate.Calibration(run, opts.observed)
     for pass_ in pass_list:
-        result = run_pass(pass_, cap.regions, env, cap.root)
+        result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root)
+        calibration.done(pass_.name)
         report.add(result)
         if result.root is not None:
             cap.root = result.root
@@ -148,7 +168,10 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     rules = {k: _rules(getattr(opts, k)) for k in ("select", "ignore", "leaf")}
     versions = {"vgpcompile": __version__, "torch": torch.__version__}
     cap.root.vgp_report = report
-    cap.root.vgp_recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions)
+    recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions)
+    if calibration.recorded:
+        recipe["observed"] = calibration.recorded
+    cap.root.vgp_recipe = recipe
     return cap.root, report
 
 

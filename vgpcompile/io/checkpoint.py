@@ -94,7 +94,7 @@ def load(
     changed factory, is refused naming the difference). ``catalogue`` is the activation
     catalogue the model was compiled with, when it was not the default one.
     """
-    from ..api import vgpcompile
+    from ..api import CompileOptions, compile_with
     from ..core.catalogue import DEFAULT
     from ..core.registry import make_pass
     from ..freeze import freeze
@@ -113,15 +113,15 @@ def load(
     except UsageError as err:
         raise LoadError(f"{file}: field 'passes': {err}") from None
     rng = recipe.get("input_range")
-    compiled = vgpcompile(
-        model,
-        passes,
+    opts = CompileOptions(
         select=recipe.get("select") or None,
         ignore=recipe.get("ignore") or None,
         leaf=recipe.get("leaf") or None,
         input_range=tuple(rng) if rng else None,
         catalogue=catalogue,
+        observed=recipe.get("observed"),
     )
+    compiled = compile_with(model, passes, opts)
     recipes.check_rebuild(recipe, compiled.vgp_report, file)
     if recipe.get("form") == "frozen":
         compiled = freeze(compiled)
