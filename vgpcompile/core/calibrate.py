@@ -41,28 +41,37 @@ def key(region: str, node_name: str) -> str:
     return f"{region}|{node_name}"
 
 
-class _Recorder(fx.Interpreter):
-    """Runs one region's graph and widens ``out[key]`` by every floating tensor a node produces."""
+Seen = dict[str, list[torch.Tensor]]  # key -> [min, max] of each call, as 0-d tensors (no device sync per node)
 
-    def __init__(self, gm: fx.GraphModule, region: str, out: dict[str, list[float]]) -> None:
+
+class _Recorder(fx.Interpreter):
+    """Runs one region's graph and records the min and max of every floating tensor a node produces."""
+
+    def __init__(self, gm: fx.GraphModule, region: str, out: Seen) -> None:
         super().__init__(gm, garbage_collect_values=True)
         self.region, self.out = region, out
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
         if n.op != "output" and isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
-            lo, hi = torch.aminmax(value.detach())
-            k = key(self.region, n.name)
-            seen = self.out.get(k)
-            lo, hi = float(lo), float(hi)
-            if seen is None:
-                self.out[k] = [lo, hi]
-            else:
-                seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+            self.out.setdefault(key(self.region, n.name), []).extend(torch.aminmax(value.detach()))
         return value
 
 
-def _interpreted(gm: fx.GraphModule, region: str, out: dict[str, list[float]]) -> Callable[..., Any]:
+def _reduce(out: Seen) -> dict[str, Range]:
+    """(min, max) per key over every call, read back in one transfer per device."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for values in out.values():
+        by_device.setdefault(values[0].device, []).extend(v.float() for v in values)
+    host = {d: iter(torch.stack(vs).tolist()) for d, vs in by_device.items()}
+    ranges: dict[str, Range] = {}
+    for k, values in out.items():
+        read = [next(host[values[0].device]) for _ in values]
+        ranges[k] = (min(read[0::2]), max(read[1::2]))
+    return ranges
+
+
+def _interpreted(gm: fx.GraphModule, region: str, out: Seen) -> Callable[..., Any]:
     """A ``forward`` for ``gm`` that runs its graph through a recorder, with fx's own
     argument binding (keywords, defaults)."""
     signature = inspect.signature(type(gm).forward)
@@ -88,7 +97,7 @@ def _runnable(gm: fx.GraphModule) -> bool:
 def observe(root: nn.Module, regions: Mapping[str, fx.GraphModule], example_inputs: tuple) -> dict[str, Range]:
     """The range of every floating-point node output of ``regions`` when ``root(*example_inputs)``
     runs once, by :func:`key`, in the order first reached. ``root`` is left as it was."""
-    out: dict[str, list[float]] = {}
+    out: Seen = {}
     patched = [(gm, "forward" in gm.__dict__) for gm in regions.values() if _runnable(gm)]
     buffers = [(b, b.detach().clone()) for b in root.buffers()]
     devices = sorted({t.device.index for t in example_inputs if isinstance(t, torch.Tensor) and t.is_cuda})
@@ -122,7 +131,7 @@ def observe(root: nn.Module, regions: Mapping[str, fx.GraphModule], example_inpu
             if not had_own:
                 gm.__dict__.pop("forward", None)
         _restore(buffers)
-    return {k: (v[0], v[1]) for k, v in out.items()}
+    return _reduce(out)
 
 
 def _restore(buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

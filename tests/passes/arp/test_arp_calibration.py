@@ -204,5 +204,31 @@ def test_deep_default_init_net_is_well_conditioned_in_float32_with_the_default_f
         floored = vgpcompile(tanh_mlp(50, 64, 0), ["arp"], input_range=(0, 1))
     print(f"\n  50-layer tanh MLP, |float32 - float64|: floor 0 {gap(reference):.2e}, default {gap(floored):.2e}")
     assert gap(reference) > 1e-2
+    assert any("near-degenerate pivot" in w for w in reference.vgp_report.warnings)  # in the report too
     assert gap(floored) < 5e-4 and max_abs(freeze(floored)(x), floored(x)) < 5e-4
     assert floored(x).std() > 0.05  # the signal survives 50 layers: the floor does not flatten it
+
+
+def test_benchmark_scale_gpn_arp_freezes_within_float32_rounding():
+    """benchmarks/inference.py's model (depth 20, width 256, tanh, gpn + arp, seeded input). With
+    the reference formula its folded weights reach 393 and freeze differs by 8.8e-5; with the
+    default floor they stay below 0.5 and freeze differs by ~1e-6."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(20) for m in (nn.Linear(256, 256), nn.Tanh())], nn.Linear(256, 1))
+    x = torch.rand(2, 256, generator=torch.Generator().manual_seed(0))
+    compiled = vgpcompile(model, ["gpn", "arp"], example_inputs=(x,))
+    frozen = freeze(compiled)
+    largest = max(m.weight.abs().max().item() for m in frozen.modules() if isinstance(m, nn.Linear))
+    assert largest < 1.0
+    assert max_abs(frozen(x), compiled(x)) < 1e-5
+
+
+def test_batchnorm_example_runs(capsys):
+    import arp_batchnorm
+
+    out = arp_batchnorm.main(["--quick"])
+    text = capsys.readouterr().out
+    assert "largest change of the BN output" in text and set(out["table"]) == {
+        "relu/bn", "relu/bn-rotated", "relu/plain", "relu/arp"
+    }  # fmt: skip
+    assert all(0 <= a <= 1 for row in out["table"].values() for a in row["test_acc"])
