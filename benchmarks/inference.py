@@ -4,6 +4,11 @@ Same architecture (a depth-20 width-256 tanh MLP by default), compiled with the 
 frozen and exported; median of >= 200 runs at batch 1 and 64, interleaved so drift hits both
 alike. Target: compiled / plain <= 1.02x. Also prints both graphs' node counts.
 Run: python benchmarks/inference.py [--passes gpn arp] [--runs 300]
+
+The model and the input are seeded, so every run exports the same model. With arp's default
+pivot floor (0.25) every rotated weight row has norm <= L / (0.25 |q|), and the exported model
+matches the training form within the default 1e-4; with ``floor=0`` (the reference formula)
+folded weights reach 1e2-1e3 at this depth and parity needs a looser ``--atol``.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--passes", nargs="+", default=["gpn"])
     parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--atol", type=float, default=1e-4, help="ONNX parity tolerance (wide arp layers need more)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="ONNX parity tolerance")
     args = parser.parse_args()
-    x = torch.rand(2, 256)
+    x = torch.rand(2, 256, generator=torch.Generator().manual_seed(0))  # seeded: the same model and input every run
     with tempfile.TemporaryDirectory() as tmp:
         plain = export_onnx(vgpcompile(mlp()), Path(tmp) / "plain.onnx", (x,))
         compiled = vgpcompile(mlp(), passes=args.passes, example_inputs=(x,))

@@ -73,13 +73,14 @@ def train(model: nn.Module, data: dict[str, torch.Tensor], epochs: int, seed: in
     return curves
 
 
-def run_pair(k: int, x: torch.Tensor, y: torch.Tensor, epochs: int, L: float) -> dict[str, dict]:
+def run_pair(k: int, x: torch.Tensor, y: torch.Tensor, epochs: int, L: float, floor: float | None = None) -> dict:
     split = torch.randperm(len(x), generator=torch.Generator().manual_seed(1000 + k))
     tr, te = split[:2000], split[2000:2500]
     data = {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
     torch.manual_seed(k)
     classic = classic_mlp()
-    arp = vgpcompile(copy.deepcopy(classic), passes=["arp"], options={"arp": {"L": L}}, input_range=(0.0, 1.0))
+    options = {"L": L} if floor is None else {"L": L, "floor": floor}
+    arp = vgpcompile(copy.deepcopy(classic), passes=["arp"], options={"arp": options}, input_range=(0.0, 1.0))
     return {"classic": train(classic, data, epochs, seed=k), "arp": train(arp, data, epochs, seed=k)}
 
 
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pairs", type=int, default=10, help="classic/arp pairs (the poster used 30)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--L", type=float, default=6.0, help="ARP pivot target (the poster's 6)")
+    ap.add_argument("--floor", type=float, default=None, help="arp's pivot floor (default: the pass default)")
     ap.add_argument("--out", type=Path, default=Path("arp_rastrigin.png"), help="where to write the curves")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps runs reproducible
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     results = []
     for k in range(args.pairs):
-        results.append(run_pair(k, x, y, args.epochs, args.L))
+        results.append(run_pair(k, x, y, args.epochs, args.L, args.floor))
         c, a = results[-1]["classic"]["test"][-1], results[-1]["arp"]["test"][-1]
         print(f"pair {k:2d}: final test MSE classic {c:.4f}  arp {a:.4f}", flush=True)
     classic = [r["classic"]["test"][-1] for r in results]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .core import calibrate
 from .core import recipe as recipes
 from .core import verify
 from .core.capture import capture as capture_model
@@ -45,6 +46,9 @@ class CompileOptions:
     catalogue: Catalogue | None = None
     eager: Rules = None
     capture: Mapping[str, Any] | None = None
+    # not a keyword of vgpcompile(): the ranges each pass read in an earlier compile, which
+    # load() hands back (recipe "observed") so a rebuild needs no example inputs
+    observed: Mapping[str, Mapping[str, Sequence[float]]] | None = None
 
 
 def vgpcompile(
@@ -84,6 +88,11 @@ def vgpcompile(
     which arguments are traced as constants (core/arguments.py). Without them nothing is
     run. ``capture`` reproduces an earlier compile's capture decisions (``load`` passes a
     checkpoint's ``recipe["capture"]``).
+
+    ``example_inputs`` (a tuple of positional inputs) also calibrate: a pass that needs the
+    value range of a node (arp's pivots) gets the range seen when they run through the model
+    (:mod:`vgpcompile.core.calibrate`; the run changes neither the model's buffers nor the
+    RNG). The ranges a pass read are kept in the recipe, so ``load`` needs no example.
     """
     _refuse_unknown("vgpcompile", unknown)
     opts = CompileOptions(
@@ -115,13 +124,20 @@ def plan(
     return report
 
 
+def compile_with(model: nn.Module, passes: Passes, opts: CompileOptions) -> nn.Module:
+    """``vgpcompile`` with options given as one CompileOptions (load() passes recorded ranges this way)."""
+    compiled, _ = _compile(model, passes, "compile", opts)
+    return compiled
+
+
 compile = vgpcompile  # noqa: A001  (vgpcompile.compile reads naturally; the builtin is not shadowed globally)
 
 
 def _refuse_unknown(where: str, unknown: Mapping[str, Any]) -> None:
     if unknown:
         key = next(iter(unknown))
-        fields = [f for f in CompileOptions.__dataclass_fields__ if where == "vgpcompile" or f != "inplace"]
+        fields = [f for f in CompileOptions.__dataclass_fields__ if f != "observed"]
+        fields = [f for f in fields if where == "vgpcompile" or f != "inplace"]
         raise UsageError(f"{where}() got an unexpected keyword {key!r}." + did_you_mean(key, fields))
 
 
@@ -162,13 +178,16 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     env = Env(
         catalogue,
         selection,
-        _as_tuple(opts.example_inputs),
+        inputs,
         opts.input_range,
         tuple(p.name for p in pass_list),
         report.depth_before,
     )
+    run = None if example is None else (lambda: calibrate.observe(cap.root, cap.regions, example))
+    calibration = calibrate.Calibration(run, opts.observed)
     for pass_ in pass_list:
-        result = run_pass(pass_, cap.regions, env, cap.root, owners, outputs)
+        result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root, owners, outputs)
+        calibration.done(pass_.name)
         report.add(result)
         if result.root is not None:
             cap.root = result.root
@@ -178,9 +197,10 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     rules = {k: _rules(getattr(opts, k)) for k in ("select", "ignore", "leaf", "eager")}
     versions = {"vgpcompile": __version__, "torch": torch.__version__}
     cap.root.vgp_report = report
-    cap.root.vgp_recipe = recipes.build(
-        pass_list, rules, _input_range(opts), report, catalogue, versions, cap.decisions()
-    )
+    recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions, cap.decisions())
+    if calibration.recorded:
+        recipe["observed"] = calibration.recorded
+    cap.root.vgp_recipe = recipe
     return cap.root, report
 
 

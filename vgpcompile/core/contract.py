@@ -3,7 +3,8 @@
 A pass is a frozen dataclass: ``name`` is its CLI handle, its fields are its typed options.
 It declares which kinds of target it matches (``matches``: activation sites, layers of
 ``layer_types``, blocks, the model) and for each target answers ``check`` (a reason to
-leave it alone, or None) and ``apply`` (rewrite it; return a line for the report). The
+leave it alone, or None) and ``apply`` (rewrite it; return a line for the report);
+``prepare`` and ``finish`` run once before and after them. The
 runner (:mod:`vgpcompile.core.runner`) does the bookkeeping: it finds the targets, applies
 the default rules (selection, the model's output activation, a pass applied twice), lints
 and recompiles each graph, stamps every new node with the pass, wraps any failure with
@@ -15,7 +16,10 @@ lowering reads and changes (``lower_reads``/``lower_writes``), whether it change
 model's inputs (``changes_inputs``), whether it can rewrite targets in eager code
 (``rewrites_eager``: sites and layers of modules whose forward was not traced have no
 graph node, ``target.node is None``; core/eager.py), and how it lowers (``lower``: the
-exact inverse used by ``freeze``).
+exact inverse used by ``freeze``). A pass whose decision at one target depends on what it
+did upstream (calibrating on the example inputs after each rewrite) sets
+``dataflow_order``: the runner then visits its targets in the order the example run
+reaches them, not in region order.
 """
 
 from __future__ import annotations
@@ -42,8 +46,13 @@ class Env:
     """What a pass sees besides its target; the same for every pass of one compile.
 
     ``passes`` names every pass of the compile, in run order; ``depth`` is the model's
-    nonlinear depth before any pass; ``observed`` holds value ranges seen on the example
-    inputs, by node name within a region (``"<prefix>|<node>"``), when they were given.
+    nonlinear depth before any pass; ``observed`` holds the (min, max) of every node's
+    output seen when the example inputs run through the model as the pass receives it, by
+    node name within a region (``calibrate.key``: ``"<prefix>|<node>"``); empty without
+    example inputs. It is computed at the first read; a pass that rewrites values that it
+    reads again downstream calls ``calibrate.refresh(env.observed)`` after each rewrite
+    (:mod:`vgpcompile.core.calibrate`). When a saved model is rebuilt it holds the ranges
+    the pass read in the original compile.
     """
 
     catalogue: Catalogue = DEFAULT
@@ -99,10 +108,16 @@ class Pass:
     lower_writes: ClassVar[frozenset[str]] = frozenset()
     changes_inputs: ClassVar[bool] = False
     rewrites_eager: ClassVar[bool] = False
+    dataflow_order: ClassVar[bool] = False  # visit targets in the order the example inputs reach them
 
     def prepare(self, targets: list[Target], env: Env) -> PassResult | None:
         """Called once with every target that passed the default rules, before any ``apply``:
         room to estimate memory (and refuse over a limit) or to warn about the whole model."""
+        return None
+
+    def finish(self, targets: list[Target], env: Env) -> PassResult | None:
+        """Called once after every ``apply``, with the targets ``prepare`` saw: room for
+        warnings about the rewritten model as a whole (its conditioning, say)."""
         return None
 
     def check(self, target: Target, env: Env) -> str | None:

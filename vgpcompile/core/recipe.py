@@ -2,11 +2,13 @@
 
 A recipe is JSON: the passes with every option resolved, the select/ignore/leaf/eager rules,
 the capture decisions that came from example inputs (modules the check kept eager,
-arguments traced as the example calls passed them), the model input range, the
-activations the compile relied on that are not built in, the targets each pass changed (so
-a rebuild that rewrites other sites is refused instead of silently giving other outputs),
-the versions, and the form (training or frozen). ``validate`` checks a recipe read from
-disk against that schema in one place and names the field at fault.
+arguments traced as the example calls passed them), the model input range, the value
+ranges each pass read from the example inputs (``observed``, by ``calibrate.key``; absent
+without example inputs), the activations the compile relied on that are not built in, the
+targets each pass changed (so a rebuild that rewrites other sites is refused instead of
+silently giving other outputs), the versions, and the form (training or frozen).
+``validate`` checks a recipe read from disk against that schema in one place and names the
+field at fault.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def validate(recipe: Any, file: str = "recipe.json") -> dict[str, Any]:
     for key in ("select", "ignore", "leaf", "eager", "activations"):
         _check_strings(recipe.get(key), key, file)
     _check_range(recipe.get("input_range"), file)
+    _check_observed(recipe.get("observed"), file)
     changed = recipe.get("changed") or {}
     if not isinstance(changed, dict) or not all(
         isinstance(v, list) and all(isinstance(n, str) for n in v) for v in changed.values()
@@ -159,17 +162,28 @@ def _check_capture(value: Any, file: str) -> None:
         raise LoadError(f"{_where(file, 'capture')} must be {{'eager': {{name: reason}}, 'args': {{name: {{...}}}}}}")
 
 
-def _check_range(value: Any, file: str) -> None:
-    if value is None:
-        return
-    ok = (
+def _is_range(value: Any) -> bool:
+    return (
         isinstance(value, list)
         and len(value) == 2
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         and value[0] <= value[1]
     )
-    if not ok:
+
+
+def _check_range(value: Any, file: str) -> None:
+    if value is not None and not _is_range(value):
         raise LoadError(f"{_where(file, 'input_range')} must be [lo, hi] with finite lo <= hi, got {value!r:.80}")
+
+
+def _check_observed(value: Any, file: str) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, dict) and all(
+        isinstance(m, dict) and all(_is_range(r) for r in m.values()) for m in value.values()
+    )
+    if not ok:
+        raise LoadError(f"{_where(file, 'observed')} must map pass names to {{node: [lo, hi]}} with finite lo <= hi")
 
 
 def check_rebuild(recipe: Mapping[str, Any], report: Report, file: str) -> None:

@@ -4,7 +4,8 @@ every graph valid.
 For each pass and each traced region it finds the targets the pass matches, leaves alone
 those the default rules exclude (selection, the model's final activation, a pass already
 applied there), calls ``prepare`` once with the rest, then ``check`` and ``apply`` per
-target. After the pass it stamps every new node with ``meta["vgp.pass"]``, lints and
+target (in the order the example inputs reach them for a ``dataflow_order`` pass), then
+``finish`` once. After the pass it stamps every new node with ``meta["vgp.pass"]``, lints and
 recompiles each graph, and wraps any failure with the pass, node and region. The result
 is a :class:`PassResult`; nothing is written to a report behind the caller's back.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from torch import fx, nn
 
 from ..errors import PassError, UsageError, VgpError
-from . import protocol
+from . import calibrate, protocol
 from .contract import BLOCK, LAYER, MODEL, SITE, Env, Pass, PassResult, Target
 from .eager import find_eager_layers, find_eager_sites
 from .select import target_of
@@ -74,6 +75,8 @@ def run_pass(
     result = PassResult(pass_.name)
     before = {prefix: set(gm.graph.nodes) for prefix, gm in regions.items()}
     candidates = _candidates(pass_, regions, env, result) + _eager_candidates(pass_, eager, outputs, env, result)
+    if pass_.dataflow_order and env.observed:
+        candidates.sort(key=lambda t: calibrate.position(env.observed, _key_of(t)))
     if root is not None and MODEL in pass_.matches:
         candidates.append(ModelTarget(root, regions))
     _guarded(pass_, None, "", lambda: _merge(result, pass_.prepare(candidates, env)))
@@ -81,6 +84,7 @@ def run_pass(
         _guarded(pass_, _node_of(target), _region_of(target), lambda t=target: _visit(pass_, t, env, result))
         if isinstance(target, ModelTarget) and target.root is not root:
             result.root = target.root
+    _guarded(pass_, None, "", lambda: _merge(result, pass_.finish(candidates, env)))
     for prefix, gm in regions.items():
         _guarded(pass_, None, prefix, lambda gm=gm, prefix=prefix: _finish_graph(gm, before[prefix], pass_.name))
     result.seconds = time.perf_counter() - start
@@ -191,6 +195,14 @@ def _finish_graph(gm: fx.GraphModule, before: set[fx.Node], pass_name: str) -> N
     gm.graph.lint()
     _check_targets(gm)
     gm.recompile()
+
+
+def _key_of(target: Target) -> str:
+    """The calibration key of the node where ``target`` runs."""
+    node = _node_of(target)
+    if node is None:  # the model, or a target in eager code (never calibrated by node)
+        return ""
+    return calibrate.key(_region_of(target), node.name)
 
 
 def _node_of(target: Target) -> fx.Node | None:

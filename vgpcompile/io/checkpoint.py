@@ -171,7 +171,7 @@ def load(
     the model was compiled with, when it was not the default one. A recipe written by
     another vgpcompile version loads with a warning.
     """
-    from ..api import vgpcompile
+    from ..api import CompileOptions, compile_with
     from ..core.catalogue import DEFAULT
     from ..core.registry import make_pass
     from ..freeze import freeze
@@ -192,9 +192,7 @@ def load(
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     passes = [make_pass(p["name"], p.get("options", {})) for p in recipe["passes"]]  # validated above
     rng = recipe.get("input_range")
-    compiled = vgpcompile(
-        model,
-        passes,
+    opts = CompileOptions(
         select=recipe.get("select") or None,
         ignore=recipe.get("ignore") or None,
         leaf=recipe.get("leaf") or None,
@@ -202,7 +200,9 @@ def load(
         capture=recipe.get("capture"),  # decisions the saved compile took from its example inputs
         input_range=tuple(rng) if rng else None,
         catalogue=catalogue,
+        observed=recipe.get("observed"),
     )
+    compiled = compile_with(model, passes, opts)
     recipes.check_rebuild(recipe, compiled.vgp_report, file)
     if recipe.get("form") == "frozen":
         compiled = freeze(compiled)

@@ -17,7 +17,7 @@ from vgpcompile.nn import (
     AutoRotConvTranspose3d,
     AutoRotLinear,
 )
-from vgpcompile.passes.arp import arp_linear
+from vgpcompile.passes.arp import DEFAULT_FLOOR, arp_linear
 
 # research/arp.md §7 (arpkeras 1.0.0, TF 2.15.1, float32)
 W_KERAS = [[0.5, -0.3], [0.2, 0.4], [-0.1, 0.25]]
@@ -30,6 +30,11 @@ CONV_REF = [
     [1.151991, 1.768402, 1.831559, 15.196893],
     [-0.019047, -0.423185, -0.492749, -0.631879],
 ]
+
+
+def ref_rho(zq: torch.Tensor, norms: torch.Tensor, q: float, L: float, floor: float = DEFAULT_FLOOR) -> torch.Tensor:
+    """rho = L / (max(|z_Q|, floor * |q| * ||w_unit||) + eps), written out (floor 0: the reference)."""
+    return L / (torch.maximum(zq.abs(), floor * abs(q) * norms) + 1e-5)
 
 
 def golden_linear(cls=nn.Linear, **kw) -> nn.Module:
@@ -89,7 +94,7 @@ def test_golden_conv2d_valid_interior():
 
 def test_reference_per_position_pivot_reproduces_the_border_blow_up():
     x = (torch.arange(16.0) / 15).view(1, 1, 4, 4)
-    ref = golden_conv(AutoRotConv2d, padding=1, L=2.0, pivot="position")
+    ref = golden_conv(AutoRotConv2d, padding=1, L=2.0, pivot="position", floor=0.0)
     torch.testing.assert_close(ref(x)[0, 0], torch.tensor(CONV_REF), rtol=1e-5, atol=1e-5)
     ours = golden_conv(AutoRotConv2d, padding=1, L=2.0)
     assert ours(x).abs().max() < 2.0  # no 15.2 at the border: rho is per channel
@@ -99,10 +104,10 @@ def test_reference_per_position_pivot_reproduces_the_border_blow_up():
 
 # ---------- invariants (research/arp.md §4) ----------
 
-LAYERS = [
-    lambda: AutoRotLinear(7, 5, L=4.0),
-    lambda: AutoRotConv2d(3, 4, 3, padding=1, L=2.0, xmin=-1.0, xmax=1.0),
-    lambda: AutoRotConvTranspose2d(4, 6, 3, stride=2, groups=2, L=4.0),
+LAYERS = [  # the reference formula (floor 0); the floored form has its own tests below
+    lambda: AutoRotLinear(7, 5, L=4.0, floor=0.0),
+    lambda: AutoRotConv2d(3, 4, 3, padding=1, L=2.0, xmin=-1.0, xmax=1.0, floor=0.0),
+    lambda: AutoRotConvTranspose2d(4, 6, 3, stride=2, groups=2, L=4.0, floor=0.0),
 ]
 INPUTS = [(7,), (3, 6, 6), (4, 5, 5)]
 
@@ -116,17 +121,24 @@ def _unrotated(layer):
         layer.rotate = True
 
 
+def unit_weights(layer, weight=None) -> list[torch.Tensor]:
+    """Each output unit's weights (of ``weight``, default the layer's), gathered independently
+    of the layer's own code."""
+    w = (layer.weight if weight is None else weight).detach()
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        ipg, cpg = w.shape[0] // layer.groups, w.shape[1]
+        return [w[(c // cpg) * ipg : (c // cpg + 1) * ipg, c % cpg] for c in range(layer.out_channels)]
+    return list(w.reshape(w.shape[0], -1))
+
+
 def pivot_values(layer) -> torch.Tensor:
     """z_Q per unit, computed independently of the layer's own code."""
-    w, b = layer.weight.detach(), layer.bias.detach()
-    if isinstance(layer, nn.ConvTranspose2d):
-        ipg, cpg = w.shape[0] // layer.groups, w.shape[1]
-        sums = torch.stack(
-            [w[(c // cpg) * ipg : (c // cpg + 1) * ipg, c % cpg].sum() for c in range(layer.out_channels)]
-        )
-    else:
-        sums = w.reshape(w.shape[0], -1).sum(1)
-    return layer.q * sums + b
+    sums = torch.stack([u.sum() for u in unit_weights(layer)])
+    return layer.q * sums + (layer.bias.detach() if layer.bias is not None else 0.0)
+
+
+def unit_norm(layer) -> torch.Tensor:
+    return torch.stack([u.norm() for u in unit_weights(layer)])
 
 
 @pytest.mark.parametrize("make,shape", list(zip(LAYERS, INPUTS)))
@@ -200,11 +212,59 @@ def test_i6_box_bound_holds_in_the_proven_cases_and_fails_otherwise():
     corners = torch.cartesian_prod(*[torch.tensor([0.0, 1.0])] * 5)
     assert layer(torch.cat([corners, torch.rand(500, 5)])).abs().max() <= 4.0 + 1e-5
     # mixed signs: w = (1, -1), b = 0 has z_Q = 0, so rho = L/eps and the bound fails by far
-    mixed = AutoRotLinear(2, 1, L=4.0)
+    mixed = AutoRotLinear(2, 1, L=4.0, floor=0.0)
     with torch.no_grad():
         mixed.weight.copy_(torch.tensor([[1.0, -1.0]]))
         mixed.bias.zero_()
     assert mixed(torch.tensor([[1.0, 0.0]])).item() == pytest.approx(4e5, rel=1e-6)
+    # the floor bounds it: rho <= L / (floor * q * ||w||) = 4 / (0.25 * 2 * sqrt(2))
+    mixed.floor = 0.25
+    assert mixed(torch.tensor([[1.0, 0.0]])).item() == pytest.approx(4 / (0.5 * 2**0.5), rel=1e-4)
+
+
+# ---------- the floor (the default bounded form) ----------
+
+FLOORED = [
+    lambda: AutoRotLinear(64, 32, L=4.0),
+    lambda: AutoRotConv2d(8, 16, 3, padding=1, L=2.0, xmin=-1.0, xmax=1.0),
+    lambda: AutoRotConvTranspose2d(16, 32, 3, stride=2, groups=2, L=4.0),
+]
+
+
+@pytest.mark.parametrize("make", FLOORED)
+def test_floor_bounds_rho_and_leaves_well_posed_units_as_the_reference(make):
+    layer = make()
+    assert layer.floor == DEFAULT_FLOOR == 0.25
+    zq, norms = pivot_values(layer), unit_norm(layer)
+    rho = layer.rho().detach()
+    torch.testing.assert_close(rho, ref_rho(zq, norms, layer.q, layer.L), rtol=1e-5, atol=0)
+    floored = zq.abs() < layer.floor * abs(layer.q) * norms
+    assert floored.any() and not floored.all()  # default init: some units have a near-zero pivot
+    reference = layer.L / (zq.abs() + layer.eps)
+    torch.testing.assert_close(rho[~floored], reference[~floored], rtol=1e-6, atol=0)  # the others: the reference
+    assert (rho[floored] < reference[floored]).all()
+    assert ((rho * zq).abs() <= layer.L * (1 + 1e-6)).all()  # the pivot: at most L (L where not floored)
+    # every rotated weight row has norm <= L / (floor * |q|), whatever the init
+    w, _ = layer.rotated_parameters()
+    rows = torch.stack([u.norm() for u in unit_weights(layer, w)])
+    assert (rows <= layer.L / (layer.floor * abs(layer.q)) * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("make", FLOORED)
+def test_floor_keeps_sign_scale_invariance_and_gradients(make):
+    layer = make().double()
+    shape = {AutoRotLinear: (64,), AutoRotConv2d: (8, 5, 5), AutoRotConvTranspose2d: (16, 3, 3)}[type(layer)]
+    x = torch.rand(3, *shape, dtype=torch.float64) * 2 - 0.5
+    before = layer(x).detach()
+    assert torch.equal(torch.sign(before), torch.sign(_unrotated(layer)(x)))
+    with torch.no_grad():
+        layer.weight.mul_(10.0)
+        layer.bias.mul_(10.0)
+    assert max_abs(layer(x), before) < 1e-4 * before.abs().max()
+    small = make().double()
+    params = tuple(p.detach().clone().requires_grad_() for p in (small.weight, small.bias))
+    xs = torch.rand(1, *shape, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda w, b: _with(small, w, b)(xs), params)
 
 
 @pytest.mark.parametrize("make,shape", list(zip(LAYERS, INPUTS)))
@@ -266,7 +326,7 @@ def test_every_activation_spelling(spelling):
 
 def _expected_mlp(model, act, L, x):
     w, b = model.fc1.weight, model.fc1.bias
-    rho = L / ((2.0 * w.sum(1) + b).abs() + 1e-5)
+    rho = ref_rho(2.0 * w.sum(1) + b, w.norm(dim=1), 2.0, L)
     return model.fc2(act(F.linear(x, w, b) * rho))
 
 
@@ -286,19 +346,19 @@ def _conv_cases():
 
 
 def expected_rho(conv: nn.Module, L: float, q: float) -> torch.Tensor:
-    """q * (sum of each output channel's kernel) + bias, written out channel by channel."""
+    """rho from q * (sum of each output channel's kernel) + bias and the kernel's norm, channel by channel."""
     w = conv.weight.detach()
-    sums = []
+    units = []
     for c in range(conv.out_channels):
         if isinstance(conv, nn.modules.conv._ConvTransposeNd):
             cpg = conv.out_channels // conv.groups
             ipg = conv.in_channels // conv.groups
             g, j = divmod(c, cpg)
-            sums.append(w[g * ipg : (g + 1) * ipg, j].sum())
+            units.append(w[g * ipg : (g + 1) * ipg, j])
         else:
-            sums.append(w[c].sum())
-    zq = q * torch.stack(sums) + (conv.bias.detach() if conv.bias is not None else 0.0)
-    return L / (zq.abs() + 1e-5)
+            units.append(w[c])
+    zq = q * torch.stack([u.sum() for u in units]) + (conv.bias.detach() if conv.bias is not None else 0.0)
+    return ref_rho(zq, torch.stack([u.norm() for u in units]), q, L)
 
 
 @pytest.mark.parametrize("name,make,shape", _conv_cases(), ids=[c[0] for c in _conv_cases()])
@@ -344,11 +404,13 @@ def test_functional_producers_are_rotated_and_frozen_exactly():
     # the same network written out with rho per unit: q from each input's range, L from the activation
     w1, b1, k, kt = (t.detach() for t in (model.w1, model.b1, model.k, model.kt))
     q_x, q_img = 2 * x.max() - x.min(), 2 * img.max() - img.min()
-    h = torch.tanh(F.linear(x, w1, b1) * (2 / ((q_x * w1.sum(1) + b1).abs() + 1e-5)))
-    rho_c = 4 / ((q_img * k.sum((1, 2, 3))).abs() + 1e-5)
+    h = torch.tanh(F.linear(x, w1, b1) * ref_rho(q_x * w1.sum(1) + b1, w1.norm(dim=1), q_x, 2.0))
+    rho_c = ref_rho(q_img * k.sum((1, 2, 3)), k.flatten(1).norm(dim=1), q_img, 4.0)
     c = torch.sigmoid(F.conv2d(img, k, None, 1, 1, 1, 2) * rho_c[:, None, None])
-    kt_sums = torch.stack([kt[(j // 2) * 2 : (j // 2) * 2 + 2, j % 2].sum() for j in range(4)])
-    t = torch.sigmoid(F.conv_transpose2d(c, kt, stride=2, groups=2) * (4 / ((2 * kt_sums).abs() + 1e-5))[:, None, None])
+    kt_units = [kt[(j // 2) * 2 : (j // 2) * 2 + 2, j % 2] for j in range(4)]
+    kt_sums, kt_norms = torch.stack([u.sum() for u in kt_units]), torch.stack([u.norm() for u in kt_units])
+    rho_t = ref_rho(2 * kt_sums, kt_norms, 2.0, 4.0)
+    t = torch.sigmoid(F.conv_transpose2d(c, kt, stride=2, groups=2) * rho_t[:, None, None])
     assert max_abs(out(x, img), model.head(h) + t.mean((1, 2, 3))[:, None]) < 1e-5
     frozen = freeze(out)
     assert not any("arp" in str(n.target) for n in frozen.graph.nodes)
@@ -411,17 +473,25 @@ def test_ranges_follow_bounded_activations_through_passthrough_ops():
     )
     x = torch.rand(3, 1, 6, 6) * 4 - 1  # data in [-1, 3]
     with pytest.raises(UsageError) as err:
-        compile_(model, ["arp"], example_inputs=(x,))
-    # the relu output feeding layer 9 is unbounded: the error names the site, the input and the options
+        compile_(model, ["arp"], input_range=(-1, 3))
+    # without example inputs the relu output feeding layer 9 has no known range: the error names
+    # the site, the input and the options
     assert "site '10' (fed by 9)" in str(err.value) and "relu" in str(err.value)
-    assert "xQ" in str(err.value) and "input_range" in str(err.value) and "ignore" in str(err.value)
-    out = compile_(model, ["arp"], example_inputs=(x,), ignore=["10"])
+    for option in ("example_inputs", "xQ", "input_range", "ignore"):
+        assert option in str(err.value)
+    out = compile_(model, ["arp"], input_range=(-1, 3), ignore=["10"])
     text = {r.name: r.outcomes["arp"] for r in out.vgp_report.sites}
-    lo, hi = float(x.min()), float(x.max())
-    assert text["1"] == f"L=4 q={2 * hi - lo:g} (x in [{lo:g}, {hi:g}] from example_inputs)"
+    assert text["1"] == "L=4 q=7 (x in [-1, 3] from input_range)"
     assert text["6"] == "L=2 q=2 (x in [0, 1] from sigmoid)"
     assert text["8"] == "L=4 q=3 (x in [-1, 1] from tanh)"
     assert text["10"] == "ignored by '10'"
+    # with example inputs the static ranges are kept and the relu-fed site is calibrated
+    out = compile_(model, ["arp"], example_inputs=(x,))
+    text = {r.name: r.outcomes["arp"] for r in out.vgp_report.sites}
+    lo, hi = float(x.min()), float(x.max())
+    assert text["1"] == f"L=4 q={2 * hi - lo:g} (x in [{lo:g}, {hi:g}] from example_inputs)"
+    assert text["8"] == "L=4 q=3 (x in [-1, 1] from tanh)"
+    assert text["10"].startswith("L=4 q=") and text["10"].endswith("seen on example_inputs)")
 
 
 def test_options_L_and_xQ_and_validation():
@@ -454,7 +524,7 @@ def test_sites_without_an_affine_producer_are_skipped_with_the_reason():
 
     report = compile_(Net(), ["arp"], input_range=(0, 1)).vgp_report
     reasons = [r.outcomes["arp"] for r in report.sites if r.kind in ("tanh", "sigmoid")]
-    assert reasons[0] == "not fed by an affine layer: its input is BatchNorm2d 'bn'"
+    assert reasons[0].startswith("pre-activation normalized by BatchNorm2d 'bn' after Conv2d 'conv'")
     assert reasons[1] == "not fed by an affine layer: its input is add (add)"
     assert "has 2 users" in reasons[2]
     assert "called at 2 places" in reasons[3]
@@ -482,7 +552,7 @@ def test_numerical_safety_zero_pivot_is_finite():
         conv.bias.zero_()
     out = conv(torch.rand(2, 2, 7))
     assert torch.isfinite(out).all() and (out == 0).all()  # the reference's Conv1D gives NaN here
-    lin = AutoRotLinear(2, 1, L=4.0)
+    lin = AutoRotLinear(2, 1, L=4.0, floor=0.0)  # the reference formula: rho = L/eps
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[1.0, -1.0]]))
         lin.bias.zero_()
@@ -513,13 +583,13 @@ def test_hand_built_layers_are_torch_layers_with_the_torch_state_dict(cls, args)
     plain = torch_cls(*args)
     assert {k: v.shape for k, v in layer.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
     plain.load_state_dict(layer.state_dict())
-    assert "L=2, q=3" in repr(layer)
+    assert "L=2, q=3, eps=1e-05, floor=0.25" in repr(layer)
 
 
 def test_arp_linear_functional_matches_the_module():
     layer = golden_linear(AutoRotLinear, L=4.0)
     x = torch.tensor(X)
-    assert max_abs(arp_linear(x, layer.weight, layer.bias, L=4.0, q=2.0), layer(x)) == 0
+    assert max_abs(arp_linear(x, layer.weight, layer.bias, L=4.0, q=2.0, floor=DEFAULT_FLOOR), layer(x)) == 0
 
 
 def test_rastrigin_example_runs_and_writes_the_curves(tmp_path):
@@ -528,3 +598,34 @@ def test_rastrigin_example_runs_and_writes_the_curves(tmp_path):
     out = arp_rastrigin.main(["--pairs", "1", "--epochs", "2", "--out", str(tmp_path / "curves.png")])
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert len(out["results"][0]["arp"]["test"]) == 2 and 0 < out["arp"][0] < 1 and 0 <= out["wins"] <= 1
+
+
+# ---------- pass order ----------
+
+
+@pytest.mark.parametrize("inputs", ["input_range", "example_inputs"])
+def test_arp_runs_after_gpn_in_either_user_order(inputs):
+    """arp reads value ranges (``reads={"ranges"}``) that gpn changes (``writes={"ranges"}``): the
+    runner runs gpn first whatever order the user wrote, so both orders compile the same model."""
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(),
+                             nn.Linear(8, 1))  # fmt: skip
+
+    x = torch.rand(16, 3)
+    kw = {"input_range": (0.0, 1.0)} if inputs == "input_range" else {"example_inputs": (x,)}
+    if inputs == "input_range":
+        kw["ignore"] = ["4"]  # the relu-fed layer has no static range without example inputs
+    a = compile_(mlp(), ["arp", "gpn"], **kw)
+    b = compile_(mlp(), ["gpn", "arp"], **kw)
+    assert a.vgp_report.passes == b.vgp_report.passes == ["gpn", "arp"]
+    assert str(a.vgp_report) == str(b.vgp_report)
+    assert a.vgp_recipe == b.vgp_recipe
+    assert max_abs(a(x), b(x)) == 0
+    # the second rotated layer's pivot comes from gpn's a*tanh+b range, not tanh's [-1, 1] (q = 3)
+    second = a.vgp_report.site("3").outcomes["arp"]
+    rotated = a.get_submodule("2")
+    assert "from GPNActivation" in second and rotated.q != 3.0
+    gpn = a.get_submodule("1")
+    lo, hi = sorted((float(gpn.a) * -1 + float(gpn.b), float(gpn.a) + float(gpn.b)))
+    assert rotated.q == pytest.approx(2 * hi - lo)

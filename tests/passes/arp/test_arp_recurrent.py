@@ -53,7 +53,8 @@ def test_rotate_off_matches_torch_outputs_and_gradients(kind, cfg):
 
 
 def reference(module, x, L_rows, q_x, q_h, rotate=True):
-    """A plain time loop rotating each gate's pre-activation (seq-first, zero h0)."""
+    """A plain time loop rotating each gate's pre-activation (seq-first, zero h0); rho is floored
+    at floor * hypot(|q_in| ||w_ih row||, |q_h| ||w_hh row||)."""
     mode, H = module.mode, module.hidden_size
     dirs = 2 if module.bidirectional else 1
     inp = x
@@ -67,7 +68,8 @@ def reference(module, x, L_rows, q_x, q_h, rotate=True):
             b_hh = getattr(module, "bias_hh" + sfx) if module.bias else zeros
             q_in = q_x if layer == 0 else q_h
             zq = q_in * w_ih.sum(1) + q_h * w_hh.sum(1) + b_ih + b_hh
-            rho = L_rows / (zq.abs() + EPS) if rotate else torch.ones_like(zq)
+            spread = module.floor * torch.hypot(abs(q_in) * w_ih.norm(dim=1), abs(q_h) * w_hh.norm(dim=1))
+            rho = L_rows / (torch.maximum(zq.abs(), spread) + EPS) if rotate else torch.ones_like(zq)
             seq = inp.flip(0) if d else inp
             h, c, hs = torch.zeros(x.shape[1], H, dtype=x.dtype), torch.zeros(x.shape[1], H, dtype=x.dtype), []
             for x_t in seq:
@@ -106,7 +108,11 @@ def test_gate_scheme_matches_an_explicit_time_loop(kind, cfg):
     zq = 3.0 * ours.weight_ih_l0.sum(1) + ours.q_h * ours.weight_hh_l0.sum(1)
     if ours.bias:
         zq = zq + ours.bias_ih_l0 + ours.bias_hh_l0
+    spread = 0.25 * torch.hypot(3.0 * ours.weight_ih_l0.norm(dim=1), abs(ours.q_h) * ours.weight_hh_l0.norm(dim=1))
+    torch.testing.assert_close(ours.rho(0), L_rows / (torch.maximum(zq.abs(), spread) + EPS), rtol=1e-5, atol=1e-6)
+    ours.floor = 0.0  # the unfloored formula, as the reference layers would compute it
     torch.testing.assert_close(ours.rho(0), L_rows / (zq.abs() + EPS), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours(x)[0], reference(ours, x, L_rows, 3.0, ours.q_h), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=IDS)

@@ -410,3 +410,44 @@ def test_thin_shell_on_an_untraceable_top_level_forward_is_reported_not_guessed(
     assert "root stayed eager" in report.site("<model>").outcomes["orthogonal"]
     assert any("thin_shell needs a traced top-level forward" in w for w in report.warnings)
     assert report.changed_count("orthogonal") > 0  # the traced blocks' layers are still rewritten
+
+
+# ---- large layers: the float32 factorizations (benchmarks/orthogonal_init.py times them) ---------
+
+
+def test_float32_cholesky_qr_is_the_haar_q_of_householder_qr(monkeypatch):
+    from vgpcompile.passes.orthogonal import modules
+
+    z = torch.randn(3, 400, 60, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    q64, r64 = torch.linalg.qr(z)
+    q64 = q64 * torch.diagonal(r64, dim1=-2, dim2=-1).sign().unsqueeze(-2)  # diag(R) > 0: the Haar Q
+    fast = modules.orthonormal_columns(z.float())
+    assert max_abs(fast.double(), q64) < 1e-5 and gram_error(fast) < 1e-5
+    # near-square or rank-deficient inputs fall back to Householder QR, still orthonormal
+    for bad in (torch.randn(2, 70, 60), torch.cat([torch.randn(1, 400, 30)] * 2, -1)):
+        assert gram_error(modules.orthonormal_columns(bad)) < 1e-5
+    # the pass takes the fast path above FAST_WORK (rows * cols^2 of the thin side) for float32 weights
+    monkeypatch.setattr(modules, "FAST_WORK", 1)
+    layout = Layout((12, 200))
+    w = modules.haar(layout, torch.Generator().manual_seed(1), torch.float32)
+    assert w.dtype == torch.float32 and gram_error(w[None]) < 1e-5
+    assert modules.orthogonality_estimate(w.mT[None]) <= modules.FAST_TOL
+
+
+def test_float32_polar_of_a_large_matrix_matches_the_float64_svd(monkeypatch):
+    from vgpcompile.passes.orthogonal import modules
+
+    monkeypatch.setattr(modules, "FAST_WORK", 1)
+    g = torch.Generator().manual_seed(0)
+    for shape in [(40, 300), (300, 40), (64, 64)]:
+        a = torch.randn(*shape, generator=g)
+        fast, exact = polar(a[None]), polar(a.double()[None])
+        assert fast.dtype == torch.float32 and max_abs(fast.double(), exact) < 1e-5, shape
+    u, _ = torch.linalg.qr(torch.randn(300, 40, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))
+    # cond^2 = 3e3: the Gram route misses FAST_TOL, a Newton–Schulz step brings it back;
+    # cond^2 = 1e8: the Gram would lose the small singular values, so the SVD is used
+    for smallest in (-1.75, -4):
+        a = (u * torch.logspace(0, smallest, 40, dtype=torch.float64)) @ v.T
+        fast = polar(a.float()[None])
+        assert max_abs(fast.double(), (u @ v.T)[None]) < 1e-5 and gram_error(fast) < 1e-5

@@ -1,7 +1,7 @@
 """The ``arp`` pass (auto-rotating perceptrons): the rewrite, the rotated layers it inserts
 (usable by hand), its constants, its range inference and its lowering."""
 
-from .constants import DEFAULT_L, EPS, L_BY_ACTIVATION, default_L
+from .constants import DEFAULT_FLOOR, DEFAULT_L, EPS, L_BY_ACTIVATION, default_L
 from .modules import (
     ROTATED_FUNCTIONS,
     ROTATED_MODULES,
@@ -22,12 +22,14 @@ from .modules import (
     pivot_q,
     rotate_parameters,
     rotation,
+    unit_rho,
 )
 from .recurrent import ROTATED_RECURRENT, AutoRotGRU, AutoRotLSTM, AutoRotRNN
 from .rewrite import ARP
 
 __all__ = [
     "ARP",
+    "DEFAULT_FLOOR",
     "DEFAULT_L",
     "EPS",
     "L_BY_ACTIVATION",
@@ -55,4 +57,5 @@ __all__ = [
     "pivot_q",
     "rotate_parameters",
     "rotation",
+    "unit_rho",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ...core.catalogue import Activation
 
 EPS = 1e-5
+DEFAULT_FLOOR = 0.25  # the pivot floor (modules.spreads); 0 is the reference's formula
 DEFAULT_L = 4.0
 L_BY_ACTIVATION: dict[str, float] = {
     "tanh": 2.0,

@@ -23,7 +23,7 @@ def fold_call(node: fx.Node, gm: fx.GraphModule) -> None:
     alone, so the frozen copy may overwrite them under the same names.
     """
     kwargs = dict(node.kwargs)
-    L, q, eps = kwargs.pop("L"), kwargs.pop("q"), kwargs.pop("eps", EPS)
+    L, q, eps, floor = kwargs.pop("L"), kwargs.pop("q"), kwargs.pop("eps", EPS), kwargs.pop("floor", 0.0)
     w_node = node.args[1] if len(node.args) > 1 else kwargs.get("weight")
     b_node = node.args[2] if len(node.args) > 2 else kwargs.get("bias")
     for arg in (w_node, b_node):
@@ -35,7 +35,9 @@ def fold_call(node: fx.Node, gm: fx.GraphModule) -> None:
     bias = get_attr(gm, str(b_node.target)) if isinstance(b_node, fx.Node) else b_node
     groups = groups_of(tuple(node.args[3:]), kwargs) if node.target.vgp_transposed else 1
     with torch.no_grad():
-        w, b = rotate_parameters(weight, bias, q=q, L=L, eps=eps, transposed=node.target.vgp_transposed, groups=groups)
+        w, b = rotate_parameters(
+            weight, bias, q=q, L=L, eps=eps, floor=floor, transposed=node.target.vgp_transposed, groups=groups
+        )
     _replace_tensor(gm, w_node.target, w)
     if isinstance(b_node, fx.Node):
         _replace_tensor(gm, b_node.target, b)

@@ -4,7 +4,7 @@ Each layer computes its plain affine map z = W*x + b and returns rho * z, with o
 per output unit (per output channel for convolutions)::
 
     z_Q = q * (sum of the unit's weights) + b     the pre-activation at the pivot x = q*1
-    rho = L / (|z_Q| + eps)                       so that |rho * z_Q| ~= L
+    rho = L / (max(|z_Q|, floor*|q|*||w||) + eps) so that |rho * z_Q| ~= L (<= L when floored)
     q   = 2 * xmax - xmin  ("auto"), or a given xQ
 
 rho is recomputed from the weights in every forward pass and gradients flow through it (no
@@ -14,6 +14,12 @@ state_dict keys are the torch ones and ``isinstance(m, nn.Linear)`` still holds.
 eps are plain attributes.
 
 Where we differ from the reference, on purpose:
+
+- The floor (default 0.25; ``floor=0`` is the reference formula): a unit whose pivot value
+  z_Q is near 0 gets rho up to L/eps in the reference, which makes deep nets ill-conditioned
+  in float32 (rewrite.py has the measurements). The floor caps rho at
+  L / (floor * |q| * ||w_unit||_2), |q| * ||w_unit||_2 being the typical size of z_Q; other
+  units are unchanged. The cap scales with the weights, so positive scale invariance holds.
 
 - Convolutions take rho per output channel from the whole kernel, q * sum(kernel) + bias:
   the value at an interior position, which ignores padding. The reference runs the conv
@@ -51,7 +57,7 @@ from torch import fx, nn
 from torch.nn.modules.conv import _ConvTransposeNd
 
 from ...errors import UsageError
-from .constants import EPS
+from .constants import DEFAULT_FLOOR, EPS
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -64,6 +70,13 @@ def pivot_q(xmin: float = 0.0, xmax: float = 1.0, xQ: float | None = None) -> fl
     return q
 
 
+def check_floor(value: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"ARP floor must be a finite number >= 0 (0: the reference formula), got {value!r}")
+    return value
+
+
 def check_positive(name: str, value: float) -> float:
     value = float(value)
     if not (math.isfinite(value) and value > 0):
@@ -71,11 +84,53 @@ def check_positive(name: str, value: float) -> float:
     return value
 
 
-def rotation(zq: torch.Tensor, L: float | torch.Tensor, eps: float) -> torch.Tensor:
-    """rho = L / (|z_Q| + eps), in float32 at least; eps before the division keeps rho <= L/eps finite."""
+def rotation(
+    zq: torch.Tensor, L: float | torch.Tensor, eps: float, spread: torch.Tensor | None = None
+) -> torch.Tensor:
+    """rho = L / (max(|z_Q|, spread) + eps), in float32 at least; eps before the division keeps
+    rho <= L/eps finite, ``spread`` (the floor, see :func:`spreads`) keeps it <= L/spread."""
     if zq.dtype in _LOW_PRECISION:
         zq = zq.float()
-    return L / (zq.abs() + eps)
+    den = zq.abs()
+    if spread is not None:
+        den = torch.maximum(den, spread.to(den.dtype))
+    return L / (den + eps)
+
+
+def spreads(norms: torch.Tensor, q: float, floor: float) -> torch.Tensor | None:
+    """floor * |q| * ||w_unit||_2 per unit, or None when ``floor`` is 0 (the reference formula).
+
+    |q| * ||w_unit||_2 is the typical size of z_Q = q * sum(w_unit) + b: for weights of
+    random signs sum(w_unit) is about ||w_unit||_2 * N(0, 1). A unit whose |z_Q| falls
+    below ``floor`` times that has a near-degenerate pivot; flooring it bounds rho by
+    L / (floor * |q| * ||w_unit||_2), so every rotated weight row has norm at most
+    L / (floor * |q|), whatever the initialisation.
+    """
+    return None if floor == 0 else norms * (floor * abs(q))
+
+
+def unit_norms(weight: torch.Tensor, *, transposed: bool = False, groups: int = 1) -> torch.Tensor:
+    """||w_unit||_2 of each output unit (layouts as :func:`unit_sums`), in float32 at least."""
+    if weight.dtype in _LOW_PRECISION:
+        weight = weight.float()
+    return unit_sums(weight * weight, transposed=transposed, groups=groups).sqrt()
+
+
+def unit_rho(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    q: float,
+    L: float,
+    eps: float,
+    floor: float = 0.0,
+    transposed: bool = False,
+    groups: int = 1,
+) -> torch.Tensor:
+    """rho per output unit of a Linear/ConvNd or transposed conv weight."""
+    zq = _pivot_values(unit_sums(weight, transposed=transposed, groups=groups), bias, q)
+    spread = spreads(unit_norms(weight, transposed=transposed, groups=groups), q, floor) if floor else None
+    return rotation(zq, L, eps, spread)
 
 
 def _pivot_values(unit_sums: torch.Tensor, bias: torch.Tensor | None, q: float) -> torch.Tensor:
@@ -101,11 +156,12 @@ def rotate_parameters(
     q: float,
     L: float,
     eps: float,
+    floor: float = 0.0,
     transposed: bool = False,
     groups: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(rho * W, rho * b), rho per output unit, for a Linear/ConvNd or a transposed conv weight."""
-    rho = rotation(_pivot_values(unit_sums(weight, transposed=transposed, groups=groups), bias, q), L, eps)
+    rho = unit_rho(weight, bias, q=q, L=L, eps=eps, floor=floor, transposed=transposed, groups=groups)
     if transposed:
         cpg = weight.shape[1]
         grouped = weight.reshape(groups, weight.shape[0] // groups, cpg, -1)
@@ -131,29 +187,35 @@ class _AutoRot:
         xmax: float = 1.0,
         xQ: float | None = None,
         eps: float = EPS,
+        floor: float = DEFAULT_FLOOR,
         rotate: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the torch layer that follows in the MRO
-        self._setup_rotation(L, xmin, xmax, xQ, eps, rotate)
+        self._setup_rotation(L, xmin, xmax, xQ, eps, rotate, floor)
 
-    def _setup_rotation(self, L: float, xmin: float, xmax: float, xQ: float | None, eps: float, rotate: bool) -> None:
+    def _setup_rotation(
+        self, L: float, xmin: float, xmax: float, xQ: float | None, eps: float, rotate: bool, floor: float
+    ) -> None:
         self.L = check_positive("L", L)
         self.q = pivot_q(xmin, xmax, xQ)
         self.eps = check_positive("eps", eps)
+        self.floor = check_floor(floor)
         self.rotate = bool(rotate)
+
+    def _rotation_options(self) -> dict[str, Any]:
+        return dict(
+            q=self.q, L=self.L, eps=self.eps, floor=self.floor, transposed=self._transposed,
+            groups=getattr(self, "groups", 1),
+        )  # fmt: skip
 
     def rotated_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(rho * W, rho * b): the weight and bias the plain op runs with."""
-        groups = getattr(self, "groups", 1)
-        return rotate_parameters(
-            self.weight, self.bias, q=self.q, L=self.L, eps=self.eps, transposed=self._transposed, groups=groups
-        )
+        return rotate_parameters(self.weight, self.bias, **self._rotation_options())
 
     def rho(self) -> torch.Tensor:
         """The rotation factor per output unit, shape (out_features,) / (out_channels,)."""
-        sums = unit_sums(self.weight, transposed=self._transposed, groups=getattr(self, "groups", 1))
-        return rotation(_pivot_values(sums, self.bias, self.q), self.L, self.eps)
+        return unit_rho(self.weight, self.bias, **self._rotation_options())
 
     def fold(self) -> nn.Module:
         """The exact plain torch layer: rho folded into its weight and bias."""
@@ -166,14 +228,25 @@ class _AutoRot:
         return plain.train(self.training)
 
     @classmethod
-    def from_module(cls, module: nn.Module, *, L: float, q: float, eps: float = EPS, rotate: bool = True, **kw: Any):
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        L: float,
+        q: float,
+        eps: float = EPS,
+        floor: float = DEFAULT_FLOOR,
+        rotate: bool = True,
+        **kw: Any,
+    ):
         """A rotated layer sharing ``module``'s parameter objects (no copy, same names)."""
-        new = _build(cls, module, device="meta", L=L, xQ=q, eps=eps, rotate=rotate, **kw)
+        new = _build(cls, module, device="meta", L=L, xQ=q, eps=eps, floor=floor, rotate=rotate, **kw)
         new.weight, new.bias = module.weight, module.bias
         return new.train(module.training)
 
     def extra_repr(self) -> str:
-        rot = f"L={self.L:g}, q={self.q:g}, eps={self.eps:g}" + ("" if self.rotate else ", rotate=False")
+        rot = f"L={self.L:g}, q={self.q:g}, eps={self.eps:g}, floor={self.floor:g}"
+        rot += "" if self.rotate else ", rotate=False"
         return f"{super().extra_repr()}, {rot}"
 
 
@@ -215,20 +288,21 @@ class AutoRotLinear(_AutoRot, nn.Linear):
         xmax: float = 1.0,
         xQ: float | None = None,
         eps: float = EPS,
+        floor: float = DEFAULT_FLOOR,
         rotate: bool = True,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__(
-            in_features, out_features, bias, L=L, xmin=xmin, xmax=xmax, xQ=xQ, eps=eps, rotate=rotate,
-            device=device, dtype=dtype,
+            in_features, out_features, bias, L=L, xmin=xmin, xmax=xmax, xQ=xQ, eps=eps, floor=floor,
+            rotate=rotate, device=device, dtype=dtype,
         )  # fmt: skip
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         z = F.linear(input, self.weight, self.bias)
         if not self.rotate:
             return z
-        return z * rotation(_pivot_values(self.weight.sum(1), self.bias, self.q), self.L, self.eps).to(z.dtype)
+        return z * self.rho().to(z.dtype)
 
 
 class _AutoRotConv(_AutoRot):
@@ -251,7 +325,11 @@ class _AutoRotConv(_AutoRot):
         # arpkeras: Z_Q = conv(full(q)) + b with the layer's own padding, rho per output position
         spatial = input.shape[-(len(self.kernel_size) + 1) :]
         zq = self._conv_forward(input.new_full((1, *spatial), self.q), self.weight, self.bias)
-        return self._conv_forward(input, self.weight, self.bias) * rotation(zq, self.L, self.eps).to(input.dtype)
+        spread = spreads(unit_norms(self.weight), self.q, self.floor)
+        if spread is not None:
+            spread = spread.view(1, -1, *([1] * (zq.dim() - 2)))
+        rho = rotation(zq, self.L, self.eps, spread)
+        return self._conv_forward(input, self.weight, self.bias) * rho.to(input.dtype)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", pivot='position'" if self.pivot == "position" else "")
@@ -339,12 +417,12 @@ def groups_of(args: tuple, kwargs: dict) -> int:
 
 
 def _rotated_function(fn: Callable[..., torch.Tensor], name: str, transposed: bool) -> Callable[..., torch.Tensor]:
-    def rotated(input, weight, bias=None, *args, L: float, q: float, eps: float = EPS, **kwargs):
+    def rotated(input, weight, bias=None, *args, L: float, q: float, eps: float = EPS, floor: float = 0.0, **kwargs):
         if fn is F.linear:  # as AutoRotLinear: scale the output
             z = F.linear(input, weight, bias)
-            return z * rotation(_pivot_values(weight.sum(1), bias, q), L, eps).to(z.dtype)
+            return z * unit_rho(weight, bias, q=q, L=L, eps=eps, floor=floor).to(z.dtype)
         groups = groups_of(args, kwargs) if transposed else 1
-        w, b = rotate_parameters(weight, bias, q=q, L=L, eps=eps, transposed=transposed, groups=groups)
+        w, b = rotate_parameters(weight, bias, q=q, L=L, eps=eps, floor=floor, transposed=transposed, groups=groups)
         return fn(input, w, b, *args, **kwargs)
 
     rotated.__name__ = rotated.__qualname__ = name

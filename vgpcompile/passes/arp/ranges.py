@@ -13,11 +13,12 @@ import math
 import operator
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from ...core import protocol
 from ...core.contract import Env
-from ...core.targets import is_passthrough
+from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, is_passthrough
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _AVG_POOLS = (
@@ -29,6 +30,8 @@ _AVG_POOLS = (
     nn.AdaptiveAvgPool3d,
 )
 Found = tuple[float, float, str] | str
+_NORM_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_NORM_FUNCTIONS = {F.batch_norm: "F.batch_norm", F.layer_norm: "F.layer_norm", F.group_norm: "F.group_norm"}
 
 
 def describe(node, gm: fx.GraphModule) -> str:
@@ -125,3 +128,45 @@ def _model_input_range(x: fx.Node, region: str, env: Env) -> Found:
     if not inputs:
         return f"the model input {x.target!r}, and neither input_range= nor example_inputs= is given"
     return f"the model input {x.target!r}, and example_inputs has no tensor at position {index}"
+
+
+def normalized_affine(x, gm: fx.GraphModule) -> str | None:
+    """The reason arp leaves a site alone when its pre-activation ``x`` is a normalization
+    (BatchNorm, LayerNorm, GroupNorm) of an affine layer's output, else None.
+
+    conv -> BatchNorm -> act is the common CNN block. In training a BatchNorm divides each
+    channel by its batch standard deviation, so rotating the conv (rho * z per channel) is
+    cancelled exactly (measured: 5e-7); the normalization already sets the pre-activation's
+    scale (gamma), the job auto-rotation does without it. Rotating the normalized
+    pre-activation instead (rho from the BN-folded affine map, calibrated) did not help on a
+    4-conv BatchNorm CNN on scikit-learn digits (examples/arp_batchnorm.py; 3 seeds, lr chosen
+    on validation from 3e-4..3e-2, 20 epochs; test accuracy / loss):
+
+        relu: BatchNorm 0.987 +- 0.009 / 0.048;  BN rotated 0.984 +- 0.002 / 0.067
+        tanh: BatchNorm 0.983 +- 0.006 / 0.055;  BN rotated 0.980 +- 0.011 / 0.086
+
+    nor did arp in place of BatchNorm (relu 0.954 / 0.181; tanh 0.983 / 0.061), so neither is
+    offered and such sites keep their BatchNorm, with this reason in the report.
+    """
+    if not isinstance(x, fx.Node):
+        return None
+    if x.op == "call_module" and isinstance(gm.get_submodule(str(x.target)), _NORM_MODULES):
+        norm = f"{type(gm.get_submodule(str(x.target))).__name__} {x.target!r}"
+    elif x.op == "call_function" and x.target in _NORM_FUNCTIONS:
+        norm = f"{_NORM_FUNCTIONS[x.target]} ({x.name})"
+    else:
+        return None
+    src = x.args[0] if x.args else x.kwargs.get("input")
+    if not isinstance(src, fx.Node):
+        return None
+    if src.op == "call_module" and isinstance(gm.get_submodule(str(src.target)), AFFINE_MODULES):
+        affine = f"{type(gm.get_submodule(str(src.target))).__name__} {src.target!r}"
+    elif src.op == "call_function" and src.target in AFFINE_FUNCTIONS:
+        affine = f"{AFFINE_FUNCTIONS[src.target]} ({src.name})"
+    else:
+        return None
+    return (
+        f"pre-activation normalized by {norm} after {affine}: the normalization sets its scale and, in "
+        "training, cancels any per-channel rotation of the affine layer (arp leaves normalized "
+        "pre-activations alone; see ranges.normalized_affine)"
+    )

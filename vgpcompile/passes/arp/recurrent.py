@@ -45,8 +45,8 @@ from torch import nn
 
 from ...core.catalogue import DEFAULT
 from ...errors import UsageError
-from .constants import EPS, TANH_STATE_Q, default_L
-from .modules import check_positive, pivot_q, rotation
+from .constants import DEFAULT_FLOOR, EPS, TANH_STATE_Q, default_L
+from .modules import check_floor, check_positive, pivot_q, rotation, unit_norms
 
 # torch's gate order in weight_ih / weight_hh rows, and each gate's activation
 GATES: dict[str, tuple[str, ...]] = {
@@ -71,13 +71,14 @@ class _AutoRotRecurrent:
         xQ: float | None = None,
         q_h: float | None = None,
         eps: float = EPS,
+        floor: float = DEFAULT_FLOOR,
         rotate: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the torch class that follows in the MRO (nn.LSTM, ...)
-        self._setup_rotation(L, pivot_q(xmin, xmax, xQ), q_h, eps, rotate)
+        self._setup_rotation(L, pivot_q(xmin, xmax, xQ), q_h, eps, rotate, floor)
 
-    def _setup_rotation(self, L, q_x: float, q_h: float | None, eps: float, rotate: bool) -> None:
+    def _setup_rotation(self, L, q_x: float, q_h: float | None, eps: float, rotate: bool, floor: float) -> None:
         if getattr(self, "proj_size", 0):
             raise UsageError(
                 f"{type(self).__name__} does not support proj_size > 0: the projected state's range is "
@@ -96,6 +97,7 @@ class _AutoRotRecurrent:
         self.q_x = float(q_x)
         self.q_h = TANH_STATE_Q if q_h is None else float(q_h)
         self.eps = check_positive("eps", eps)
+        self.floor = check_floor(floor)
         self.rotate = bool(rotate)
         self._register_L_rows(self._flat_weights[0].device)
 
@@ -124,7 +126,10 @@ class _AutoRotRecurrent:
         zq = torch.add(w_hh.sum(1) * self.q_h, w_ih.sum(1), alpha=q_in)
         for b in biases:
             zq = zq + b
-        return rotation(zq, self.arp_L_rows, self.eps)
+        spread = None
+        if self.floor:  # the typical |z_Q| of each row: |q_x| ||w_ih row||, |q_h| ||w_hh row|| in quadrature
+            spread = torch.hypot(unit_norms(w_ih) * abs(q_in), unit_norms(w_hh) * abs(self.q_h)) * self.floor
+        return rotation(zq, self.arp_L_rows, self.eps, spread)
 
     def rotated_weights(self) -> dict[str, torch.Tensor]:
         """Every flat weight with its rows scaled by its gate's rho."""
@@ -170,6 +175,7 @@ class _AutoRotRecurrent:
         q: float = 2.0,
         q_h: float | None = None,
         eps: float = EPS,
+        floor: float = DEFAULT_FLOOR,
         rotate: bool = True,
     ):
         """A rotated layer sharing ``module``'s parameter objects (no copy, same names)."""
@@ -181,6 +187,7 @@ class _AutoRotRecurrent:
             xQ=q,
             q_h=q_h,
             eps=eps,
+            floor=floor,
             rotate=rotate,
         )
         for n in module._flat_weights_names:
@@ -190,7 +197,7 @@ class _AutoRotRecurrent:
         return new.train(module.training)
 
     def extra_repr(self) -> str:
-        rot = f"L={self.gate_L}, q_x={self.q_x:g}, q_h={self.q_h:g}, eps={self.eps:g}"
+        rot = f"L={self.gate_L}, q_x={self.q_x:g}, q_h={self.q_h:g}, eps={self.eps:g}, floor={self.floor:g}"
         return f"{super().extra_repr()}, {rot}" + ("" if self.rotate else ", rotate=False")
 
 

@@ -139,23 +139,27 @@ class Orthogonal(Pass):
         module, full = target.module, target.full_name
         layout = Layout.of(module)
         with torch.no_grad():
-            before = layout.to_matrix(module.weight.detach().double())
+            # in the weight's dtype: large float32 layers take the fast checked factorizations
+            weight = module.weight.detach()
             if self.init == "haar":
                 gen = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{full}".encode()))
-                target = haar(layout, gen, torch.float64) * self.gain
+                target = haar(layout, gen, weight.dtype) * self.gain
+                change = None
             else:
+                before = layout.to_matrix(weight)
                 target = layout.from_matrix(polar(before)) * self.gain
-            module.weight.copy_(target.to(module.weight.dtype))
+                change = output_change(before, layout.to_matrix(target))
+            module.weight.copy_(target)
         keep_orthogonal(module, self.keep, orthogonal_map=self.map, gain=self.gain, tol=self.tol, seed=self.seed)
         mark_applied_module(module, self.name)
-        return self._describe(layout, before, layout.to_matrix(target))
+        return self._describe(layout, change)
 
-    def _describe(self, layout: Layout, before: torch.Tensor, after: torch.Tensor) -> str:
+    def _describe(self, layout: Layout, change: float | None) -> str:
         mapped = resolve_map(layout, self.map)
         keep = f"keep={self.keep}" + (f"({mapped})" if self.keep == "parametrization" else "")
         text = f"{self.init}, {layout.describe()}, {keep}"
-        if self.init == "project":
-            text += f", step-0 output change {output_change(before, after):.1%}"
+        if change is not None:
+            text += f", step-0 output change {change:.1%}"
         return text
 
     def lower(self, model: nn.Module) -> None:
@@ -166,10 +170,10 @@ def output_change(before: torch.Tensor, after: torch.Tensor) -> float:
     """‖W' − W‖_F / ‖W‖_F over the (groups, fan_out, fan_in) matrices: the root-mean-square
     relative change of the layer's (pre-bias) output for isotropic input, exactly what
     Gaussian probes would estimate, without their noise."""
-    norm = torch.linalg.vector_norm(before)
+    norm = torch.linalg.vector_norm(before, dtype=torch.float64)
     if norm == 0:
         return math.inf
-    return float(torch.linalg.vector_norm(after - before) / norm)
+    return float(torch.linalg.vector_norm(after - before, dtype=torch.float64) / norm)
 
 
 def thin_shell_reason(gm: fx.GraphModule | None) -> str | None:
