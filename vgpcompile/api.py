@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .core import calibrate
+from .core import calibrate, verify
 from .core import recipe as recipes
-from .core import verify
 from .core.capture import capture as capture_model
 from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
@@ -178,7 +177,7 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     env = Env(
         catalogue,
         selection,
-        inputs,
+        example,
         opts.input_range,
         tuple(p.name for p in pass_list),
         report.depth_before,
