@@ -316,6 +316,9 @@ def _check_example_inputs(value: Any) -> None:
     for i, t in enumerate(items):
         if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any()):
             raise UsageError(f"example_inputs[{i}] contains NaN: give sample data the model is meant to see")
+        if isinstance(t, torch.Tensor) and t.numel() == 0:
+            # nothing could be checked or calibrated on it, and every check would pass vacuously
+            raise UsageError(f"example_inputs[{i}] is empty (shape {tuple(t.shape)}): give at least one example")
 
 
 def _check_range(value: Any) -> None:
