@@ -181,6 +181,7 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         opts.input_range,
         tuple(p.name for p in pass_list),
         report.depth_before,
+        tied=tied_parameters(cap.root),
     )
     run = None if example is None else (lambda: calibrate.observe(cap.root, cap.regions, example))
     calibration = calibrate.Calibration(run, opts.observed)
@@ -230,6 +231,21 @@ def _register_eager(owners, report: Report, catalogue: Catalogue, outputs: set[s
     for name, owner in owners:
         known += [f"{name}.{n}" if name else n for n, _ in owner.named_modules() if n]
     return known
+
+
+def tied_parameters(root: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Module name -> the other modules holding one of its parameters (tied weights)."""
+    holders: dict[int, list[str]] = {}
+    for name, module in root.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            holders.setdefault(id(p), []).append(name)
+    tied: dict[str, set[str]] = {}
+    for names in holders.values():
+        for name in names:
+            others = {n for n in names if n != name}
+            if others:
+                tied.setdefault(name, set()).update(others)
+    return {name: tuple(sorted(others)) for name, others in tied.items()}
 
 
 def _rules(value: Rules) -> list[str]:

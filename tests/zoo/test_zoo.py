@@ -27,7 +27,7 @@ PASSES: tuple[tuple[str, ...], ...] = ((), ("gpn",), ("orthogonal",), ("bsnn",))
 EXPECTED: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
     "bert": (3, {"gpn": (3, 0), "orthogonal": (13, 6)}),
     "distilbert": (2, {"gpn": (2, 0), "orthogonal": (12, 8)}),
-    "gpt2": (2, {"gpn": (2, 0), "orthogonal": (9, 5)}),  # GELU written out; Conv1D layers
+    "gpt2": (2, {"gpn": (2, 0), "orthogonal": (8, 4)}),  # GELU written out; Conv1D layers; lm_head tied
     "t5": (4, {"gpn": (4, 0), "orthogonal": (32, 24)}),
     "mamba": (2, {"gpn": (2, 0), "orthogonal": (10, 10)}),
     "rwkv": (6, {"gpn": (6, 6), "orthogonal": (14, 14)}),

@@ -52,7 +52,8 @@ class Env:
     example inputs. It is computed at the first read; a pass that rewrites values that it
     reads again downstream calls ``calibrate.refresh(env.observed)`` after each rewrite
     (:mod:`vgpcompile.core.calibrate`). When a saved model is rebuilt it holds the ranges
-    the pass read in the original compile.
+    the pass read in the original compile. ``tied`` maps a module's name to the other
+    modules that hold one of its parameters (tied weights: rewriting one changes the others).
     """
 
     catalogue: Catalogue = DEFAULT
@@ -62,6 +63,7 @@ class Env:
     passes: tuple[str, ...] = ()
     depth: int | None = None
     observed: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass

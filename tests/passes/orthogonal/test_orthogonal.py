@@ -451,3 +451,28 @@ def test_float32_polar_of_a_large_matrix_matches_the_float64_svd(monkeypatch):
         a = (u * torch.logspace(0, smallest, 40, dtype=torch.float64)) @ v.T
         fast = polar(a.float()[None])
         assert max_abs(fast.double(), (u @ v.T)[None]) < 1e-5 and gram_error(fast) < 1e-5
+
+
+class TiedLM(nn.Module):
+    """A language-model head whose weight is the token embedding (GPT-2's tying)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.fc(self.emb(ids))))
+
+
+def test_tied_weights_are_left_alone_unless_selected_by_name():
+    net = TiedLM()
+    model = vgpcompile(net, passes=["orthogonal"])
+    row = model.vgp_report.site("head")
+    assert not row.changed["orthogonal"] and "tied to emb" in row.outcomes["orthogonal"]
+    assert torch.equal(model.get_submodule("emb").weight, net.emb.weight)  # the embedding is untouched
+    assert model.vgp_report.site("fc").changed["orthogonal"]
+    chosen = vgpcompile(net, passes=["orthogonal"], select=["head", "fc"])
+    assert chosen.vgp_report.site("head").changed["orthogonal"]

@@ -60,6 +60,7 @@ from ...core.affine import declared
 from ...core.contract import LAYER, MODEL, Env, Pass, PassResult
 from ...core.protocol import mark_applied_module
 from ...core.rewrite import unique_name
+from ...core.select import target_of
 from ...core.targets import Layer, ModelTarget
 from ...errors import UsageError
 from . import lower as lowering
@@ -120,6 +121,12 @@ class Orthogonal(Pass):
         if isinstance(target, ModelTarget):
             return thin_shell_reason(target.root_graph)
         module = target.module
+        tied = env.tied.get(target.full_name)
+        if tied and not env.selection.explicitly_selected(target_of([target.full_name], [module])):
+            return (
+                f"its weight is tied to {', '.join(tied)} (a shared parameter): making it orthogonal would change "
+                "that module too; untie the weights or select it explicitly to accept that"
+            )
         spec = declared(module)
         if spec is not None and (spec.weight != "weight" or getattr(module.weight, "dim", lambda: 0)() != 2):
             return f"declared affine layer {type(module).__name__}: orthogonal needs a 2-D weight named 'weight'"
