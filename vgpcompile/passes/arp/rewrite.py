@@ -115,7 +115,10 @@ class ARP(Pass):
         """(q, where its range came from) for an input node; raises when the range is unknown."""
         if self.xQ is not None:
             return self.xQ, "xQ given"
-        found = input_range(x, region, env)
+        try:
+            found = input_range(x, region, env)
+        except RecursionError:  # e.g. a chain of hundreds of roaf filters, each range depending on the last
+            found = "at the end of a chain of modules too long to follow"
         if isinstance(found, str):
             raise UsageError(
                 f"arp cannot infer the input range of {where}: its input is {found}. Set the pivot with "
