@@ -247,6 +247,9 @@ def test_shared_uses_one_matrix_per_size():
     assert model.vgp_report.stats["roaf"]["o_matrices"] == 1
     assert "shared" in model.vgp_report.site("3").outcomes["roaf"]
     assert len({id(b) for b in model.buffers()}) == 1  # deduplicated by module.buffers()
+    model.to(torch.float64)  # converted once, still shared (a buffer registered on each filter would be copied)
+    assert len({f.O.data_ptr() for _, f in filters(model)}) == 1 and filters(model)[0][1].O.dtype == torch.float64
+    assert model(torch.randn(2, 6, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_memory_limit_is_reported_before_allocating_and_enforced():

@@ -79,12 +79,13 @@ def test_filtered_update_matches_the_explicit_loop(cfg):
 
 def test_by_hand_constructor_is_seeded_and_initialised_like_torch():
     a, b = ROAFRNN(4, 8, num_layers=2, seed=1), ROAFRNN(4, 8, num_layers=2, seed=1)
-    assert torch.equal(a.O_l0, b.O_l0) and not torch.equal(a.O_l0, a.O_l1)
-    assert not torch.equal(a.O_l0, ROAFRNN(4, 8, seed=2).O_l0)
+    o = lambda m, k=0: m.matrices[k].O  # noqa: E731
+    assert torch.equal(o(a), o(b)) and not torch.equal(o(a), o(a, 1))
+    assert not torch.equal(o(a), o(ROAFRNN(4, 8, seed=2)))
     bound = 8**-0.5
     assert all(p.abs().max() <= bound for p in a.parameters())
     assert [n for n, _ in a.named_parameters()] == [n for n, _ in nn.RNN(4, 8, num_layers=2).named_parameters()]
-    assert "O_l0" not in a.state_dict()
+    assert not any("matrices" in k for k in a.state_dict())
     with pytest.raises(UsageError, match="PackedSequence"):
         a(pack_padded_sequence(torch.randn(5, 2, 4), [5, 3]))
     with pytest.raises(UsageError, match=r"expected hidden state of shape \(2, 3, 8\)"):

@@ -11,9 +11,12 @@ research/roaf.md), usable by hand as well.
   update ``h_t = alpha * O h_{t-1} + beta * phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``,
   one ``O`` per layer. With ``alpha = 0, beta = 1`` it is ``nn.RNN``.
 
-``O`` is a non-persistent buffer: never trained, not in the state_dict (an original
-checkpoint loads strictly, a checkpoint does not grow by n² per block), drawn again from
-its seed whenever the module is built, which is what ``vgpcompile.load`` does.
+``O`` lives in a :class:`ROAFMatrix` child as a non-persistent buffer: never trained, not
+in the state_dict (an original checkpoint loads strictly, a checkpoint does not grow by n²
+per block), drawn again from its seed whenever the module is built, which is what
+``vgpcompile.load`` does. Filters that share O share the ROAFMatrix module itself, so
+``.to(device)`` and ``.double()`` convert the one matrix once and it stays shared (a tensor
+registered as a buffer of many modules would be copied once per module).
 """
 
 from __future__ import annotations
@@ -61,13 +64,34 @@ def check_mix(alpha: float, beta: float, where: str = "roaf") -> tuple[float, fl
     return alpha, beta
 
 
+class ROAFMatrix(nn.Module):
+    """Holds one fixed matrix ``O`` (a non-persistent buffer); shared by reference when shared."""
+
+    def __init__(self, O: torch.Tensor) -> None:  # noqa: E741  (the paper's name)
+        super().__init__()
+        if O.dim() != 2 or O.shape[0] != O.shape[1]:
+            raise UsageError(f"ROAFMatrix: O must be a square matrix, got shape {tuple(O.shape)}")
+        self.register_buffer("O", O, persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"{self.O.shape[0]}x{self.O.shape[1]}"
+
+
+def as_matrix(O: torch.Tensor | ROAFMatrix, n: int, where: str) -> ROAFMatrix:  # noqa: E741
+    """``O`` as a ROAFMatrix of n x n (a given ROAFMatrix is used as is, to share it)."""
+    m = O if isinstance(O, ROAFMatrix) else ROAFMatrix(O)
+    if tuple(m.O.shape) != (n, n):
+        raise UsageError(f"{where}: O must be {n}x{n}, got {tuple(m.O.shape)}")
+    return m
+
+
 class ROAFFilter(nn.Module):
     """``forward(y, x) = alpha * O x + beta * y``: the additive orthogonal filter of one block.
 
     ``features``: the size of the mixed dimension (a Linear's width, a convolution's
     channels). ``spatial``: 0 for a Linear block (O acts on the last dimension), 1, 2 or 3
-    for a Conv1d/2d/3d block (O acts on dimension 1, at every position). ``O``: the matrix
-    (shared between filters when the same tensor is passed); None draws one from ``seed``.
+    for a Conv1d/2d/3d block (O acts on dimension 1, at every position). ``O``: the matrix,
+    or a :class:`ROAFMatrix` to share with other filters; None draws one from ``seed``.
     """
 
     vgp_pass = "roaf"
@@ -81,7 +105,7 @@ class ROAFFilter(nn.Module):
         alpha: float,
         beta: float,
         spatial: int = 0,
-        O: torch.Tensor | None = None,  # noqa: E741  (the paper's name)
+        O: torch.Tensor | ROAFMatrix | None = None,  # noqa: E741  (the paper's name)
         seed: int = 0,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
@@ -93,9 +117,11 @@ class ROAFFilter(nn.Module):
         self.features, self.spatial = int(features), int(spatial)
         if O is None:
             O = haar_orthogonal(self.features, seed_for(seed, "filter"), dtype or torch.float32, device)  # noqa: E741
-        if tuple(O.shape) != (self.features, self.features):
-            raise UsageError(f"ROAFFilter: O must be {self.features}x{self.features}, got {tuple(O.shape)}")
-        self.register_buffer("O", O, persistent=False)
+        self.matrix = as_matrix(O, self.features, "ROAFFilter")
+
+    @property
+    def O(self) -> torch.Tensor:  # noqa: E743
+        return self.matrix.O
 
     def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.spatial:
@@ -173,7 +199,7 @@ class ROAFRNN(nn.Module):
         beta: float = 0.01,
         alpha: float | None = None,
         seed: int = 0,
-        O: list[torch.Tensor] | None = None,  # noqa: E741
+        O: list[torch.Tensor | ROAFMatrix] | None = None,  # noqa: E741
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -203,10 +229,9 @@ class ROAFRNN(nn.Module):
                 haar_orthogonal(hidden_size, seed_for(seed, f"l{k}"), dtype or torch.float32, device)
                 for k in range(self.num_layers)
             ]
-        if len(O) != self.num_layers or any(tuple(m.shape) != (hidden_size, hidden_size) for m in O):
-            raise UsageError(f"ROAFRNN: O must be {self.num_layers} matrices of {hidden_size}x{hidden_size}")
-        for k, m in enumerate(O):
-            self.register_buffer(f"O_l{k}", m, persistent=False)
+        if len(O) != self.num_layers:
+            raise UsageError(f"ROAFRNN: O must be {self.num_layers} matrices (one per layer), got {len(O)}")
+        self.matrices = nn.ModuleList(as_matrix(m, self.hidden_size, "ROAFRNN") for m in O)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -223,7 +248,7 @@ class ROAFRNN(nn.Module):
         beta: float,
         alpha: float | None = None,
         seed: int = 0,
-        O: list[torch.Tensor] | None = None,  # noqa: E741
+        O: list[torch.Tensor | ROAFMatrix] | None = None,  # noqa: E741
     ) -> ROAFRNN:
         """A ROAF RNN sharing ``rnn``'s parameter objects (no copy, same names)."""
         if rnn.bidirectional or getattr(rnn, "proj_size", 0):
@@ -245,7 +270,7 @@ class ROAFRNN(nn.Module):
     def layer_weights(self, k: int) -> tuple[torch.Tensor, ...]:
         """(W_ih, W_hh, b_ih, b_hh, O) of layer ``k`` (biases None without bias)."""
         get = lambda n: getattr(self, f"{n}_l{k}", None)
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("O")
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), self.matrices[k].O
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(input, PackedSequence):

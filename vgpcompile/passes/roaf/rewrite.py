@@ -58,7 +58,7 @@ from ...core.rewrite import mark_applied, unique_name
 from ...core.targets import Block, Layer
 from ...errors import UsageError
 from .constants import DEFAULT_C, DEFAULT_HORIZON, DEFAULT_MAX_BUFFER_MB
-from .modules import ROAFRNN, ROAFFilter, haar_orthogonal, seed_for
+from .modules import ROAFRNN, ROAFFilter, ROAFMatrix, haar_orthogonal, seed_for
 
 MB = 2.0**20
 
@@ -70,7 +70,7 @@ class _Run:
     block_beta: float
     rnn_beta: float
     shared: bool
-    matrices: dict[tuple, torch.Tensor] = field(default_factory=dict)  # shared O by (n, dtype, device)
+    matrices: dict[tuple, ROAFMatrix] = field(default_factory=dict)  # shared O by (n, dtype, device)
 
 
 @dataclass(frozen=True)
@@ -199,12 +199,13 @@ class ROAF(Pass):
             return self._swap_rnn(target, run)
         return self._filter_block(target, run)
 
-    def _matrix(self, n: int, key: str, like: torch.Tensor, run: _Run) -> torch.Tensor:
+    def _matrix(self, n: int, key: str, like: torch.Tensor, run: _Run) -> ROAFMatrix:
         if not run.shared:
-            return haar_orthogonal(n, seed_for(self.seed, key), like.dtype, like.device)
+            return ROAFMatrix(haar_orthogonal(n, seed_for(self.seed, key), like.dtype, like.device))
         slot = (n, like.dtype, like.device)
         if slot not in run.matrices:
-            run.matrices[slot] = haar_orthogonal(n, seed_for(self.seed, f"shared:{n}"), like.dtype, like.device)
+            o = haar_orthogonal(n, seed_for(self.seed, f"shared:{n}"), like.dtype, like.device)
+            run.matrices[slot] = ROAFMatrix(o)
         return run.matrices[slot]
 
     def _filter_block(self, block: Block, run: _Run) -> str:
