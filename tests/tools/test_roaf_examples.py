@@ -45,10 +45,19 @@ def test_deep_mlp_50000_layers_compiles_and_steps():
     assert roaf["stats"]["blocks"] == 50_000 and len(roaf["losses"]) == 1
 
 
+def _final(out: dict) -> dict[str, float]:
+    """Mean final test accuracy per model at its chosen learning rate."""
+    return {m: statistics.mean(r["test"][-1] for r in out["results"][m][out["lr"][m]]) for m in out["lr"]}
+
+
+@pytest.mark.experiment
+def test_sequence_digits_roaf_beats_rnn_and_lstm_after_ten_epochs():
+    acc = _final(roaf_sequence.main(["--task", "digits"])["digits"])
+    assert acc["roaf"] > 0.9 and acc["roaf"] > max(acc["rnn"], acc["lstm"]) + 0.05
+
+
 @pytest.mark.experiment
 def test_sequence_recall_roaf_remembers_where_rnn_and_lstm_forget():
-    summary = roaf_sequence.main(["--task", "recall"])
-    for T, out in summary["recall"].items():
-        acc = {m: statistics.mean(r["test"][-1] for r in out["results"][m][out["lr"][m]]) for m in roaf_sequence.MODELS}
-        assert acc["roaf"] > 0.95, T
-        assert acc["rnn"] < 0.6, T
+    for T, out in roaf_sequence.main(["--task", "recall"])["recall"].items():
+        acc = _final(out)
+        assert acc["roaf"] > 0.95 and acc["roaf"] > acc["rnn"] + 0.1 and acc["lstm"] < 0.7, (T, acc)

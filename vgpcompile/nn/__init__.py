@@ -15,7 +15,7 @@ from ..passes.arp import (
 )
 from ..passes.gpn import GPNActivation
 from ..passes.orthogonal import RowNorm, ThinShell, retract, retract_after
-from ..passes.roaf import ROAFRNN, ROAFFilter
+from ..passes.roaf import ROAFRNN, ROAFFilter, ROAFMatrix
 
 __all__ = [
     "AutoRotConv1d",
@@ -30,6 +30,7 @@ __all__ = [
     "AutoRotRNN",
     "GPNActivation",
     "ROAFFilter",
+    "ROAFMatrix",
     "ROAFRNN",
     "RowNorm",
     "ThinShell",

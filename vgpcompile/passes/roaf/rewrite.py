@@ -111,34 +111,19 @@ class ROAF(Pass):
         blocks = [t for t in targets if isinstance(t, Block) and self.check(t, env) is None]
         rnns = [t for t in targets if isinstance(t, Layer) and self.check(t, env) is None]
         block_beta = self.beta if self.beta is not None else min(1.0, self.c / max(len(blocks), 1))
-        horizon = self.horizon or DEFAULT_HORIZON
-        rnn_beta = self.beta if self.beta is not None else min(1.0, self.c / horizon)
-        sizes = [_features(b.affine) for b in blocks] + [
-            (t.module.hidden_size, t.module.weight_hh_l0) for t in rnns for _ in range(t.module.num_layers)
-        ]
-        own = sum(n * n * w.element_size() for n, w in sizes)
-        once = sum(n * n * w.element_size() for n, w in {(n, w.dtype, w.device): (n, w) for n, w in sizes}.values())
+        rnn_beta = self.beta if self.beta is not None else min(1.0, self.c / (self.horizon or DEFAULT_HORIZON))
+        sizes = [_features(b.affine) for b in blocks]
+        sizes += [(t.module.hidden_size, t.module.weight_hh_l0) for t in rnns for _ in range(t.module.num_layers)]
+        kinds = {(n, w.dtype, w.device): n * n * w.element_size() for n, w in sizes}
+        own, once = sum(n * n * w.element_size() for n, w in sizes), sum(kinds.values())
         shared = self._choose_sharing(own, once, len(sizes), result)
         object.__setattr__(self, "_run", _Run(block_beta, rnn_beta, shared))  # per-compile state of a frozen pass
-        done = any(isinstance(t, Block) and _already_filtered(t.site.node) for t in targets)
-        if not blocks and not rnns and not done:
-            result.warnings.append(
-                "roaf: no block to filter (an activation fed by a square Linear or by a Conv with equal channels, "
-                "stride 1 and 'same' padding) and no nn.RNN; see the report for each block's reason"
-            )
-        if rnns and self.beta is None and self.horizon is None:
-            names = ", ".join(repr(t.full_name) for t in rnns[:3])
-            result.warnings.append(
-                f"roaf: RNN {names} uses beta = c/horizon = {rnn_beta:g} for the default horizon of {horizon} steps; "
-                f"gradients over T steps shrink like exp(-{self.c:g}*T/{horizon}) (T = 1000: "
-                f"{math.exp(-self.c * 1000 / horizon):.0e}): set options={{'roaf': {{'horizon': T}}}} for sequences "
-                "longer than that"
-            )
+        self._warn(targets, blocks, rnns, rnn_beta, result)
         self._warn_mix(block_beta if blocks else rnn_beta, result)
         result.stats.update(
             blocks=len(blocks),
             rnn_layers=sum(t.module.num_layers for t in rnns),
-            o_matrices=len({(n, w.dtype, w.device) for n, w in sizes}) if shared else len(sizes),
+            o_matrices=len(kinds) if shared else len(sizes),
             buffer_mb=round((once if shared else own) / MB, 3),
             shared=shared,
         )
@@ -147,6 +132,22 @@ class ROAF(Pass):
         if rnns:
             result.stats["beta_rnn"] = rnn_beta
         return result
+
+    def _warn(self, targets: list, blocks: list, rnns: list, rnn_beta: float, result: PassResult) -> None:
+        done = any(isinstance(t, Block) and _already_filtered(t.site.node) for t in targets)
+        if not blocks and not rnns and not done:
+            result.warnings.append(
+                "roaf: no block to filter (an activation fed by a square Linear or by a Conv with equal channels, "
+                "stride 1 and 'same' padding) and no nn.RNN; see the report for each block's reason"
+            )
+        if rnns and self.beta is None and self.horizon is None:
+            names, h = ", ".join(repr(t.full_name) for t in rnns[:3]), DEFAULT_HORIZON
+            at_1000 = math.exp(-self.c * 1000 / h)
+            result.warnings.append(
+                f"roaf: RNN {names} uses beta = c/horizon = {rnn_beta:g} for the default horizon of {h} steps; "
+                f"gradients over T steps shrink like exp(-{self.c:g}*T/{h}) (T = 1000: {at_1000:.0e}): "
+                "set options={'roaf': {'horizon': T}} for sequences longer than that"
+            )
 
     def _choose_sharing(self, own: int, once: int, count: int, result: PassResult) -> bool:
         limit = self.max_buffer_mb * MB
