@@ -40,7 +40,7 @@ def digits(seed: int = 0) -> dict[str, torch.Tensor]:
     x, y = load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=360, random_state=seed, stratify=y)
     mean, std = x_tr.mean(0), x_tr.std(0) + 1e-6
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    t = lambda a: torch.tensor(a, dtype=torch.float32)
     return {
         "x_train": t((x_tr - mean) / std), "y_train": torch.tensor(y_tr), "x_test": t((x_te - mean) / std),
         "y_test": torch.tensor(y_te),
@@ -143,7 +143,7 @@ def report(results: list[dict], depth: int, args) -> None:
     if args.steps:
         tenth = max(1, args.steps // 10)
         for s in range(0, args.steps, tenth):
-            window = lambda r, s=s: statistics.mean(r["losses"][s : s + tenth])  # noqa: E731
+            window = lambda r, s=s: statistics.mean(r["losses"][s : s + tenth])
             row(f"loss, steps {s + 1}-{min(s + tenth, args.steps)}", lambda v: f"{v:.3f}", window)
         row("test accuracy", lambda v: f"{v:.3f}", lambda r: r["test_acc"])
     row("peak RSS MB (process, so far)", lambda v: f"{v:.0f}", lambda r: r["peak_mb"])

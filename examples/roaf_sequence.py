@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.task in ("all", "digits"):
         data = digit_sequences()
         print(f"permuted sequential digits: hidden {args.hidden}, batch {args.batch}, {args.epochs} epochs", flush=True)
-        run = lambda kind, lr, seed: run_digits(kind, lr, seed, data, args.epochs, args.hidden, args.batch)  # noqa: E731
+        run = lambda kind, lr, seed: run_digits(kind, lr, seed, data, args.epochs, args.hidden, args.batch)
         summary["digits"] = sweep(run, args.digits_lrs, args.seeds, "digits")
     if args.task in ("all", "recall"):
         summary["recall"] = {}

@@ -79,7 +79,7 @@ def test_filtered_update_matches_the_explicit_loop(cfg):
 
 def test_by_hand_constructor_is_seeded_and_initialised_like_torch():
     a, b = ROAFRNN(4, 8, num_layers=2, seed=1), ROAFRNN(4, 8, num_layers=2, seed=1)
-    o = lambda m, k=0: m.matrices[k].O  # noqa: E731
+    o = lambda m, k=0: m.matrices[k].O
     assert torch.equal(o(a), o(b)) and not torch.equal(o(a), o(a, 1))
     assert not torch.equal(o(a), o(ROAFRNN(4, 8, seed=2)))
     bound = 8**-0.5
