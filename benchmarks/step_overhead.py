@@ -2,7 +2,7 @@
 
 gpn: a depth-20 width-256 MLP, compiled with gpn vs plain (target <= 1.05x), and vs a
 hand-written a * tanh(x) + b net, which is the least the arithmetic itself costs.
-Then the per-pass sections in step_overhead_arp.py and step_overhead_orthogonal.py run,
+Then the per-pass sections in step_overhead_arp.py, step_overhead_orthogonal.py and step_overhead_roaf.py run,
 when present. Run: python benchmarks/step_overhead.py [--steps 40] [--only gpn]
 """
 
@@ -61,13 +61,13 @@ def gpn_section(steps: int, batch: int = 128, depth: int = 20, width: int = 256)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--only", choices=["gpn", "arp", "orthogonal"])
+    parser.add_argument("--only", choices=["gpn", "arp", "orthogonal", "roaf"])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.only in (None, "gpn"):
         gpn_section(args.steps)
     sys.path.insert(0, str(Path(__file__).parent))
-    for name in ("arp", "orthogonal"):
+    for name in ("arp", "orthogonal", "roaf"):
         if args.only in (None, name) and (Path(__file__).parent / f"step_overhead_{name}.py").exists():
             print()
             importlib.import_module(f"step_overhead_{name}").main([])

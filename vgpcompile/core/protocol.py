@@ -14,9 +14,9 @@ the plain-layer method ``fold``:
   and the nonlinear depth counts it.
 - ``vgp_depth`` (int): the module's contribution to the nonlinear depth when it does not
   wrap an activation (a block holding an affine layer and an activation counts 1).
-- ``vgp_output_range(input_range)`` -> ``(lo, hi)`` or a reason string: the range of its
-  output given the range of its input (None when unknown); range inference (arp's pivot)
-  reads it.
+- ``vgp_output_range(*input_ranges)`` -> ``(lo, hi)`` or a reason string: the range of its
+  output given the ranges of its tensor inputs, one per positional input in call order
+  (None where unknown); range inference (arp's pivot) reads it.
 - ``fold()`` -> nn.Module: its exact inference form (a plain torch layer, or a module
   whose forward has no training-only machinery).
 
@@ -64,13 +64,16 @@ def depth_of(module: nn.Module) -> int | None:
     return None if depth is None else int(depth)
 
 
-def output_range(module: nn.Module, input_range: Range | None) -> Range | str | None:
-    """The declared output range of ``module`` (a finite (lo, hi)), a reason it is unknown,
-    or None when the module declares nothing."""
-    fn = getattr(module, "vgp_output_range", None)
-    if not callable(fn):
+def declares_output_range(module: nn.Module) -> bool:
+    return callable(getattr(module, "vgp_output_range", None))
+
+
+def output_range(module: nn.Module, *input_ranges: Range | None) -> Range | str | None:
+    """The declared output range of ``module`` (a finite (lo, hi)) given the ranges of its
+    positional tensor inputs, a reason it is unknown, or None when the module declares nothing."""
+    if not declares_output_range(module):
         return None
-    found = fn(input_range)
+    found = module.vgp_output_range(*input_ranges)
     if found is None:
         return f"the output of {type(module).__name__}, whose range is not bounded"
     if isinstance(found, str):

@@ -83,10 +83,11 @@ def _node_range(x, gm: fx.GraphModule | None, region: str, env: Env) -> Found:
         if math.isfinite(lo) and math.isfinite(hi):
             return lo, hi, match.activation.describe(match.params)
         return f"the output of {match.activation.describe(match.params)} ({x.name}), range [{lo:g}, {hi:g}]"
-    if x.op == "call_module":
+    if x.op == "call_module" and protocol.declares_output_range(gm.get_submodule(str(x.target))):
         module = gm.get_submodule(str(x.target))
-        source = input_range(x.args[0], region, env) if x.args else "no input"
-        declared = protocol.output_range(module, source[:2] if isinstance(source, tuple) else None)
+        sources = [input_range(a, region, env) for a in x.args if isinstance(a, fx.Node)]
+        known = [s[:2] if isinstance(s, tuple) else None for s in sources] or [None]
+        declared = protocol.output_range(module, *known)
         if isinstance(declared, tuple):
             return declared[0], declared[1], f"{type(module).__name__} {x.target!r}"
         if isinstance(declared, str):

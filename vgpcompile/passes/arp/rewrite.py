@@ -197,7 +197,10 @@ class ARP(Pass):
         """
         if self.xQ is not None:
             return self.xQ, "xQ given"
-        found = input_range(x, region, env)
+        try:
+            found = input_range(x, region, env)
+        except RecursionError:  # e.g. a chain of hundreds of roaf filters, each range depending on the last
+            found = "at the end of a chain of modules too long to follow"
         if isinstance(found, tuple):
             lo, hi, origin = found
             return 2.0 * hi - lo, f"x in [{lo:g}, {hi:g}] from {origin}"
