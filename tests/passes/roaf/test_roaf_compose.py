@@ -81,9 +81,8 @@ def test_arp_runs_after_roaf_and_reads_the_filters_declared_range(passes):
 def test_arp_after_a_deep_roaf_stack_asks_for_a_pivot():
     """The filters' worst-case ranges widen by up to sqrt(n) per block; on a deep stack arp
     cannot infer its pivots and says which option to set."""
-    with pytest.raises(
-        UsageError, match=r"arp cannot infer the input range of site .*: its input is .*\. Set the pivot with .*xQ"
-    ):
+    pattern = r"arp cannot infer the input range of site .*: its input is .*\. Give example_inputs=.*pivot with .*xQ"
+    with pytest.raises(UsageError, match=pattern):
         build(["roaf", "arp"], depth=400)
     _, model = build(["roaf", "arp"], depth=400, arp={"xQ": 3.0})
     assert len(filters(model)) == 400
