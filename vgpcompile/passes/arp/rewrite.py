@@ -245,7 +245,10 @@ def _site_reason(site: Site) -> str | None:
     if "arp" in getattr(module, "vgp_applied", ()):
         return f"{site.producer_name} is already auto-rotated ({type(module).__name__})"
     if type(module) not in ROTATED_MODULES:
-        return f"{site.producer_name} is a {type(module).__name__}, a subclass of a torch layer; arp swaps exact types"
+        kind = type(module).__name__
+        if isinstance(module, tuple(ROTATED_MODULES)):
+            return f"{site.producer_name} is a {kind}, a subclass of a torch layer; arp swaps exact types"
+        return f"{site.producer_name} is a {kind}; arp rotates torch's Linear and convolutions only"
     if site.producer_calls > 1:
         n = site.producer_calls
         return f"{site.producer_name} is called at {n} places; rotating it would change every call"
