@@ -93,7 +93,14 @@ def test_help_shows_examples_and_grammar(capsys):
     assert exit_.value.code == 0 and "examples/models.py:deep_tanh_mlp" in out and "re:<regex>" in out
 
 
-def test_demo_small_run_shows_both_arms(capsys):
-    assert main(["demo", "--depth", "6", "--width", "16", "--steps", "16", "--activation", "tanh"]) == 0
+def test_demo_small_run_shows_the_ladder_next_to_chance(capsys, tmp_path):
+    args = ["demo", "--depth", "4", "--width", "8", "--steps", "8", "--lrs", "0.01", "--json", str(tmp_path / "d.json")]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "plain loss" in out and "compiled loss" in out and "per-layer weight-gradient norm" in out
+    assert "max/min over hidden layers" in out and "| orthogonal1 |" in out  # like-with-like gradient row
+    kinds = (" | plain | ", " | architectural | ", " | compiled | ")
+    rows = [line.split(" | ")[0].strip("| ") for line in out.splitlines() if any(k in line for k in kinds)]
+    assert rows == ["kaiming", "orthogonal", "orthogonal1", "kaiming+layernorm+residual", "gpn"]
+    assert "chance accuracy 0.5" in out and "the best plain init of the same architecture" in out
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert saved["comparison"]["reference"]["chance accuracy"] == 0.5 and len(saved["gradients"]) == 7

@@ -36,14 +36,20 @@ def grad_ratio(model: nn.Module, width: int) -> tuple[float, list[float]]:
 
 
 def test_gpn_with_orthogonal_weights_keeps_gradients_balanced_at_depth_100():
+    """Like with like: the plain net from the same orthogonal init is the reference (the
+    default init's ratio, ~1e23, is mostly the init's doing, not gpn's). Absolute norms are
+    checked too, since a flat ratio can hide vanishing."""
     depth, width = 100, 128
-    plain_ratio, plain = grad_ratio(tanh_mlp(depth, width, orthogonal=False), width)
+    default_ratio, default = grad_ratio(tanh_mlp(depth, width, orthogonal=False), width)
+    same_ratio, same = grad_ratio(tanh_mlp(depth, width, orthogonal=True), width)
     gpn_ratio, gpn = grad_ratio(vgpcompile(tanh_mlp(depth, width, orthogonal=True), passes=["gpn"]), width)
-    print(f"\ndepth {depth} width {width}: max/min per-layer weight-gradient norm")
-    print(f"  plain tanh, PyTorch default init: {plain_ratio:.3g} (min {min(plain):.2e}, max {max(plain):.2e})")
-    print(f"  gpn tanh, orthogonal init:        {gpn_ratio:.3g} (min {min(gpn):.2e}, max {max(gpn):.2e})")
+    print(f"\ndepth {depth} width {width}: max/min per-layer weight-gradient norm (min, max)")
+    print(f"  plain tanh, PyTorch default init: {default_ratio:.3g} ({min(default):.2e}, {max(default):.2e})")
+    print(f"  plain tanh, orthogonal init:      {same_ratio:.3g} ({min(same):.2e}, {max(same):.2e})")
+    print(f"  gpn tanh, orthogonal init:        {gpn_ratio:.3g} ({min(gpn):.2e}, {max(gpn):.2e})")
     assert math.isfinite(gpn_ratio) and gpn_ratio < 20 and min(gpn) > 1e-3
-    assert plain_ratio > 1000 * gpn_ratio
+    assert same_ratio > 3 * gpn_ratio  # measured 36 vs 7.9
+    assert default_ratio > 1e20  # what the init alone does
 
 
 def test_ratio_alone_misses_vanishing_without_biases():

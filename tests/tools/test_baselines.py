@@ -1,5 +1,6 @@
-"""The baseline ladder: standard inits per activation, with the right scales."""
+"""The baseline ladder: standard inits per activation, with the right scales; the shared lr x seeds runner."""
 
+import json
 import math
 
 import pytest
@@ -39,8 +40,43 @@ def test_orthogonal_init_has_the_activation_gain():
 
 def test_ladder_arms_build_the_architectures_they_name():
     arms = ladder("relu")
-    assert [a.name for a in arms][-3:] == ["kaiming+batchnorm", "kaiming+layernorm", "kaiming+residual"]
+    names = ["kaiming+batchnorm", "kaiming+layernorm", "kaiming+residual", "kaiming+layernorm+residual"]
+    assert [a.name for a in arms][-4:] == names
     net = plain_mlp("relu", depth=3, width=8, d_in=2, d_out=2, arm=Arm("kaiming", norm="batch", residual=True))
     assert sum(isinstance(m, nn.BatchNorm1d) for m in net.modules()) == 3
     x = torch.randn(5, 2)
     assert net(x).shape == (5, 2)
+
+
+def test_run_arms_picks_each_arms_lr_and_reports_mean_and_sd(tmp_path):
+    from vgpcompile.tools.baselines import Comparison, Sweep, run_arms, write_json
+
+    # a fake loop: the loss is |log10(lr) - best| + seed / 10, so arm "a" wants 1e-2 and arm "b" 1e-3
+    best = {"a": -2.0, "b": -3.0}
+
+    def build(name):
+        return lambda seed: _Tagged(name)
+
+    def train(model, lr, seed):
+        loss = abs(math.log10(lr) - best[model.arm]) + seed / 10
+        return {"val_loss": loss if model.arm == "a" or lr > 1e-3 else float("nan"), "test_loss": loss}
+
+    sweep = Sweep((1e-3, 1e-2, 1e-1), seeds=(0, 1, 2))
+    arms = run_arms({"a": ("plain", build("a")), "b": ("compiled", build("b"))}, train, sweep)
+    a, b = arms
+    assert a.best_lr == 1e-2 and a.summary("test_loss") == pytest.approx((0.1, 0.1, 0))
+    assert b.best_lr == 1e-2  # its own best rate diverged (val_loss NaN), so the next one is picked
+    comparison = Comparison("t", "budget", sweep, arms, {"target variance": 1.0}, ("test_loss",), {})
+    assert comparison.best(("plain", "compiled"), "test_loss") is a
+    table = comparison.table()
+    assert "| a | plain | 0.01 | 0.1000 ± 0.1000 |" in table and "target variance 1" in table
+    assert "diverged" in comparison.lr_table()
+    write_json(tmp_path / "c.json", comparison.to_dict())
+    back = Comparison.from_dict(json.loads((tmp_path / "c.json").read_text()))
+    assert back.table() == table and back.lr_table() == comparison.lr_table()
+
+
+class _Tagged(nn.Module):
+    def __init__(self, arm: str) -> None:
+        super().__init__()
+        self.arm = arm

@@ -1,19 +1,32 @@
 """Freeze step for ``gpn``: fold a * phi(x) + b into the affine layer that consumes it.
 
-    GPN(x) -> Linear(W, c)        ==>  phi(x) -> Linear(a W, c + b W 1)
-    GPN(x) -> Conv(W, c)          ==>  phi(x) -> Conv(a W, c + b sum_{in, k} W)
+    GPN(x) -> Linear(W, c)               ==>  phi(x) -> Linear(a W, c + b W 1)
+    GPN(x) -> Conv(W, c), no zero pads   ==>  phi(x) -> Conv(a W, c + b sum_{in, k} W)
+    GPN(x) -> Conv(W, c), zero pads      ==>  phi(x) + b/a -> Conv(a W, c)
+    GPN(x) -> pool/flatten/... -> layer  ==>  phi(x) -> pool/flatten/... -> folded layer
 
-Exact in real arithmetic; in floating point the folded weights differ by rounding only.
-A Conv with zero padding sees padded zeros, not b, at its borders, so it is folded only
-when b = 0 (ReLU and leaky ReLU with the default root); a GPN whose output has another
-use is not folded either. Those keep one fused mul-add (addcmul).
+A zero-padded Conv sees padded zeros, not a * phi + b, at its borders, so b cannot go into
+its bias; b = 0 (ReLU with ``root="plus"``) folds completely, any other b keeps one Add of
+the constant b/a (zero padding and a constant shift do not commute, so some elementwise op
+is unavoidable; an explicit Pad with the value -b/a and b folded into the bias is just as
+exact, and measured slower in onnxruntime: benchmarks/inference_cnn.py). Between the GPN
+and the layer there may be ops f with f(a x + b) = a f(x) + b (reshapes, means, average
+pools without zero padding, and for a > 0 max pools): the usual CNN's act -> max pool ->
+conv and act -> global pool -> flatten -> Linear. Exact in real arithmetic; in floating
+point the folded weights differ by rounding only.
+
+So a GPN that reaches one Linear or Conv leaves no Mul and no Add in the frozen graph,
+except the one Add before a zero-padded conv when b != 0. A GPN whose value has any other
+use (a residual add, a model output, a second consumer) keeps one fused mul-add (addcmul).
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from ...core.catalogue import DEFAULT, Catalogue
@@ -22,6 +35,17 @@ from ...core.targets import call_counts
 from .modules import GPNActivation
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LAYERS = (nn.Linear, *_CONVS)
+# f(a x + b) = a f(x) + b for every a, b (for a > 0 with the max ops)
+_SHIFT_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                  nn.AdaptiveAvgPool3d)  # fmt: skip
+_MAX_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                nn.AdaptiveMaxPool3d)  # fmt: skip
+_AVG_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_SHIFT_FUNCTIONS = (torch.flatten, torch.reshape, torch.mean, torch.permute, torch.transpose, torch.squeeze,
+                    torch.unsqueeze, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)  # fmt: skip
+_MAX_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
+_SHIFT_METHODS = ("flatten", "view", "reshape", "mean", "permute", "transpose", "squeeze", "unsqueeze", "contiguous")
 
 
 def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
@@ -32,38 +56,82 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), GPNActivation):
             continue
         gpn = gm.get_submodule(node.target)
-        layer_node = _sole_layer_user(node, gm, calls, float(gpn.b))
+        a, b = float(gpn.a), float(gpn.b)
+        found = _consuming_layer(node, gm, calls, a) if calls[node.target] == 1 and a != 0 else None
         plain = catalogue.plain_call(gpn.activation.name, gpn.params)
-        if layer_node is None or plain is None or calls[node.target] != 1:
+        if found is None or plain is None:
             continue
+        last, layer_node = found
         layer = gm.get_submodule(layer_node.target)
-        gm.set_submodule(layer_node.target, absorb(layer, float(gpn.a), float(gpn.b)))
+        shift_input = b != 0 and _pads_with_zeros(layer)
+        gm.set_submodule(layer_node.target, absorb(layer, a, 0.0 if shift_input else b))
         target, kwargs = plain
-        replace_node(node, "call_function", target, node.args, kwargs, meta_keys=tuple(node.meta))
+        phi = replace_node(node, "call_function", target, node.args, kwargs, meta_keys=tuple(node.meta))
+        if shift_input:  # after the pools and reshapes, where the tensor is smallest
+            last = phi if last is node else last
+            with gm.graph.inserting_after(last):
+                shifted = gm.graph.call_function(operator.add, (last, b / a))
+            shifted.meta.update({k: v for k, v in layer_node.meta.items() if k == "nn_module_stack"})
+            layer_node.replace_input_with(last, shifted)
         folded += 1
     if folded:
         gm.delete_all_unused_submodules()
     return folded
 
 
-def _sole_layer_user(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int], b: float) -> fx.Node | None:
-    if len(node.users) != 1:
-        return None
-    (user,) = node.users
-    if user.op != "call_module" or calls.get(user.target) != 1 or user.args[:1] != (node,):
-        return None
-    layer = gm.get_submodule(user.target)
-    if type(layer) is nn.Linear:
-        return user
-    if type(layer) in _CONVS and (b == 0 or layer.padding_mode != "zeros" or _no_padding(layer)):
-        return user
-    return None
+def _consuming_layer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int], a: float):
+    """(the last node before the layer, the layer's node) when ``node``'s value reaches one
+    Linear/Conv only, through shift-equivariant ops only; else None."""
+    current = node
+    while True:
+        users = [u for u in current.users if not _reads_shape_only(u)]
+        if len(users) != 1 or not _takes_only_as_first_argument(users[0], current):
+            return None
+        (user,) = users
+        if user.op == "call_module" and calls.get(user.target) == 1 and type(gm.get_submodule(user.target)) in _LAYERS:
+            return current, user
+        if not _commutes_with_affine(user, gm, a):
+            return None
+        current = user
 
 
-def _no_padding(conv: nn.Module) -> bool:
-    if isinstance(conv.padding, str):
-        return conv.padding == "valid"
-    return all(p == 0 for p in conv.padding)
+def _reads_shape_only(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and node.target is getattr and node.args[1:] in (("shape",), ("ndim",))
+
+
+def _takes_only_as_first_argument(user: fx.Node, value: fx.Node) -> bool:
+    others: list[fx.Node] = []
+    fx.node.map_arg((user.args[1:], user.kwargs), others.append)
+    return user.args[:1] == (value,) and value not in others
+
+
+def _commutes_with_affine(node: fx.Node, gm: fx.GraphModule, a: float) -> bool:
+    """f(a x + b) = a f(x) + b for this op."""
+    if node.op == "call_method":
+        return node.target in _SHIFT_METHODS
+    if node.op == "call_function":
+        if node.target in _MAX_FUNCTIONS:
+            return a > 0 and not node.kwargs.get("return_indices", False)
+        return node.target in _SHIFT_FUNCTIONS
+    if node.op != "call_module":
+        return False
+    module = gm.get_submodule(node.target)
+    if isinstance(module, _MAX_MODULES):
+        return a > 0 and not module.return_indices
+    if isinstance(module, _AVG_MODULES):  # zero padding counted in the mean, or other divisors, break it
+        pads = module.padding if isinstance(module.padding, tuple) else (module.padding,)
+        plain_mean = not any(pads) or not module.count_include_pad
+        return plain_mean and not module.ceil_mode and getattr(module, "divisor_override", None) is None
+    return type(module) in _SHIFT_MODULES
+
+
+def _pads_with_zeros(layer: nn.Module) -> bool:
+    if type(layer) not in _CONVS or layer.padding_mode != "zeros":
+        return False
+    # torch's own resolved form of the padding ('same' included)
+    return any(int(p) for p in layer._reversed_padding_repeated_twice)
 
 
 @torch.no_grad()
