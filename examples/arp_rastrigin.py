@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> Comparison:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ladder", choices=["full", "none"], default="full", help="'none': classic and arp only")
     ap.add_argument("--L", type=float, default=L_DEFAULT, help="ARP pivot target (the poster's 6)")
-    ap.add_argument("--floor", type=float, default=None, help="arp's pivot floor (default: the pass default; 0: the paper)")
+    ap.add_argument("--floor", type=float, default=None, help="arp's pivot floor (default the pass's; 0: the paper)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write every run's metrics to this JSON file")
     ap.add_argument("--plot", type=Path, help="write a bar chart of test MSE to this PNG")
