@@ -146,7 +146,7 @@ ROWS = [
     ("demo-steps", lambda e: ["demo", "--steps", "3"], 2, "--steps 3: must be between 8 and", None, None),
     ("demo-depth", lambda e: ["demo", "--depth", "0"], 2, "--depth 0: must be between 1 and", None, None),
     ("demo-width", lambda e: ["demo", "--width", "0"], 2, "--width 0: must be between 2 and", None, None),
-    ("demo-lr", lambda e: ["demo", "--lr", "-1"], 2, "--lr -1.0: must be a positive number", None, None),
+    ("demo-lr", lambda e: ["demo", "--lrs", "-1"], 2, "--lrs (-1.0,): must be positive numbers", None, None),
     ("demo-activation", lambda e: ["demo", "--activation", "tanhh"], 2, "unknown activation kind 'tanhh'", None, None),
     # pass options
     ("option-value", lambda e: convert(e, "--option", "gpn.root=sideways"), 2, "option 'root' of pass 'gpn'",

@@ -90,12 +90,14 @@ class Unfoldable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c4 = nn.Conv2d(8, 8, 1)
         self.avg = nn.AvgPool2d(3, stride=1, padding=1)  # counts padded zeros in its mean
 
     def forward(self, x):
         h = torch.tanh(self.c1(x))  # read twice
         y = self.c3(self.avg(torch.relu(self.c2(h))))
-        return y + torch.sigmoid(h).sum()  # a sum is not a mean
+        # (sigmoid straight on tanh's output would not be an activation site: its input is not a layer's)
+        return y + torch.sigmoid(self.c4(h)).sum()  # a sum is not a mean
 
 
 def test_what_cannot_fold_keeps_one_addcmul_and_stays_exact():
