@@ -56,7 +56,7 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), GPNActivation):
             continue
         gpn = gm.get_submodule(node.target)
-        a, b = float(gpn.a), float(gpn.b)
+        a, b = gpn.a.item(), gpn.b.item()
         found = _consuming_layer(node, gm, calls, a) if calls[node.target] == 1 and a != 0 else None
         plain = catalogue.plain_call(gpn.activation.name, gpn.params)
         if found is None or plain is None:

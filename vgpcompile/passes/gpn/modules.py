@@ -53,7 +53,7 @@ class GPNActivation(nn.Module):
         lo, hi = self.activation.output_range(self.params)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             return None
-        a, b = float(self.a), float(self.b)
+        a, b = self.a.item(), self.b.item()
         ends = sorted((a * lo + b, a * hi + b))
         return ends[0], ends[1]
 
@@ -62,4 +62,4 @@ class GPNActivation(nn.Module):
         return torch.addcmul(self.b, self.activation.fn(x, **self.params), self.a)
 
     def extra_repr(self) -> str:
-        return f"{self.activation.describe(self.params)}, a={float(self.a):.6f}, b={float(self.b):+.6f}"
+        return f"{self.activation.describe(self.params)}, a={self.a.item():.6f}, b={self.b.item():+.6f}"

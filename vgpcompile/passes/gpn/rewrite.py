@@ -78,7 +78,7 @@ class GPN(Pass):
     def apply(self, site: Site, env: Env) -> str:
         module = GPNActivation(site.activation, site.params, root=self.root, learnable=self.learnable)
         replace_activation(site, module, self.name, "gpn")
-        return f"a={float(module.a):.4f} b={float(module.b):+.4f}"
+        return f"a={module.a.item():.4f} b={module.b.item():+.4f}"
 
     def lower(self, model: nn.Module) -> None:
         """Fold a, b into the next Linear/Conv where exact; the rest keep one addcmul."""
