@@ -12,7 +12,8 @@ the pass and node, and collects a :class:`PassResult`.
 A pass also declares what its rewrite reads and changes (``reads``/``writes``, e.g. arp
 reads the value ranges that gpn changes) so the runner can order passes, what its
 lowering reads and changes (``lower_reads``/``lower_writes``), whether it changes the
-model's inputs (``changes_inputs``), and how it lowers (``lower``: the exact inverse used
+model's inputs (``changes_inputs``: such a pass runs after every other pass, since the others
+expect the original call signature, and so is lowered first), and how it lowers (``lower``: the exact inverse used
 by ``freeze``).
 """
 
@@ -42,6 +43,8 @@ class Env:
     ``passes`` names every pass of the compile, in run order; ``depth`` is the model's
     nonlinear depth before any pass; ``observed`` holds value ranges seen on the example
     inputs, by node name within a region (``"<prefix>|<node>"``), when they were given.
+    ``planning`` is True when the compile only plans (``plan``): a pass may then skip costly
+    allocations (rai puts its tables on the meta device), the report must stay the same.
     """
 
     catalogue: Catalogue = DEFAULT
@@ -51,6 +54,7 @@ class Env:
     passes: tuple[str, ...] = ()
     depth: int | None = None
     observed: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    planning: bool = False
 
 
 @dataclass
@@ -73,6 +77,9 @@ class PassResult:
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     root: nn.Module | None = None  # set when the pass replaced the model's root (it changes inputs)
+    # option values the pass resolved in this compile (e.g. rai's shapes, inferred from the example
+    # inputs); the recipe records them, so load() rebuilds the same model without the examples
+    resolved: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property

@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "gpn": "vgpcompile.passes.gpn:GPN",
     "arp": "vgpcompile.passes.arp:ARP",
     "orthogonal": "vgpcompile.passes.orthogonal:Orthogonal",
+    "rai": "vgpcompile.passes.rai:RAI",
 }
 # Named combinations, expanded in place.
 PRESETS: dict[str, tuple[str, ...]] = {

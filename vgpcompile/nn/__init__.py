@@ -15,6 +15,7 @@ from ..passes.arp import (
 )
 from ..passes.gpn import GPNActivation
 from ..passes.orthogonal import RowNorm, ThinShell, retract, retract_after
+from ..passes.rai import RAICut
 
 __all__ = [
     "AutoRotConv1d",
@@ -28,6 +29,7 @@ __all__ = [
     "AutoRotLinear",
     "AutoRotRNN",
     "GPNActivation",
+    "RAICut",
     "RowNorm",
     "ThinShell",
     "retract",

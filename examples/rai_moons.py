@@ -1,0 +1,207 @@
+"""The RAI seed experiment: a 101-layer sigmoid MLP on two moons, plain vs ``rai``; then the
+same with mini-batches and the remedies of research/rai.md §8.
+
+    python examples/rai_moons.py full --seeds 0,1,2,3,4 --log runs.jsonl        # the reference (hours on 1 core)
+    python examples/rai_moons.py minibatch --seeds 0,1,2 --log runs.jsonl       # batch 32, n = 1000, remedies
+    python examples/rai_moons.py table --log runs.jsonl                         # the tables from the log
+    python examples/rai_moons.py all --quick                                    # a smoke run, seconds
+
+Full batch (the reference notebook ``rai-grads.ipynb``, research/rai.md §1-§3):
+make_moons(100, noise=0.1, random_state=42); widths [2] + [100] * 100 + [1], sigmoid after
+every hidden Linear, the output a logit (BCE with logits = the notebook's sigmoid + BCELoss);
+PyTorch's default init from ``torch.manual_seed(seed)``; Rprop lr 0.1 over weights, biases
+and (for RAI) every table, all 100 examples every step, 10 000 steps. RAI cuts after every
+Linear (101 tables). Reported: the chained network's train accuracy and its accuracy on
+1 000 fresh moons points (random_state=1000, the same for every seed), which the notebooks
+never measured.
+
+Mini-batch (§8): make_moons(1000, noise=0.1, random_state=42), batch 32, Adam lr 1e-3 for
+the weights, SparseAdam for the table rows (lazy: unvisited rows never move), 100 epochs.
+Variants: plain (Adam on the plain network), rai (table lr = weight lr), and one remedy at a
+time: table-lr (table lr x n/|B| = 31), lam-growth (lam x 1.05 per epoch), resync (rows set
+to the chained values every 10 epochs), every10 (block-RAI: a cut every 10 layers), and all
+four together. Each run appends one JSON line to --log; ``table`` prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vgpcompile
+from vgpcompile import rai
+
+TEST_SEED = 1000
+MINIBATCH_VARIANTS = {
+    "plain": {},
+    "rai": {},
+    "table-lr": {"table_lr_scale": 31.25},
+    "lam-growth": {"lam_growth": 1.05},
+    "resync": {"resync_every": 10},
+    "every10": {"every": 10},
+    "all": {"table_lr_scale": 31.25, "lam_growth": 1.05, "resync_every": 10, "every": 10},
+}
+
+
+def moons(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=n, noise=0.1, random_state=seed)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32).view(-1, 1)
+
+
+def sigmoid_mlp(depth: int, width: int) -> nn.Sequential:
+    """[2] + [width] * depth + [1], sigmoid after every hidden Linear, a logit out."""
+    layers: list[nn.Module] = [nn.Linear(2, width), nn.Sigmoid()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.Sigmoid()]
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def train_plain(net, x, y, xt, yt, *, steps_or_epochs, batch, optimizer, lr, seed) -> dict:
+    opt = {"rprop": torch.optim.Rprop, "adam": torch.optim.Adam}[optimizer](net.parameters(), lr=lr, foreach=True)
+    order = torch.Generator().manual_seed(seed)
+    n = len(x)
+    for _ in range(steps_or_epochs):
+        net.train()
+        ids = torch.arange(n) if batch >= n else torch.randperm(n, generator=order)
+        for b in ids.split(batch):
+            opt.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(net(x[b]), y[b]).backward()
+            opt.step()
+    train = rai.evaluate(net, x, y)
+    test = rai.evaluate(net, xt, yt)
+    return {"chained_loss": train[0], "train_acc": train[1], "test_loss": test[0], "test_acc": test[1]}
+
+
+def run_full(seed: int, arm: str, steps: int, depth: int, width: int) -> dict:
+    x, y = moons(100, 42)
+    xt, yt = moons(1000, TEST_SEED)
+    torch.manual_seed(seed)
+    net = sigmoid_mlp(depth, width)
+    start = time.perf_counter()
+    if arm == "plain":
+        out = train_plain(net, x, y, xt, yt, steps_or_epochs=steps, batch=len(x), optimizer="rprop", lr=0.1, seed=seed)
+        out["lifted"] = math.nan
+    else:
+        lifted = vgpcompile.vgpcompile(net, passes=["rai"], options={"rai": {"num_examples": len(x), "sparse": False}})
+        hist = rai.fit(lifted, x, y, epochs=steps, optimizer="rprop", lr=0.1, x_test=xt, y_test=yt,
+                       log_every=max(1, steps // 10))  # fmt: skip
+        out = _final(hist)
+    return {"experiment": "full", "arm": arm, "seed": seed, "steps": steps, "depth": depth,
+            "seconds": round(time.perf_counter() - start, 1), **out}  # fmt: skip
+
+
+def run_minibatch(seed: int, variant: str, epochs: int, depth: int, width: int, n: int = 1000, batch: int = 32) -> dict:
+    x, y = moons(n, 42)
+    xt, yt = moons(1000, TEST_SEED)
+    torch.manual_seed(seed)
+    net = sigmoid_mlp(depth, width)
+    start = time.perf_counter()
+    if variant == "plain":
+        out = train_plain(net, x, y, xt, yt, steps_or_epochs=epochs, batch=batch, optimizer="adam", lr=1e-3, seed=seed)
+        out["lifted"] = math.nan
+    else:
+        options = {"num_examples": n, **MINIBATCH_VARIANTS[variant]}
+        lifted = vgpcompile.vgpcompile(net, passes=["rai"], options={"rai": options})
+        hist = rai.fit(lifted, x, y, epochs=epochs, batch_size=batch, optimizer="adam", lr=1e-3, x_test=xt,
+                       y_test=yt, log_every=max(1, epochs // 10), seed=seed)  # fmt: skip
+        out = _final(hist)
+    return {"experiment": "minibatch", "arm": variant, "seed": seed, "epochs": epochs, "depth": depth,
+            "seconds": round(time.perf_counter() - start, 1), **out}  # fmt: skip
+
+
+def _final(hist: rai.History) -> dict:
+    r = hist.final
+    return {"lifted": r.lifted, "chained_loss": r.chained_loss, "train_acc": r.chained_acc,
+            "test_loss": r.test_loss, "test_acc": r.test_acc, "violation": r.violation,
+            "curve": [(q.epoch, round(q.lifted, 6), round(q.chained_acc, 3), round(q.test_acc, 3))
+                      for q in hist.records]}  # fmt: skip
+
+
+def table(rows: list[dict], experiment: str) -> str:
+    arms = list(dict.fromkeys(r["arm"] for r in rows if r["experiment"] == experiment))
+    lines = [
+        "| arm | seeds | lifted loss (median) | chained train acc (per seed) | test acc (per seed) "
+        "| test acc mean ± sd | ≥ 95 % test |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        runs = sorted((r for r in rows if r["experiment"] == experiment and r["arm"] == arm), key=lambda r: r["seed"])
+        tests = [r["test_acc"] for r in runs]
+        lifted = [r["lifted"] for r in runs if not math.isnan(r["lifted"])]
+        sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
+        median = f"{statistics.median(lifted):.2g}" if lifted else "-"
+        train = " ".join(f"{r['train_acc']:.2f}" for r in runs)
+        test = " ".join(f"{t:.3f}" for t in tests)
+        lines.append(
+            f"| {arm} | {len(runs)} | {median} | {train} | {test} | {statistics.mean(tests):.3f} ± {sd:.3f} | "
+            f"{sum(t >= 0.95 for t in tests)}/{len(tests)} |"
+        )
+    return "\n".join(lines)
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["full", "minibatch", "all", "table"])
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    p.add_argument("--arms", default="", help="comma-separated arms/variants (default: all)")
+    p.add_argument("--steps", type=int, default=10_000, help="full-batch steps")
+    p.add_argument("--epochs", type=int, default=100, help="mini-batch epochs")
+    p.add_argument("--depth", type=int, default=100, help="hidden layers")
+    p.add_argument("--width", type=int, default=100)
+    p.add_argument("--log", type=Path, help="append one JSON line per run here; 'table' reads it")
+    p.add_argument("--quick", action="store_true", help="smoke run: depth 6, width 16, 30 steps/2 epochs, 1 seed")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.quick:
+        args.depth, args.width, args.steps, args.epochs, args.seeds = 6, 16, 30, 2, "0"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows: list[dict] = []
+    if args.what in ("full", "all"):
+        for arm in _arms(args.arms, ["plain", "rai"]):
+            for seed in seeds:
+                rows.append(_log(run_full(seed, arm, args.steps, args.depth, args.width), args.log))
+    if args.what in ("minibatch", "all"):
+        for arm in _arms(args.arms, list(MINIBATCH_VARIANTS)):
+            for seed in seeds:
+                rows.append(_log(run_minibatch(seed, arm, args.epochs, args.depth, args.width), args.log))
+    if args.what == "table":
+        rows = read_log(args.log)
+    for experiment in ("full", "minibatch"):
+        if any(r["experiment"] == experiment for r in rows):
+            print(f"\n{experiment}:\n{table(rows, experiment)}")
+    return rows
+
+
+def _arms(text: str, default: list[str]) -> list[str]:
+    return [a for a in text.split(",") if a in default] if text else default
+
+
+def _log(row: dict, path: Path | None) -> dict:
+    keys = ("experiment", "arm", "seed", "lifted", "train_acc", "test_acc", "seconds")
+    print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys), flush=True)
+    if path is not None:
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
