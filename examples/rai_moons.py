@@ -16,9 +16,10 @@ Linear (101 tables). Reported: the chained network's train accuracy and its accu
 never measured.
 
 Mini-batch (§8): make_moons(1000, noise=0.1, random_state=42), batch 32, Adam lr 1e-3 for
-the weights, SparseAdam for the table rows (lazy: unvisited rows never move), 100 epochs.
-Variants: plain (Adam on the plain network), rai (table lr = weight lr), and one remedy at a
-time: table-lr (table lr x n/|B| = 31), lam-growth (lam x 1.05 per epoch), resync (rows set
+the weights, SparseAdam for the table rows (lazy: unvisited rows never move), 50 epochs
+(1 600 steps). Variants: plain (Adam on the plain network), rai (table lr = weight lr), and
+one remedy at a time: table-lr (table lr x n/|B| = 31), lam-growth (lam x 1.1 per epoch,
+x 117 at the end), resync (rows set
 to the chained values every 10 epochs), every10 (block-RAI: a cut every 10 layers), and all
 four together. Each run appends one JSON line to --log; ``table`` prints the tables.
 """
@@ -45,10 +46,10 @@ MINIBATCH_VARIANTS = {
     "plain": {},
     "rai": {},
     "table-lr": {"table_lr_scale": 31.25},
-    "lam-growth": {"lam_growth": 1.05},
+    "lam-growth": {"lam_growth": 1.1},
     "resync": {"resync_every": 10},
     "every10": {"every": 10},
-    "all": {"table_lr_scale": 31.25, "lam_growth": 1.05, "resync_every": 10, "every": 10},
+    "all": {"table_lr_scale": 31.25, "lam_growth": 1.1, "resync_every": 10, "every": 10},
 }
 
 
@@ -68,73 +69,94 @@ def sigmoid_mlp(depth: int, width: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def train_plain(net, x, y, xt, yt, *, steps_or_epochs, batch, optimizer, lr, seed) -> dict:
+def train_plain(net, x, y, xt, yt, *, epochs, batch, optimizer, lr, seed, progress=None) -> dict:
     opt = {"rprop": torch.optim.Rprop, "adam": torch.optim.Adam}[optimizer](net.parameters(), lr=lr, foreach=True)
     order = torch.Generator().manual_seed(seed)
     n = len(x)
-    for _ in range(steps_or_epochs):
+    every = max(1, epochs // 10)
+    for epoch in range(1, epochs + 1):
         net.train()
         ids = torch.arange(n) if batch >= n else torch.randperm(n, generator=order)
         for b in ids.split(batch):
             opt.zero_grad(set_to_none=True)
             F.binary_cross_entropy_with_logits(net(x[b]), y[b]).backward()
             opt.step()
-    train = rai.evaluate(net, x, y)
-    test = rai.evaluate(net, xt, yt)
+        if progress is not None and (epoch % every == 0 or epoch == epochs):
+            progress({"at": epoch, "lifted": math.nan, **_chained(net, x, y, xt, yt)})
+    return {"at": epochs, "lifted": math.nan, **_chained(net, x, y, xt, yt)}
+
+
+def _chained(net, x, y, xt, yt) -> dict:
+    train, test = rai.evaluate(net, x, y), rai.evaluate(net, xt, yt)
     return {"chained_loss": train[0], "train_acc": train[1], "test_loss": test[0], "test_acc": test[1]}
 
 
-def run_full(seed: int, arm: str, steps: int, depth: int, width: int) -> dict:
+def run_full(seed: int, arm: str, steps: int, depth: int, width: int, progress=None) -> dict:
     x, y = moons(100, 42)
     xt, yt = moons(1000, TEST_SEED)
     torch.manual_seed(seed)
     net = sigmoid_mlp(depth, width)
     start = time.perf_counter()
     if arm == "plain":
-        out = train_plain(net, x, y, xt, yt, steps_or_epochs=steps, batch=len(x), optimizer="rprop", lr=0.1, seed=seed)
-        out["lifted"] = math.nan
+        out = train_plain(net, x, y, xt, yt, epochs=steps, batch=len(x), optimizer="rprop", lr=0.1, seed=seed,
+                          progress=progress)  # fmt: skip
     else:
         lifted = vgpcompile.vgpcompile(net, passes=["rai"], options={"rai": {"num_examples": len(x), "sparse": False}})
         hist = rai.fit(lifted, x, y, epochs=steps, optimizer="rprop", lr=0.1, x_test=xt, y_test=yt,
-                       log_every=max(1, steps // 10))  # fmt: skip
-        out = _final(hist)
-    return {"experiment": "full", "arm": arm, "seed": seed, "steps": steps, "depth": depth,
+                       log_every=max(1, steps // 10), callback=_forward(progress))  # fmt: skip
+        out = _summary(hist.final)
+    return {"experiment": "full", "arm": arm, "seed": seed, "depth": depth,
             "seconds": round(time.perf_counter() - start, 1), **out}  # fmt: skip
 
 
-def run_minibatch(seed: int, variant: str, epochs: int, depth: int, width: int, n: int = 1000, batch: int = 32) -> dict:
+def run_minibatch(
+    seed: int, variant: str, epochs: int, depth: int, width: int, n: int = 1000, batch: int = 32, progress=None
+) -> dict:
     x, y = moons(n, 42)
     xt, yt = moons(1000, TEST_SEED)
     torch.manual_seed(seed)
     net = sigmoid_mlp(depth, width)
     start = time.perf_counter()
     if variant == "plain":
-        out = train_plain(net, x, y, xt, yt, steps_or_epochs=epochs, batch=batch, optimizer="adam", lr=1e-3, seed=seed)
-        out["lifted"] = math.nan
+        out = train_plain(net, x, y, xt, yt, epochs=epochs, batch=batch, optimizer="adam", lr=1e-3, seed=seed,
+                          progress=progress)  # fmt: skip
     else:
         options = {"num_examples": n, **MINIBATCH_VARIANTS[variant]}
         lifted = vgpcompile.vgpcompile(net, passes=["rai"], options={"rai": options})
         hist = rai.fit(lifted, x, y, epochs=epochs, batch_size=batch, optimizer="adam", lr=1e-3, x_test=xt,
-                       y_test=yt, log_every=max(1, epochs // 10), seed=seed)  # fmt: skip
-        out = _final(hist)
-    return {"experiment": "minibatch", "arm": variant, "seed": seed, "epochs": epochs, "depth": depth,
+                       y_test=yt, log_every=max(1, epochs // 10), seed=seed, callback=_forward(progress))  # fmt: skip
+        out = _summary(hist.final)
+    return {"experiment": "minibatch", "arm": variant, "seed": seed, "depth": depth,
             "seconds": round(time.perf_counter() - start, 1), **out}  # fmt: skip
 
 
-def _final(hist: rai.History) -> dict:
-    r = hist.final
-    return {"lifted": r.lifted, "chained_loss": r.chained_loss, "train_acc": r.chained_acc,
-            "test_loss": r.test_loss, "test_acc": r.test_acc, "violation": r.violation,
-            "curve": [(q.epoch, round(q.lifted, 6), round(q.chained_acc, 3), round(q.test_acc, 3))
-                      for q in hist.records]}  # fmt: skip
+def _summary(r: rai.Record) -> dict:
+    return {"at": r.epoch, "lifted": r.lifted, "chained_loss": r.chained_loss, "train_acc": r.chained_acc,
+            "test_loss": r.test_loss, "test_acc": r.test_acc, "violation": r.violation}  # fmt: skip
+
+
+def _forward(progress):
+    return None if progress is None else (lambda record: progress(_summary(record)))
+
+
+def latest(rows: list[dict]) -> list[dict]:
+    """One row per (experiment, arm, seed): the final one, else the latest progress row."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["experiment"], r["arm"], r["seed"])
+        if key not in best or best[key].get("progress") or not r.get("progress"):
+            best[key] = r
+    return list(best.values())
 
 
 def table(rows: list[dict], experiment: str) -> str:
+    rows = latest(rows)
     arms = list(dict.fromkeys(r["arm"] for r in rows if r["experiment"] == experiment))
+    unit = "steps" if experiment == "full" else "epochs"
     lines = [
-        "| arm | seeds | lifted loss (median) | chained train acc (per seed) | test acc (per seed) "
+        f"| arm | seeds | {unit} | lifted loss (median) | chained train acc (per seed) | test acc (per seed) "
         "| test acc mean ± sd | ≥ 95 % test |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm in arms:
         runs = sorted((r for r in rows if r["experiment"] == experiment and r["arm"] == arm), key=lambda r: r["seed"])
@@ -142,11 +164,13 @@ def table(rows: list[dict], experiment: str) -> str:
         lifted = [r["lifted"] for r in runs if not math.isnan(r["lifted"])]
         sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
         median = f"{statistics.median(lifted):.2g}" if lifted else "-"
+        reached = sorted({r["at"] for r in runs})
+        at = str(reached[0]) if len(reached) == 1 else f"{reached[0]}-{reached[-1]}"
         train = " ".join(f"{r['train_acc']:.2f}" for r in runs)
         test = " ".join(f"{t:.3f}" for t in tests)
         lines.append(
-            f"| {arm} | {len(runs)} | {median} | {train} | {test} | {statistics.mean(tests):.3f} ± {sd:.3f} | "
-            f"{sum(t >= 0.95 for t in tests)}/{len(tests)} |"
+            f"| {arm} | {len(runs)} | {at} | {median} | {train} | {test} | {statistics.mean(tests):.3f} ± {sd:.3f} "
+            f"| {sum(t >= 0.95 for t in tests)}/{len(tests)} |"
         )
     return "\n".join(lines)
 
@@ -163,7 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     p.add_argument("--arms", default="", help="comma-separated arms/variants (default: all)")
     p.add_argument("--steps", type=int, default=10_000, help="full-batch steps")
-    p.add_argument("--epochs", type=int, default=100, help="mini-batch epochs")
+    p.add_argument("--epochs", type=int, default=50, help="mini-batch epochs (32 steps each)")
     p.add_argument("--depth", type=int, default=100, help="hidden layers")
     p.add_argument("--width", type=int, default=100)
     p.add_argument("--log", type=Path, help="append one JSON line per run here; 'table' reads it")
@@ -177,11 +201,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.what in ("full", "all"):
         for arm in _arms(args.arms, ["plain", "rai"]):
             for seed in seeds:
-                rows.append(_log(run_full(seed, arm, args.steps, args.depth, args.width), args.log))
+                tag = {"experiment": "full", "arm": arm, "seed": seed}
+                run = run_full(seed, arm, args.steps, args.depth, args.width, _progress(tag, args.log))
+                rows.append(_log(run, args.log))
     if args.what in ("minibatch", "all"):
         for arm in _arms(args.arms, list(MINIBATCH_VARIANTS)):
             for seed in seeds:
-                rows.append(_log(run_minibatch(seed, arm, args.epochs, args.depth, args.width), args.log))
+                tag = {"experiment": "minibatch", "arm": arm, "seed": seed}
+                run = run_minibatch(seed, arm, args.epochs, args.depth, args.width, progress=_progress(tag, args.log))
+                rows.append(_log(run, args.log))
     if args.what == "table":
         rows = read_log(args.log)
     for experiment in ("full", "minibatch"):
@@ -195,12 +223,18 @@ def _arms(text: str, default: list[str]) -> list[str]:
 
 
 def _log(row: dict, path: Path | None) -> dict:
-    keys = ("experiment", "arm", "seed", "lifted", "train_acc", "test_acc", "seconds")
-    print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys), flush=True)
+    keys = ("experiment", "arm", "seed", "at", "lifted", "train_acc", "test_acc", "seconds")
+    print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys if k in row),
+          flush=True)  # fmt: skip
     if path is not None:
         with path.open("a") as f:
             f.write(json.dumps(row) + "\n")
     return row
+
+
+def _progress(tag: dict, path: Path | None):
+    """Append each logged point of a run to the log (so a run stopped early still counts, marked)."""
+    return lambda point: _log({**tag, "progress": True, **point}, path)
 
 
 if __name__ == "__main__":
