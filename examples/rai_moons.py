@@ -86,6 +86,15 @@ def train_plain(net, x, y, xt, yt, *, epochs, batch, optimizer, lr, seed, progre
     return {"at": epochs, "lifted": math.nan, **_chained(net, x, y, xt, yt)}
 
 
+def zero_gradient_layers(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """How many Linear layers get an exactly-zero weight gradient at init (underflow, research/rai.md §4)."""
+    net.zero_grad()
+    F.binary_cross_entropy_with_logits(net(x), y).backward()
+    zero = sum(int(not m.weight.grad.any()) for m in net.modules() if isinstance(m, nn.Linear))
+    net.zero_grad()
+    return zero
+
+
 def _chained(net, x, y, xt, yt) -> dict:
     train, test = rai.evaluate(net, x, y), rai.evaluate(net, xt, yt)
     return {"chained_loss": train[0], "train_acc": train[1], "test_loss": test[0], "test_acc": test[1]}
@@ -98,8 +107,10 @@ def run_full(seed: int, arm: str, steps: int, depth: int, width: int, progress=N
     net = sigmoid_mlp(depth, width)
     start = time.perf_counter()
     if arm == "plain":
+        zero = zero_gradient_layers(net, x, y)
         out = train_plain(net, x, y, xt, yt, epochs=steps, batch=len(x), optimizer="rprop", lr=0.1, seed=seed,
                           progress=progress)  # fmt: skip
+        out["zero_grad_layers_at_init"] = zero
     else:
         lifted = vgpcompile.vgpcompile(net, passes=["rai"], options={"rai": {"num_examples": len(x), "sparse": False}})
         hist = rai.fit(lifted, x, y, epochs=steps, optimizer="rprop", lr=0.1, x_test=xt, y_test=yt,
