@@ -20,7 +20,8 @@ the weights, SparseAdam for the table rows (lazy: unvisited rows never move), 25
 (800 steps). Variants: plain (Adam on the plain network), rai (table lr = weight lr), and
 one remedy at a time: table-lr (table lr x n/|B| = 31), lam-growth (lam x 1.2 per epoch,
 x 95 at the end), resync (rows set to the chained values every 5 epochs), every10
-(block-RAI: a cut every 10 layers, 11 tables), and all four together.
+(block-RAI: a cut every 10 layers, 11 tables), and all four together; then the weight lr
+raised to 1e-2 (plain at the same lr, rai, and block-RAI every=10).
 
 Each run appends one JSON line to --log, plus one per logged point (10 per run), so a run
 stopped early still counts; ``table --at N`` prints the tables at step/epoch N.
@@ -52,6 +53,10 @@ MINIBATCH_VARIANTS = {
     "resync": {"resync_every": 5},
     "every10": {"every": 10},
     "all": {"table_lr_scale": 31.25, "lam_growth": 1.2, "resync_every": 5, "every": 10},
+    # weight lr 1e-2 (research/rai.md §8.0: Adam's weight steps may be too small), against plain at the same lr
+    "plain-lr1e-2": {"lr": 1e-2},
+    "lr1e-2": {"lr": 1e-2},
+    "every10-lr1e-2": {"every": 10, "lr": 1e-2},
 }
 
 
@@ -130,13 +135,14 @@ def run_minibatch(
     torch.manual_seed(seed)
     net = sigmoid_mlp(depth, width)
     start = time.perf_counter()
-    if variant == "plain":
-        out = train_plain(net, x, y, xt, yt, epochs=epochs, batch=batch, optimizer="adam", lr=1e-3, seed=seed,
+    options = dict(MINIBATCH_VARIANTS[variant])
+    lr = options.pop("lr", 1e-3)
+    if variant.startswith("plain"):
+        out = train_plain(net, x, y, xt, yt, epochs=epochs, batch=batch, optimizer="adam", lr=lr, seed=seed,
                           progress=progress)  # fmt: skip
     else:
-        options = {"num_examples": n, **MINIBATCH_VARIANTS[variant]}
-        lifted = vgpcompile.vgpcompile(net, passes=["rai"], options={"rai": options})
-        hist = rai.fit(lifted, x, y, epochs=epochs, batch_size=batch, optimizer="adam", lr=1e-3, x_test=xt,
+        lifted = vgpcompile.vgpcompile(net, passes=["rai"], options={"rai": {"num_examples": n, **options}})
+        hist = rai.fit(lifted, x, y, epochs=epochs, batch_size=batch, optimizer="adam", lr=lr, x_test=xt,
                        y_test=yt, log_every=max(1, epochs // 10), seed=seed, callback=_forward(progress))  # fmt: skip
         out = _summary(hist.final)
     return {"experiment": "minibatch", "arm": variant, "seed": seed, "depth": depth,
