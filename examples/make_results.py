@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -26,6 +27,15 @@ RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
 README = ROOT / "README.md"
 START, END = "<!-- results:start (examples/make_results.py writes this block) -->", "<!-- results:end -->"
+RAI_START = "<!-- rai-results:start (examples/make_results.py writes this block) -->"
+RAI_END = "<!-- rai-results:end -->"
+# The rai logs (one JSON line per logged point, examples/rai_moons.py) and the commands that wrote them
+RAI_LOG = RESULTS / "rai_moons.jsonl"
+RAI_LOG_RUNS = (
+    "python examples/rai_moons.py full --arms rai --seeds 0,1,2,3,4 --log docs/results/rai_moons.jsonl",
+    "python examples/rai_moons.py full --arms plain --steps 2000 --seeds 0,1,2,3,4 --log docs/results/rai_moons.jsonl",
+    "python examples/rai_moons.py minibatch --seeds 0,1,2 --epochs 25 --log docs/results/rai_moons.jsonl",
+)
 RUNS = {
     "demo_sgd": "vgpcompile demo --full --seeds 3 --json docs/results/demo_sgd.json",
     "demo_adam": "vgpcompile demo --full --seeds 3 --optimizer adam --json docs/results/demo_adam.json",
@@ -34,6 +44,8 @@ RUNS = {
     "bsnn_table": "python examples/bsnn_table.py --json docs/results/bsnn_table.json "
     "--plot docs/results/bsnn_table.png",
     "gradient_norms": "python examples/gradient_norms.py --json docs/results/gradient_norms.json",
+    "rai_ladder": "python examples/rai_moons.py ladder --seeds 0,1,2 --log docs/results/rai_moons.jsonl "
+    "--json docs/results/rai_ladder.json",
 }
 KIND_LABEL = {"plain": "best plain rung (same architecture)", "architectural": "best architectural fix",
               "paper": "the paper's plain row"}  # fmt: skip
@@ -78,6 +90,11 @@ def headline() -> str:
     data = load("arp_rastrigin")
     if data:
         lines.append(headline_row("arp, Rastrigin (test MSE)", Comparison.from_dict(data["comparison"]), "test_mse", 4))
+    data = load("rai_ladder")
+    if data:
+        steps = data["config"]["steps"]
+        label = f"rai, moons, 101 sigmoid layers, {steps} full-batch steps (test accuracy)"
+        lines.append(headline_row(label, Comparison.from_dict(data["comparison"]), "test_acc", 3))
     data = load("bsnn_table")
     if data:
         for act, comp in data["comparisons"].items():
@@ -136,6 +153,7 @@ def page() -> str:
                 gradient_summary(), ""]
         for act, rows in data["tables"].items():
             out += [f"### {act}, every init", "", *gradient_section({"gradients": rows})]
+    out += rai_section()
     data = load("bsnn_table")
     if data:
         out += ["## bsnn: the BSNN paper's table on digits", "", describe("bsnn_table", data), ""]
@@ -145,6 +163,68 @@ def page() -> str:
             out += [f"### {act}", "", *comparison_section(Comparison.from_dict(comp), "test_acc"), paper_line, ""]
         out += ["![test accuracy per arm and activation](results/bsnn_table.png)", ""]
     return "\n".join(out)
+
+
+def rai_rows() -> list[dict]:
+    import rai_moons  # examples/ is this script's directory
+
+    return rai_moons.read_log(RAI_LOG)
+
+
+def rai_section() -> list[str]:
+    """The seed experiment from the logs (full batch at three budgets, mini-batch remedies), then
+    the plain ladder at the same step count."""
+    import rai_moons
+
+    rows = rai_rows()
+    if not rows:
+        return []
+    upto = lambda at: [r for r in rows if r["at"] <= at]  # noqa: E731
+    out = ["## rai: the 101-layer sigmoid net on two moons (seed 002)", "",
+           "Logs: `docs/results/rai_moons.jsonl`, written by", "",
+           *(f"    {c}" for c in RAI_LOG_RUNS), "",
+           "Full batch (the reference: 100 points, Rprop lr 0.1; the plain arm is the same net without the pass, "
+           "stopped at 2 000 steps), the chained network's accuracy at 1 000 and 2 000 steps and at the end:",
+           ""]  # fmt: skip
+    for at in (1000, 2000, 10_000):
+        out += [f"At step {at}:", "", rai_moons.table(upto(at), "full"), ""]
+    out += ["Mini-batch (n = 1 000, batch 32, Adam lr 1e-3 for the weights unless the arm says lr1e-2, SparseAdam "
+            "for the table rows; one remedy of research/rai.md §8 per arm), at epoch 25 (800 steps):", "",
+            rai_moons.table(upto(25), "minibatch"), ""]  # fmt: skip
+    data = load("rai_ladder")
+    if data:
+        out += ["### Against the plain ladder", "", describe("rai_ladder", data), "",
+                *comparison_section(Comparison.from_dict(data["comparison"]), "test_acc")]  # fmt: skip
+    return out
+
+
+def rai_summary() -> str:
+    """README's lines on rai: what the logs and the ladder say, in numbers."""
+    import rai_moons
+
+    rows = rai_rows()
+    if not rows:
+        return "No rai results yet (docs/results/rai_moons.jsonl)."
+    final = [r for r in rai_moons.latest(rows) if r["experiment"] == "full" and r["arm"] == "rai"]
+    tests = [r["test_acc"] for r in final]
+    sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
+    mini = [r for r in rai_moons.latest([r for r in rows if r["at"] <= 25]) if r["experiment"] == "minibatch"]
+    learnt = sum(r["test_acc"] > 0.6 for r in mini)
+    lines = [f"Seed experiment (docs/results.md): full batch, the chained 101-layer sigmoid net trained through "
+             f"`rai` reaches test accuracy {statistics.mean(tests):.3f} ± {sd:.3f} after {final[0]['at']} Rprop "
+             f"steps over {len(tests)} seeds ({' '.join(f'{t:.3f}' for t in tests)}; ≥ 0.95 in "
+             f"{sum(t >= 0.95 for t in tests)} of {len(tests)}), where the plain net stays at 0.5. With "
+             f"mini-batches (n = 1 000, batch 32, Adam) {learnt} of the {len(mini)} runs "
+             f"({len({r['arm'] for r in mini})} arms: plain, rai and each remedy of research/rai.md §8) rise above "
+             "0.6 test accuracy after 25 epochs."]  # fmt: skip
+    data = load("rai_ladder")
+    if data:
+        comparison = Comparison.from_dict(data["comparison"])
+        for v in comparison.verdict("test_acc"):
+            lines.append(f"At {data['config']['steps']} full-batch steps `rai` ({v['compiled_mean']:.3f}) "
+                         f"**{v['word']}** against the {KIND_LABEL[v['kind']]}, {v['other']} "
+                         f"({v['other_mean']:.3f} ± {v['other_sd']:.3f}, Adam lr {v['other_lr']:g}).")
+    return " ".join(lines)
 
 
 def gradient_summary() -> str:
@@ -172,7 +252,12 @@ def readme_with_block(text: str) -> str:
         raise SystemExit(f"README.md has no {START} ... {END} block")
     before, rest = text.split(START, 1)
     _, after = rest.split(END, 1)
-    return f"{before}{START}\n{headline()}\n\n{gradient_summary()}\n{END}{after}"
+    text = f"{before}{START}\n{headline()}\n\n{gradient_summary()}\n{END}{after}"
+    if RAI_START not in text or RAI_END not in text:
+        raise SystemExit(f"README.md has no {RAI_START} ... {RAI_END} block")
+    before, rest = text.split(RAI_START, 1)
+    _, after = rest.split(RAI_END, 1)
+    return f"{before}{RAI_START}\n{rai_summary()}\n{RAI_END}{after}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-from . import orthogonal  # noqa: E402  (vgpcompile.orthogonal.retract(model), ...)
+from . import orthogonal, rai  # noqa: E402  (vgpcompile.orthogonal.retract(model), vgpcompile.rai.fit(...))
 from .api import compile, plan, vgpcompile  # noqa: E402
 from .core.affine import register_affine  # noqa: E402
 from .core.catalogue import Activation, Catalogue, register_activation  # noqa: E402
@@ -58,6 +58,7 @@ __all__ = [
     "load",
     "orthogonal",
     "plan",
+    "rai",
     "register_activation",
     "register_affine",
     "run_pass",

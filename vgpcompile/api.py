@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import math
 from collections.abc import Mapping, Sequence
@@ -182,15 +183,18 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         tuple(p.name for p in pass_list),
         report.depth_before,
         tied=tied_parameters(cap.root),
+        planning=mode == "plan",
     )
     run = None if example is None else (lambda: calibrate.observe(cap.root, cap.regions, example))
     calibration = calibrate.Calibration(run, opts.observed)
-    for pass_ in pass_list:
+    for i, pass_ in enumerate(pass_list):
         result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root, owners, outputs)
         calibration.done(pass_.name)
         report.add(result)
         if result.root is not None:
             cap.root = result.root
+        if result.resolved:  # the recipe records resolved options, so load() rebuilds without examples
+            pass_list[i] = dataclasses.replace(pass_, **result.resolved)
     if pass_list:
         selection.check_all_matched(known)
     report.depth_after, _ = nonlinear_depth(cap.root, catalogue)

@@ -22,7 +22,8 @@ pytest.importorskip("onnxruntime")
 
 def combos() -> list[list[str]]:
     """Every pass alone, and the combinations the issue names, for the passes that exist."""
-    return [[p] for p in REGISTRY] + [["arp", "gpn"], ["gpn", "orthogonal"]]
+    wanted = [[p] for p in REGISTRY] + [["arp", "gpn"], ["gpn", "orthogonal"], ["gpn", "rai"]]
+    return [c for c in wanted if all(p in REGISTRY for p in c)]
 
 
 class RNNModel(nn.Module):
@@ -51,8 +52,9 @@ CASES = [(mlp, (5, 6)), (models.small_cnn, (3, 3, 8, 8)), (rnn_model, (3, 5, 4))
 def compile_for(factory, passes, shape):
     torch.manual_seed(0)
     x = torch.rand(*shape)
-    # ReLU-fed sites have no known input range: a fixed arp pivot (range inference is tested in test_arp)
-    options = {"arp": {"xQ": 2.0}} if "arp" in passes else None
+    # ReLU-fed sites have no known input range: a fixed arp pivot (range inference is tested in test_arp);
+    # rai needs the number of examples
+    options = {k: v for k, v in {"arp": {"xQ": 2.0}, "rai": {"num_examples": 5}}.items() if k in passes}
     return vgpcompile(factory(), passes=passes, example_inputs=(x,), options=options).eval(), x
 
 

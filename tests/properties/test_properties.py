@@ -131,8 +131,8 @@ def build(specs: list[Layer], conv: bool, seed: int) -> tuple[nn.Module, torch.T
 
 def compile_checked(specs, conv, combo, seed):
     net, x = build(specs, conv, seed)
-    # arp needs each site's input range; a fixed pivot keeps random models compilable
-    options = {"arp": {"xQ": 2.0}} if "arp" in combo else None
+    # arp needs each site's input range; a fixed pivot keeps random models compilable; rai needs n
+    options = {k: v for k, v in {"arp": {"xQ": 2.0}, "rai": {"num_examples": 4}}.items() if k in combo}
     model = vgpcompile(net, passes=combo, example_inputs=(x,), options=options).eval()
     with torch.no_grad():
         out = model(x)

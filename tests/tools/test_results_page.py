@@ -3,6 +3,7 @@ runs behind them reproduce (marked ``experiment``: minutes to an hour each)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,8 @@ def test_full_run_reproduces_the_committed_verdicts(name, tmp_path):
     else:
         command[0] = sys.executable
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # as the committed runs were made
+    for log in make_results.RESULTS.glob("*.jsonl"):  # logs some runs read (rai_ladder joins the rai runs)
+        shutil.copy(log, tmp_path)
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, env=env)
     fresh = json.loads((tmp_path / f"{name}.json").read_text())
     committed = json.loads((make_results.RESULTS / f"{name}.json").read_text())

@@ -13,13 +13,14 @@ the pass and node, and collects a :class:`PassResult`.
 A pass also declares what its rewrite reads and changes (``reads``/``writes``, e.g. arp
 reads the value ranges that gpn changes) so the runner can order passes, what its
 lowering reads and changes (``lower_reads``/``lower_writes``), whether it changes the
-model's inputs (``changes_inputs``), whether it can rewrite targets in eager code
-(``rewrites_eager``: sites and layers of modules whose forward was not traced have no
-graph node, ``target.node is None``; core/eager.py), and how it lowers (``lower``: the
-exact inverse used by ``freeze``). A pass whose decision at one target depends on what it
-did upstream (calibrating on the example inputs after each rewrite) sets
-``dataflow_order``: the runner then visits its targets in the order the example run
-reaches them, not in region order.
+model's inputs (``changes_inputs``: such a pass runs after every other pass, since the
+others expect the original call signature, and so is lowered first), whether it can
+rewrite targets in eager code (``rewrites_eager``: sites and layers of modules whose
+forward was not traced have no graph node, ``target.node is None``; core/eager.py), and
+how it lowers (``lower``: the exact inverse used by ``freeze``). A pass whose decision at
+one target depends on what it did upstream (calibrating on the example inputs after each
+rewrite) sets ``dataflow_order``: the runner then visits its targets in the order the
+example run reaches them, not in region order.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Env:
     (:mod:`vgpcompile.core.calibrate`). When a saved model is rebuilt it holds the ranges
     the pass read in the original compile. ``tied`` maps a module's name to the other
     modules that hold one of its parameters (tied weights: rewriting one changes the others).
+    ``planning`` is True when the compile only plans (``plan``): a pass may then skip costly
+    allocations (rai puts its tables on the meta device); the report must stay the same.
     """
 
     catalogue: Catalogue = DEFAULT
@@ -64,6 +67,7 @@ class Env:
     depth: int | None = None
     observed: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    planning: bool = False
 
 
 @dataclass
@@ -86,6 +90,9 @@ class PassResult:
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     root: nn.Module | None = None  # set when the pass replaced the model's root (it changes inputs)
+    # option values the pass resolved in this compile (e.g. rai's shapes, inferred from the example
+    # inputs); the recipe records them, so load() rebuilds the same model without the examples
+    resolved: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "arp": "vgpcompile.passes.arp:ARP",
     "orthogonal": "vgpcompile.passes.orthogonal:Orthogonal",
     "roaf": "vgpcompile.passes.roaf:ROAF",
+    "rai": "vgpcompile.passes.rai:RAI",
 }
 # Named combinations, expanded in place.
 PRESETS: dict[str, tuple[str, ...]] = {

@@ -28,8 +28,11 @@ from .targets import META_PASS, META_SITE, Block, Layer, ModelTarget, Site, find
 
 def order(passes: Sequence[Pass]) -> list[Pass]:
     """``passes`` reordered so that a pass that reads a fact runs after every pass that
-    writes it (arp's pivots read the value ranges gpn changes); otherwise as given."""
-    return _stable_order(list(passes), lambda p: p.reads, lambda p: p.writes, "run")
+    writes it (arp's pivots read the value ranges gpn changes), and a pass that changes the
+    model's inputs runs after all others (they find sites on the original signature);
+    otherwise as given."""
+    items = [p for p in passes if not p.changes_inputs] + [p for p in passes if p.changes_inputs]
+    return _stable_order(items, lambda p: p.reads, lambda p: p.writes, "run")
 
 
 def lower_order(passes: Sequence[Pass]) -> list[Pass]:
@@ -63,12 +66,14 @@ def run_pass(
     eager: Sequence[tuple[str, nn.Module]] = (),
     outputs: set[str] | frozenset[str] = frozenset(),
 ) -> PassResult:
-    """Run one pass over ``regions`` (or one bare GraphModule) and return what it did.
+    """Run one pass over ``regions`` (or one bare GraphModule, which is then
+    also the model target's root) and return what it did.
 
     ``eager`` lists the modules left eager, (name, module), whose activation modules,
     activation calls and layers are targets too (core/eager.py); ``outputs`` names eager
     activation modules known to compute the model output."""
     if isinstance(regions, fx.GraphModule):
+        root = regions if root is None else root
         regions = {"": regions}
     env = env or Env(passes=(pass_.name,))
     start = time.perf_counter()
@@ -186,6 +191,7 @@ def _merge(result: PassResult, extra: PassResult | None) -> None:
         result.outcomes += extra.outcomes
         result.warnings += extra.warnings
         result.stats.update(extra.stats)
+        result.resolved.update(extra.resolved)
 
 
 def _finish_graph(gm: fx.GraphModule, before: set[fx.Node], pass_name: str) -> None:

@@ -15,6 +15,7 @@ from ..passes.arp import (
 )
 from ..passes.gpn import GPNActivation
 from ..passes.orthogonal import RowNorm, ThinShell, retract, retract_after
+from ..passes.rai import RAICut
 from ..passes.roaf import ROAFRNN, ROAFFilter, ROAFMatrix
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "ROAFFilter",
     "ROAFMatrix",
     "ROAFRNN",
+    "RAICut",
     "RowNorm",
     "ThinShell",
     "retract",

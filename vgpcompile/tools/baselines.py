@@ -181,6 +181,8 @@ class ArmResult:
 
     def score(self, lr: float) -> float:
         """The mean of the selection metric at ``lr``; a diverged seed makes it the worst."""
+        if len(self.runs) == 1 and all(self.sweep.select not in m for m in self.runs[lr]):
+            return 0.0  # an arm run at one fixed rate (a logged reference run): nothing to select
         values = [_number(m.get(self.sweep.select)) for m in self.runs[lr]]
         if not values or any(not math.isfinite(v) for v in values):
             return -math.inf if self.sweep.higher_is_better else math.inf

@@ -1,0 +1,32 @@
+"""rai's lowering: remove every cut (with its table) and the ``idx`` input.
+
+Each ``cut(h, idx)`` call is replaced by h (what it returns in eval mode), so the frozen
+graph computes exactly the chained network with the trained weights, under the original
+parameter names; its forward takes the original inputs again.
+"""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from .modules import RAICut
+
+
+def lower(model: nn.Module) -> None:
+    for gm in [m for m in model.modules() if isinstance(m, fx.GraphModule)]:
+        found = {name: m for name, m in gm.named_modules() if isinstance(m, RAICut)}
+        if not found:
+            continue
+        for node in list(gm.graph.nodes):
+            if node.op == "call_module" and str(node.target) in found:
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+        idx_names = {cut.settings.idx_name for cut in found.values()}
+        for node in list(gm.graph.nodes):
+            if node.op == "placeholder" and node.target in idx_names and not node.users:
+                gm.graph.erase_node(node)
+        for name in sorted(found, key=len, reverse=True):
+            parent, _, child = name.rpartition(".")
+            delattr(gm.get_submodule(parent) if parent else gm, child)
+        gm.graph.lint()
+        gm.recompile()
