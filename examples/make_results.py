@@ -221,7 +221,8 @@ def rai_summary() -> str:
     if data:
         comparison = Comparison.from_dict(data["comparison"])
         for v in comparison.verdict("test_acc"):
-            lines.append(f"At {data['config']['steps']} full-batch steps `rai` ({v['compiled_mean']:.3f}) "
+            lines.append(f"At {data['config']['steps']} full-batch steps `rai` ({v['compiled_mean']:.3f}, the "
+                         "reference's fixed Rprop rate 0.1, not swept) "
                          f"**{v['word']}** against the {KIND_LABEL[v['kind']]}, {v['other']} "
                          f"({v['other_mean']:.3f} ± {v['other_sd']:.3f}, Adam lr {v['other_lr']:g}).")
     return " ".join(lines)

@@ -80,3 +80,19 @@ class _Tagged(nn.Module):
     def __init__(self, arm: str) -> None:
         super().__init__()
         self.arm = arm
+
+
+def test_an_arm_run_at_one_fixed_rate_joins_a_sweep():
+    """A logged reference run (one lr, no selection metric) sits in a table beside swept arms."""
+    from vgpcompile.tools.baselines import ArmResult, Comparison, Sweep
+
+    sweep = Sweep((1e-3, 1e-2), (0, 1, 2))
+    swept = ArmResult("xavier", "plain", sweep, {lr: [{"val_loss": lr, "acc": 0.5}] * 3 for lr in sweep.lrs})
+    fixed = ArmResult("rai", "compiled", sweep, {0.1: [{"acc": 0.8}, {"acc": 0.9}, {"acc": 0.85}]})
+    comparison = Comparison("t", "b", sweep, [swept, fixed], {"chance": 0.5}, ("acc",), {"acc": True})
+    assert fixed.best_lr == 0.1 and fixed.summary("acc")[0] == pytest.approx(0.85)
+    assert "| rai | compiled | 0.1 | 0.8500 ± 0.0500 |" in comparison.table()
+    assert "| rai | not run | not run |" in comparison.lr_table("acc")
+    assert comparison.verdict("acc")[0]["word"] == "wins"
+    broken = ArmResult("x", "plain", sweep, {0.1: [{"val_loss": math.nan}]})
+    assert broken.score(0.1) == math.inf  # a diverged run is still the worst, not a fixed-rate arm

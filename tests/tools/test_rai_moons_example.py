@@ -23,6 +23,21 @@ def test_quick_run_covers_every_arm_and_logs(tmp_path, capsys):
     assert "| lam-growth | 1 |" in capsys.readouterr().out
 
 
+def test_quick_ladder_joins_the_logged_arms_at_the_same_step(tmp_path):
+    log = tmp_path / "runs.jsonl"
+    rai_moons.main(["full", "--quick", "--log", str(log)])  # plain and rai, 30 steps, logged every 3
+    out = tmp_path / "ladder.json"
+    rows = rai_moons.main(["ladder", "--quick", "--log", str(log), "--json", str(out)])
+    kinds = {r["arm"]: r["kind"] for r in rows}
+    assert kinds["rai (Rprop 0.1)"] == "compiled" and kinds["default (Rprop 0.1)"] == "plain"
+    assert {"xavier", "xavier+layernorm+residual"} <= set(kinds)
+    data = json.loads(out.read_text())
+    assert data["config"]["steps"] == 30 and data["comparison"]["sweep"]["lrs"] == list(rai_moons.LADDER_LRS)
+    logged = {r["seed"]: r["test_acc"] for r in map(json.loads, log.read_text().splitlines())
+              if r["arm"] == "rai" and r["at"] == 30 and not r.get("progress")}  # fmt: skip
+    assert next(r for r in rows if r["arm"] == "rai (Rprop 0.1)")["test_acc"] == logged[0]
+
+
 @pytest.mark.experiment
 def test_reference_full_batch_rai_separates_the_moons():
     """One seed of the notebook's 101-layer run (about 20 minutes on one core)."""

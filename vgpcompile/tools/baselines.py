@@ -285,7 +285,8 @@ class Comparison:
         head = ["arm", *(f"lr {lr:g}" for lr in self.sweep.lrs)]
         lines = [f"mean {key} per learning rate", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for arm in self.arms:
-            cells = [arm.cell(key, lr, max(1, self.digits - 1)) for lr in self.sweep.lrs]
+            digits = max(1, self.digits - 1)
+            cells = [arm.cell(key, lr, digits) if lr in arm.runs else "not run" for lr in self.sweep.lrs]
             lines.append("| " + " | ".join([arm.name, *cells]) + " |")
         return "\n".join(lines)
 
