@@ -356,3 +356,15 @@ def test_run_pass_on_a_bare_graph_module_lifts_it():
     assert result.changed == 4 and result.resolved == {"shapes": "8;8;1"}
     x = torch.randn(3, 2)
     assert torch.equal(gm.train()(x, torch.arange(3)), net(x)) and len(rai.cuts(gm)) == 3
+
+
+def test_the_benchmarks_hand_written_rai_computes_what_the_lifted_model_computes():
+    """benchmarks/step_overhead_rai.py compares like with like: same output and local loss."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+    import step_overhead_rai
+
+    out = step_overhead_rai.main(["--steps", "1", "--batch", "4", "--depth", "2", "--width", "8", "--examples", "16"])
+    assert out[4]["diff"] < 1e-6 and out[4]["rai"] > 0 and out[4]["plain"] > 0

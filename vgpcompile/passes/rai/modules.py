@@ -106,7 +106,8 @@ class RAICut(nn.Module):
         if not self.all_seen:
             self._write(idx, h, everywhere=False)
         z = F.embedding(idx, self.table, sparse=self.sparse).view(h.shape)
-        self.local = self.lam * F.mse_loss(z, h)
+        local = F.mse_loss(z, h)
+        self.local = local if self.lam == 1.0 else self.lam * local  # one kernel less per cut and step
         # the next block may work in place on what it gets; the loss keeps its own z
         return z.clone()
 
