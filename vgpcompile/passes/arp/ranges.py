@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -149,25 +151,25 @@ def normalized_affine(x, gm: fx.GraphModule) -> str | None:
     nor did arp in place of BatchNorm (relu 0.954 / 0.181; tanh 0.983 / 0.061), so neither is
     offered and such sites keep their BatchNorm, with this reason in the report.
     """
-    if not isinstance(x, fx.Node):
+    norm = _named(x, gm, _NORM_MODULES, _NORM_FUNCTIONS)
+    if norm is None:
         return None
-    if x.op == "call_module" and isinstance(gm.get_submodule(str(x.target)), _NORM_MODULES):
-        norm = f"{type(gm.get_submodule(str(x.target))).__name__} {x.target!r}"
-    elif x.op == "call_function" and x.target in _NORM_FUNCTIONS:
-        norm = f"{_NORM_FUNCTIONS[x.target]} ({x.name})"
-    else:
-        return None
-    src = x.args[0] if x.args else x.kwargs.get("input")
-    if not isinstance(src, fx.Node):
-        return None
-    if src.op == "call_module" and isinstance(gm.get_submodule(str(src.target)), AFFINE_MODULES):
-        affine = f"{type(gm.get_submodule(str(src.target))).__name__} {src.target!r}"
-    elif src.op == "call_function" and src.target in AFFINE_FUNCTIONS:
-        affine = f"{AFFINE_FUNCTIONS[src.target]} ({src.name})"
-    else:
+    affine = _named(x.args[0] if x.args else x.kwargs.get("input"), gm, AFFINE_MODULES, AFFINE_FUNCTIONS)
+    if affine is None:
         return None
     return (
         f"pre-activation normalized by {norm} after {affine}: the normalization sets its scale and, in "
         "training, cancels any per-channel rotation of the affine layer (arp leaves normalized "
         "pre-activations alone; see ranges.normalized_affine)"
     )
+
+
+def _named(x: Any, gm: fx.GraphModule, modules: tuple[type, ...], functions: Mapping) -> str | None:
+    """How a report names ``x`` when it is a call of one of ``modules`` or ``functions``, else None."""
+    if not isinstance(x, fx.Node):
+        return None
+    if x.op == "call_module" and isinstance(gm.get_submodule(str(x.target)), modules):
+        return f"{type(gm.get_submodule(str(x.target))).__name__} {x.target!r}"
+    if x.op == "call_function" and x.target in functions:
+        return f"{functions[x.target]} ({x.name})"
+    return None
