@@ -14,6 +14,7 @@ default suite runs ``--check``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -165,7 +166,9 @@ def page() -> str:
     return "\n".join(out)
 
 
+@functools.cache
 def rai_rows() -> list[dict]:
+    """The rai log, read once per run (the page and README's block both use it)."""
     import rai_moons  # examples/ is this script's directory
 
     return rai_moons.read_log(RAI_LOG)
@@ -179,7 +182,10 @@ def rai_section() -> list[str]:
     rows = rai_rows()
     if not rows:
         return []
-    upto = lambda at: [r for r in rows if r["at"] <= at]  # noqa: E731
+
+    def upto(at: int) -> list[dict]:
+        return [r for r in rows if r["at"] <= at]
+
     out = ["## rai: the 101-layer sigmoid net on two moons (seed 002)", "",
            "Logs: `docs/results/rai_moons.jsonl`, written by", "",
            *(f"    {c}" for c in RAI_LOG_RUNS), "",

@@ -250,9 +250,9 @@ def read_log(path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["full", "minibatch", "all", "table", "ladder"])
-    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0-4; ladder 0-2)")
     p.add_argument("--arms", default="", help="comma-separated arms/variants (default: all)")
-    p.add_argument("--steps", type=int, default=10_000, help="full-batch steps")
+    p.add_argument("--steps", type=int, help="full-batch steps (default: 10 000; ladder 1 000)")
     p.add_argument("--epochs", type=int, default=25, help="mini-batch epochs (32 steps each)")
     p.add_argument("--at", type=int, help="table: the logged point at this step (full) or epoch (mini-batch)")
     p.add_argument("--depth", type=int, default=100, help="hidden layers")
@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(1)
     if args.quick:
         args.depth, args.width, args.steps, args.epochs, args.seeds = 6, 16, 30, 2, "0"
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.what == "ladder" else "0,1,2,3,4")).split(",")]
+    args.steps = args.steps or (1000 if args.what == "ladder" else 10_000)
     rows: list[dict] = []
     if args.what == "ladder":
         return _ladder(args, seeds)
@@ -291,17 +292,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def _ladder(args, seeds: list[int]) -> list[dict]:
-    steps = 1000 if args.steps == 10_000 else args.steps  # the ladder's own default budget
     start = time.perf_counter()
-    comparison = ladder_comparison(steps, args.depth, args.width, seeds[:3], lambda s: print(s, flush=True))
+    comparison = ladder_comparison(args.steps, args.depth, args.width, seeds, lambda s: print(s, flush=True))
     if args.log is not None:  # the reference arms at the same step budget, from the full-batch log
         logged = read_log(args.log)
         for arm, name, kind in (("plain", "default (Rprop 0.1)", "plain"), ("rai", "rai (Rprop 0.1)", "compiled")):
-            result = logged_arm(logged, arm, steps, name, kind, comparison.sweep)
+            result = logged_arm(logged, arm, args.steps, name, kind, comparison.sweep)
             comparison.arms += [result] if result is not None else []
     print(comparison.table())
     if args.json is not None:
-        config = {"steps": steps, "depth": args.depth, "width": args.width, "seeds": seeds[:3]}
+        config = {"steps": args.steps, "depth": args.depth, "width": args.width, "seeds": seeds}
         payload = {"example": "rai_ladder", "config": config, "threads": torch.get_num_threads(),
                    "seconds": round(time.perf_counter() - start, 1), "comparison": comparison.to_dict()}  # fmt: skip
         write_json(args.json, payload)
