@@ -161,6 +161,9 @@ def output_paths(args: argparse.Namespace) -> None:
     if onnx is None:
         return
     target = output_path(onnx, "--onnx", "file").absolute()
+    from ..io.onnx import _require_onnx
+
+    _require_onnx()  # a missing extra costs nothing either: fail before the checkpoint is written
     for flag in ("output", "checkpoint"):
         folder = getattr(args, flag, None)
         if folder and Path(folder).absolute() in target.parents:

@@ -63,6 +63,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, format: str = "safetensor
         full[DIGEST] = digest(full, weights)
         (stage / RECIPE).write_text(json.dumps(full, indent=2))
         for name in (weights.name, RECIPE):
+            files.give_plain_mode(stage / name)
             files.fsync(stage / name)
         files.publish_dir(stage, target)
     finally:
@@ -72,15 +73,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, format: str = "safetensor
 
 def check_replaceable(target: Path, flag: str) -> None:
     """Refuse to replace a directory that holds anything but a checkpoint: it would be deleted."""
-    if not target.is_dir():
-        return
-    others = sorted(p.name for p in target.iterdir() if p.name not in {RECIPE, *WEIGHTS.values()})
-    if others:
-        shown = ", ".join(others[:3]) + (f" (+{len(others) - 3} more)" if len(others) > 3 else "")
-        raise UsageError(
-            f"{flag} {str(target)!r} is a directory that holds other files than a checkpoint ({shown}); "
-            "a checkpoint directory is replaced whole, so choose a new or empty directory"
-        )
+    files.check_replaceable(target, flag, {RECIPE, *WEIGHTS.values()}, "a checkpoint")
 
 
 def _write_weights(model: nn.Module, file: Path, format: str) -> None:
