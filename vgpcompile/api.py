@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import gc
 import math
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +25,7 @@ from .core.contract import Env, Pass
 from .core.eager import eager_owners, find_eager_sites
 from .core.graph import nonlinear_depth
 from .core.registry import resolve
-from .core.report import Report, SiteRecord
+from .core.report import Report, SiteRecord, VgpWarning
 from .core.runner import order, run_pass
 from .core.select import Selection, target_of
 from .core.targets import find_sites
@@ -147,10 +150,47 @@ def _compile(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) 
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _compile_unguarded(model, passes, mode, opts)
+        with _recursion_for(model):
+            return _compile_unguarded(model, passes, mode, opts)
     finally:
         if enabled:
             gc.enable()
+
+
+# Copying, tracing and checking a model recurse once per level of its module tree, each level
+# taking up to ~40 Python frames (deepcopy, Module.__call__, the tracer): 200 nested modules run
+# fine in plain PyTorch but pass the default limit of 1000. Deeper than MAX_NESTING is refused.
+FRAMES_PER_LEVEL = 40
+MAX_NESTING = 1000
+
+
+@contextlib.contextmanager
+def _recursion_for(model: Any):
+    depth = _nesting(model) if isinstance(model, nn.Module) else 0
+    if depth > MAX_NESTING:
+        raise UsageError(
+            f"{type(model).__name__} nests modules {depth} deep, more than the {MAX_NESTING} levels vgpcompile "
+            "compiles; flatten the nesting (e.g. one nn.Sequential of the layers)"
+        )
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 1000 + FRAMES_PER_LEVEL * depth))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def _nesting(model: nn.Module) -> int:
+    """The depth of the module tree, without recursion (named_modules itself recurses)."""
+    deepest, stack, seen = 0, [(model, 0)], {id(model)}
+    while stack:
+        module, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append((child, depth + 1))
+    return deepest
 
 
 def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) -> tuple[nn.Module, Report]:
@@ -336,6 +376,14 @@ def _check_example_inputs(value: Any) -> None:
     for i, t in enumerate(items):
         if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any()):
             raise UsageError(f"example_inputs[{i}] contains NaN: give sample data the model is meant to see")
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isinf(t).any()):
+            # unlike NaN, inf is data some models are meant to see (an additive attention mask): kept, and said
+            warnings.warn(
+                f"example_inputs[{i}] holds inf values: kept (e.g. an attention mask), but no value range is taken "
+                "from it (arp leaves the sites it feeds alone; give input_range=)",
+                VgpWarning,
+                stacklevel=6,
+            )
         if isinstance(t, torch.Tensor) and t.numel() == 0:
             # nothing could be checked or calibrated on it, and every check would pass vacuously
             raise UsageError(f"example_inputs[{i}] is empty (shape {tuple(t.shape)}): give at least one example")

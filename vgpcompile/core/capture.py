@@ -246,7 +246,11 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
             if failed is None or failed in forced:
                 return _leave_eager(module, prefix, describe_trace_error(err, module), out)
             forced[failed] = describe_trace_error(err, module.get_submodule(failed))
-    gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
+    try:
+        gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
+    except (SyntaxError, RecursionError) as err:  # fx's code for ~200 nested modules passes Python's parser limits
+        why = f"torch.fx cannot generate its code ({type(err).__name__}: {getattr(err, 'msg', err)}; modules nested"
+        return _leave_eager(module, prefix, f"{why} too deeply?) (in {forward_location(module)})", out)
     _complete_state(gm, module)
     _copy_hooks(module, gm)
     _explain_guards(gm, name or "<root>", type(module).__name__)
