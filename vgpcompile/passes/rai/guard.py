@@ -13,7 +13,7 @@ def require_idx(idx: Any, training: bool, num_examples: int) -> Any:
     and every other buffer as they were (the cuts' own check would come after the first block)."""
     if training and idx is None:
         raise UsageError(
-            f"the rai-lifted model in training mode takes (x, idx), idx being the batch's example ids in "
-            f"[0, {num_examples}); call model.eval() for the plain chained network"
+            f"rai: in training mode the lifted model takes (x, idx), idx being the batch's example ids in "
+            f"[0, {num_examples}); call model.eval() for the plain chained network (refused before any layer ran)"
         )
     return idx

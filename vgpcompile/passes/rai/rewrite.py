@@ -42,6 +42,7 @@ frozen model is the plain network with the trained weights under their original 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -167,7 +168,8 @@ class RAI(Pass):
         shared = Settings(idx_name, self.table_lr_scale, self.resync_every, self.lam_growth)
         with gm.graph.inserting_after(placeholders[-1]):
             placeholder = gm.graph.placeholder(idx_name, default_value=None)
-        with gm.graph.inserting_after(placeholder):  # the first thing the forward does: nothing runs before it
+        with gm.graph.inserting_after(placeholder), warnings.catch_warnings():  # first: nothing runs before it
+            warnings.simplefilter("ignore", UserWarning)  # fx: "training" is a flag, not a parameter or buffer
             training = gm.graph.get_attr("training")
         with gm.graph.inserting_after(training):
             idx = gm.graph.call_function(require_idx, (placeholder, training, n))
