@@ -196,6 +196,7 @@ class Raises(nn.Module):
         (mlp, (), {"batches": ((torch.randn(4, 6), None) for _ in range(10**9))}, "more than MAX_RUNS = 1000"),
         (mlp, (torch.randn(4, 6),), {"passes": "rai{num_examples=8}"}, "diagnose the model without 'rai'"),
         (mlp, (torch.randn(4, 6),), {"passes": "gpn{rot=1}"}, "pass 'gpn' has no option 'rot'"),
+        (mlp, (torch.randn(4, 6), torch.randn(4, 3)), {"loss": lambda out, y: out @ y}, "loss(output, targets) raised"),
     ],
 )
 def test_api_bad_inputs_are_usage_errors(model, args, kwargs, message):

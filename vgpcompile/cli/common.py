@@ -22,6 +22,7 @@ EPILOG = """selector grammar (--select / --ignore / --leaf, repeatable):
   type:<Class>          class (or base class) of the activation module or its producer
   act:<kind>            activation kind: tanh, sigmoid, relu, gelu, ...
 pass options: --passes "gpn{root=paper,learnable=true}" or --option gpn.root=paper
+  (one key given both ways with different values is an error)
 
 exit codes: 0 ok, 1 internal error, 2 bad arguments, 3 selector error, 4 load failure,
 5 trace failure, 6 parity failure, 7 pass failure, 8 ONNX export failure; errors are one

@@ -13,9 +13,11 @@ EXAMPLE = "vgpcompile diagnose --model examples/models.py:deep_tanh_mlp --input-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     model_args(p, source=True)
     p.add_argument("--input-shape", required=True, metavar="N,...", help="shape of a generated N(0, 1) input batch")
-    p.add_argument("--out", metavar="DIR", help="write report.json, report.md and the PNGs here")
+    p.add_argument(
+        "--out", metavar="DIR", help="write report.json, report.md and the PNGs here (the directory is replaced whole)"
+    )
     p.add_argument("--batches", type=int, default=1, help="random input batches to average over (default 1)")
-    p.add_argument("--seeds", type=int, default=1, help="random top errors per batch (default 1)")
+    p.add_argument("--seeds", type=int, default=1, help="top errors per batch (default 1; batches x seeds <= 1000)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="measure in this precision (deep nets: float64)")
     p.add_argument("--rows", type=int, default=24, help="layers shown in the printed table (default 24; 0: all)")
 

@@ -469,7 +469,7 @@ def measure(
             with watch:
                 output = _forward(model, args)
             if loss is not None:
-                value = loss(output, targets)
+                value = _user_loss(loss, output, targets)
             elif targets is not None:
                 value = default_loss(output, targets)
             else:
@@ -493,6 +493,17 @@ def measure(
         probe.remove()
         for p, g in zip(params, saved):
             p.grad = g
+
+
+def _user_loss(loss: Loss, output: Any, targets: Any) -> Any:
+    from ..core.capture import describe_trace_error
+
+    try:
+        return loss(output, targets)
+    except UsageError:
+        raise
+    except Exception as err:
+        raise UsageError(f"diagnose: loss(output, targets) raised {describe_trace_error(err)}") from err
 
 
 class _BackwardFailed(Exception):
