@@ -20,6 +20,7 @@ from . import __version__
 from .core import calibrate, verify
 from .core import recipe as recipes
 from .core.capture import capture as capture_model
+from .core.capture import tree_heights
 from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
 from .core.eager import eager_owners, find_eager_sites
@@ -166,7 +167,7 @@ MAX_NESTING = 1000
 
 @contextlib.contextmanager
 def _recursion_for(model: Any):
-    depth = _nesting(model) if isinstance(model, nn.Module) else 0
+    depth = tree_heights(model)[id(model)] if isinstance(model, nn.Module) else 0
     if depth > MAX_NESTING:
         raise UsageError(
             f"{type(model).__name__} nests modules {depth} deep, more than the {MAX_NESTING} levels vgpcompile "
@@ -178,19 +179,6 @@ def _recursion_for(model: Any):
         yield
     finally:
         sys.setrecursionlimit(old)
-
-
-def _nesting(model: nn.Module) -> int:
-    """The depth of the module tree, without recursion (named_modules itself recurses)."""
-    deepest, stack, seen = 0, [(model, 0)], {id(model)}
-    while stack:
-        module, depth = stack.pop()
-        deepest = max(deepest, depth)
-        for child in module._modules.values():
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                stack.append((child, depth + 1))
-    return deepest
 
 
 def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) -> tuple[nn.Module, Report]:
@@ -272,7 +260,11 @@ def _register_eager(owners, report: Report, catalogue: Catalogue, outputs: set[s
             record.notes.append("position in the model unknown without example_inputs")
         report.sites.append(record)
         known += [n for n in (site.name, site.module_name) if n]
-    for name, owner in owners:
+    tops: list[str] = []  # an owner inside another owner adds no name: walk the outermost ones only
+    for name, owner in sorted(owners, key=lambda item: len(item[0])):
+        if any(not top or name.startswith(top + ".") for top in tops):
+            continue
+        tops.append(name)
         known += [f"{name}.{n}" if name else n for n, _ in owner.named_modules() if n]
     return known
 

@@ -42,7 +42,6 @@ frozen model is the plain network with the trained weights under their original 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,7 +54,7 @@ from ...core.rewrite import unique_name
 from ...core.select import target_of
 from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, ModelTarget, find_sites, output_nodes, site_name
 from ...errors import UsageError
-from .guard import require_idx
+from .guard import RAIGuard
 from .lower import lower as lower_model
 from .modules import PASS, RAICut, Settings
 
@@ -168,11 +167,10 @@ class RAI(Pass):
         shared = Settings(idx_name, self.table_lr_scale, self.resync_every, self.lam_growth)
         with gm.graph.inserting_after(placeholders[-1]):
             placeholder = gm.graph.placeholder(idx_name, default_value=None)
-        with gm.graph.inserting_after(placeholder), warnings.catch_warnings():  # first: nothing runs before it
-            warnings.simplefilter("ignore", UserWarning)  # fx: "training" is a flag, not a parameter or buffer
-            training = gm.graph.get_attr("training")
-        with gm.graph.inserting_after(training):
-            idx = gm.graph.call_function(require_idx, (placeholder, training, n))
+        guard = unique_name(gm, "rai_guard")
+        gm.add_submodule(guard, RAIGuard(n))
+        with gm.graph.inserting_after(placeholder):  # the first call: nothing runs before it
+            idx = gm.graph.call_module(guard, (placeholder,))
         for i, cut in enumerate(kept):
             device = torch.device("meta") if env.planning else _device(cut, gm)
             module = RAICut(n, cut.shape, lam=self.lam, sparse=self.sparse, label=cut.name, position=i,
