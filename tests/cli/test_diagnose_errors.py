@@ -338,3 +338,20 @@ def test_a_model_whose_backward_fails_on_its_own_is_named(env):
     text = str(err.value)
     assert "modified by an inplace operation" in text and "user.py:" in text and "in forward" in text
     assert diagnose(user.cached().train(), torch.randn(4, 6)).before.verdict.status in ("ok", "problem")
+
+
+@pytest.mark.zoo
+def test_transformers_rwkv_is_measured_in_train_mode_and_named_in_eval_mode():
+    """transformers' RwkvModel updates its recurrent state in place in eval mode (use_cache): its own
+    backward fails there, and diagnose says where; in train mode it is measured."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.RwkvConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
+                                  intermediate_size=64, context_length=32)  # fmt: skip
+    torch.manual_seed(0)
+    model, ids = transformers.RwkvModel(cfg), torch.randint(0, 50, (2, 8))
+    assert diagnose(model.train(), ids).before.figures.layers > 0
+    with pytest.raises(UsageError) as err:
+        diagnose(model.eval(), ids)
+    text = str(err.value)
+    assert "modified by an inplace operation" in text and "modeling_rwkv.py:" in text
+    assert "the model's own backward pass fails the same way (the probes are not involved)" in text
