@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import gc
 import math
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +20,13 @@ from . import __version__
 from .core import calibrate, verify
 from .core import recipe as recipes
 from .core.capture import capture as capture_model
+from .core.capture import tree_heights
 from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
 from .core.eager import eager_owners, find_eager_sites
 from .core.graph import nonlinear_depth
 from .core.registry import resolve
-from .core.report import Report, SiteRecord
+from .core.report import Report, SiteRecord, VgpWarning
 from .core.runner import order, run_pass
 from .core.select import Selection, target_of
 from .core.targets import find_sites
@@ -147,10 +151,34 @@ def _compile(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) 
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _compile_unguarded(model, passes, mode, opts)
+        with _recursion_for(model):
+            return _compile_unguarded(model, passes, mode, opts)
     finally:
         if enabled:
             gc.enable()
+
+
+# Copying, tracing and checking a model recurse once per level of its module tree, each level
+# taking up to ~40 Python frames (deepcopy, Module.__call__, the tracer): 200 nested modules run
+# fine in plain PyTorch but pass the default limit of 1000. Deeper than MAX_NESTING is refused.
+FRAMES_PER_LEVEL = 40
+MAX_NESTING = 1000
+
+
+@contextlib.contextmanager
+def _recursion_for(model: Any):
+    depth = tree_heights(model)[id(model)] if isinstance(model, nn.Module) else 0
+    if depth > MAX_NESTING:
+        raise UsageError(
+            f"{type(model).__name__} nests modules {depth} deep, more than the {MAX_NESTING} levels vgpcompile "
+            "compiles; flatten the nesting (e.g. one nn.Sequential of the layers)"
+        )
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 1000 + FRAMES_PER_LEVEL * depth))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) -> tuple[nn.Module, Report]:
@@ -232,7 +260,11 @@ def _register_eager(owners, report: Report, catalogue: Catalogue, outputs: set[s
             record.notes.append("position in the model unknown without example_inputs")
         report.sites.append(record)
         known += [n for n in (site.name, site.module_name) if n]
-    for name, owner in owners:
+    tops: list[str] = []  # an owner inside another owner adds no name: walk the outermost ones only
+    for name, owner in sorted(owners, key=lambda item: len(item[0])):
+        if any(not top or name.startswith(top + ".") for top in tops):
+            continue
+        tops.append(name)
         known += [f"{name}.{n}" if name else n for n, _ in owner.named_modules() if n]
     return known
 
@@ -336,6 +368,14 @@ def _check_example_inputs(value: Any) -> None:
     for i, t in enumerate(items):
         if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any()):
             raise UsageError(f"example_inputs[{i}] contains NaN: give sample data the model is meant to see")
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isinf(t).any()):
+            # unlike NaN, inf is data some models are meant to see (an additive attention mask): kept, and said
+            warnings.warn(
+                f"example_inputs[{i}] holds inf values: kept (e.g. an attention mask), but no value range is taken "
+                "from it (arp leaves the sites it feeds alone; give input_range=)",
+                VgpWarning,
+                stacklevel=6,
+            )
         if isinstance(t, torch.Tensor) and t.numel() == 0:
             # nothing could be checked or calibrated on it, and every check would pass vacuously
             raise UsageError(f"example_inputs[{i}] is empty (shape {tuple(t.shape)}): give at least one example")

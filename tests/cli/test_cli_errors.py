@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import inflating
 from torch import nn
 
 from vgpcompile.cli import main
@@ -48,6 +49,15 @@ class ReturnsNone(nn.Module):
 
 def returns_none():
     return ReturnsNone()
+
+def nested200():
+    net = mlp()
+    for _ in range(200):
+        net = nn.Sequential(net)
+    return net
+
+def birnn():
+    return nn.Sequential(nn.RNN(6, 6, bidirectional=True))
 """
 
 
@@ -70,6 +80,13 @@ def env(tmp_path_factory):
     torch.save(nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).state_dict(),
                d / "w.pt")  # fmt: skip
     assert main(["convert", "--model", user, "--passes", "gpn", "-o", str(d / "ck2"), "--weights", str(d / "w.pt")]) == 0  # noqa: E501
+    # issue #20: weights a cast would corrupt, a zip that inflates, rai and roaf checkpoints to edit
+    state = torch.load(d / "w.pt")
+    for dtype in (torch.int8, torch.complex64, torch.float16):
+        torch.save({k: v.to(dtype) for k, v in state.items()}, d / f"w_{str(dtype)[6:]}.pt")
+    inflating(d / "bomb.pt")
+    for name, passes in (("ck_rai", "rai{num_examples=16}"), ("ck_roaf", "roaf")):
+        assert main(["convert", "--model", user, "--passes", passes, "-o", str(d / name), "--input-shape", "2,6"]) == 0
     return d
 
 
@@ -81,6 +98,22 @@ def corrupt(env, name, drop=(), **fields):
         file = target / "recipe.json"
         recipe = {**json.loads(file.read_text()), **fields}
         file.write_text(json.dumps({k: v for k, v in recipe.items() if k not in drop}))
+    return target
+
+
+def recomputed(env, name, base, **options):
+    """A copy of checkpoint ``base`` with options of its first pass edited and the digest recomputed
+    (a deliberate edit that the digest cannot catch: load must still answer with the recipe error)."""
+    from vgpcompile.io import checkpoint
+
+    target = env / name
+    if not target.exists():
+        shutil.copytree(env / base, target)
+        file = target / "recipe.json"
+        recipe = json.loads(file.read_text())
+        recipe["passes"][0]["options"].update(options)
+        recipe["weights_digest"] = checkpoint.digest(recipe, target / "model.safetensors")
+        file.write_text(json.dumps(recipe))
     return target
 
 
@@ -163,6 +196,31 @@ ROWS = [
     ("weights-do-not-fit", lambda e: convert(e)[:2] + [f"{e / 'user.py'}:wide"] + convert(e)[3:] +
      ["--weights", str(e / "w.pt")], 4, "'0.weight' is (32, 6) in the model, (16, 6) in the weights",
      lambda e: e / "out", "absent"),
+    # issue #20: weights a cast would corrupt, a zip that inflates (exit 4); pipelines and options (exit 2)
+    ("weights-int8", lambda e: convert(e, "--weights", str(e / "w_int8.pt")), 4,
+     "'0.weight' holds int8 values for a float32 parameter (a quantized checkpoint?)", lambda e: e / "out", "absent"),
+    ("weights-complex", lambda e: convert(e, "--weights", str(e / "w_complex64.pt")), 4,
+     "loading would drop the imaginary part", lambda e: e / "out", "absent"),
+    ("weights-inflate", lambda e: convert(e, "--weights", str(e / "bomb.pt")), 4,
+     "would inflate to 2 GiB from a 2 MiB file, over the limit of 1 GiB", lambda e: e / "out", "absent"),
+    ("weights-inflate-limit-raised", lambda e: convert(e, "--weights", str(e / "bomb.pt"), "--max-unzipped-gb", "3"),
+     4, "bomb.pt: cannot read checkpoint", lambda e: e / "out", "absent"),
+    ("pipeline-megabyte", lambda e: convert(e)[:4] + ["gpn," * 250_000] + convert(e)[5:], 2,
+     "pass 'gpn' is listed twice", lambda e: e / "out", "absent"),
+    ("option-twice", lambda e: convert(e, "--option", "gpn.root=plus")[:4] + ["gpn{root=paper}"] +
+     convert(e, "--option", "gpn.root=plus")[5:], 2,
+     "option 'root' of pass 'gpn' is given twice: 'paper' in --passes and 'plus' in --option 'gpn.root=plus'",
+     lambda e: e / "out", "absent"),
+    ("roaf-beta", lambda e: convert(e)[:4] + ["roaf{beta=2}"] + convert(e)[5:], 2,
+     "option 'beta' of pass 'roaf' must be at most 1 when alpha is not given", lambda e: e / "out", "absent"),
+    ("recipe-rai-num-examples", lambda e: export(e, recomputed(e, "c11", "ck_rai", num_examples=2**62)), 4,
+     "recipe.json: field 'passes[0].options': the recipe does not rebuild the model", lambda e: e / "out.onnx",
+     "absent"),
+    ("recipe-rai-num-examples-float", lambda e: export(e, recomputed(e, "c12", "ck_rai", num_examples=1e9)), 4,
+     "recipe.json: field 'passes[0].options': option 'num_examples' of pass 'rai' must be int",
+     lambda e: e / "out.onnx", "absent"),
+    ("recipe-roaf-limit", lambda e: export(e, recomputed(e, "c13", "ck_roaf", max_buffer_mb=1e-9)), 4,
+     "recipe.json: field 'passes[0].options'", lambda e: e / "out.onnx", "absent"),
     # checkpoints: corrupt recipe fields and weights that do not belong: exit 4, naming recipe.json and the field
     ("recipe-passes-type", lambda e: export(e, corrupt(e, "c1", passes="gpn")), 4,
      "recipe.json: field 'passes' must be a list, got str", lambda e: e / "out.onnx", "absent"),
@@ -251,6 +309,29 @@ def test_subprocess_row_import_that_exits(env):
     code, _, err = cli("convert", "--model", f"{env / 'exit_on_import.py'}:f", "-o", str(env / "x"))
     assert code == 4 and "called sys.exit(3) instead of returning a model" in err and len(err.splitlines()) == 1
     assert not (env / "x").exists()
+
+
+def test_deep_nesting_half_weights_and_rnn_reasons_are_not_errors(env, capsys):
+    """200 nested modules convert; float16 weights load with a one-line note; a bidirectional RNN's
+    plan says why roaf leaves it alone (issue #20)."""
+    user = env / "user.py"
+    assert main(["convert", "--model", f"{user}:nested200", "--passes", "gpn", "-o", str(env / "deep"),
+                 "--input-shape", "2,6"]) == 0  # fmt: skip
+    assert main(convert(env, "--weights", str(env / "w_float16.pt"), out="half")) == 0
+    assert "holds float16 weights for a model in float32: loaded" in capsys.readouterr().err
+    assert main(["plan", "--model", f"{user}:birnn", "--passes", "roaf"]) == 0
+    err = capsys.readouterr().err
+    assert "no nn.RNN it can swap: '0' (bidirectional nn.RNN is not supported by ROAFRNN)" in err
+
+
+def test_checkpoint_files_follow_the_umask(env):
+    old = os.umask(0o022)
+    try:
+        assert main(convert(env, out="umask_ck")) == 0
+    finally:
+        os.umask(old)
+    assert {(p.name, p.stat().st_mode & 0o777) for p in (env / "umask_ck").iterdir()} == {
+        ("model.safetensors", 0o644), ("recipe.json", 0o644)}  # fmt: skip
 
 
 def test_version(capsys):

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..core.pipeline import parse_pipeline, split_option
+from ..core.pipeline import merge_option, parse_pipeline, split_option
 from ..errors import LoadError, UsageError
 
 EPILOG = """selector grammar (--select / --ignore / --leaf, repeatable):
@@ -22,6 +22,7 @@ EPILOG = """selector grammar (--select / --ignore / --leaf, repeatable):
   type:<Class>          class (or base class) of the activation module or its producer
   act:<kind>            activation kind: tanh, sigmoid, relu, gelu, ...
 pass options: --passes "gpn{root=paper,learnable=true}" or --option gpn.root=paper
+  (one key given both ways with different values is an error)
 
 exit codes: 0 ok, 1 internal error, 2 bad arguments, 3 selector error, 4 load failure,
 5 trace failure, 6 parity failure, 7 pass failure, 8 ONNX export failure; errors are one
@@ -84,7 +85,7 @@ def compile_args(args: argparse.Namespace) -> dict[str, Any]:
         pass_name, dot, key = head.partition(".")
         if not dot:
             raise UsageError(f"--option {item!r} must be pass.key=value")
-        options.setdefault(pass_name, {})[key] = value
+        merge_option(options, pass_name, key, value, f"--option {item!r}", "--passes")
     return {"passes": names, "options": options, "select": args.select, "ignore": args.ignore, "leaf": args.leaf}
 
 
@@ -94,7 +95,9 @@ def load_model(args: argparse.Namespace) -> nn.Module:
 
     weights = getattr(args, "weights", None)
     allow = getattr(args, "allow_pickle", False)
-    state = read_state_dict(weights, allow_pickle=allow) if weights else None
+    limit = getattr(args, "max_unzipped_gb", None)
+    limit = None if limit is None else int(limit * 2**30)
+    state = read_state_dict(weights, allow_pickle=allow, max_unzipped_bytes=limit) if weights else None
     if args.model is None:
         if isinstance(state, nn.Module):
             return state
@@ -161,6 +164,9 @@ def output_paths(args: argparse.Namespace) -> None:
     if onnx is None:
         return
     target = output_path(onnx, "--onnx", "file").absolute()
+    from ..io.onnx import _require_onnx
+
+    _require_onnx()  # a missing extra costs nothing either: fail before the checkpoint is written
     for flag in ("output", "checkpoint"):
         folder = getattr(args, flag, None)
         if folder and Path(folder).absolute() in target.parents:
@@ -178,6 +184,20 @@ def source_args(p: argparse.ArgumentParser) -> None:
         help="allow --weights to be a whole pickled module. Dangerous: unpickling runs arbitrary code "
         "from the file; use only for files you trust",
     )  # fmt: skip
+    p.add_argument(
+        "--max-unzipped-gb", type=_positive_float, metavar="GB",
+        help="refuse a .pt whose zip entries would inflate to more (default: 1, or 4x the file's size)",
+    )  # fmt: skip
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def onnx_args(p: argparse.ArgumentParser, required: bool) -> None:

@@ -13,9 +13,11 @@ EXAMPLE = "vgpcompile diagnose --model examples/models.py:deep_tanh_mlp --input-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     model_args(p, source=True)
     p.add_argument("--input-shape", required=True, metavar="N,...", help="shape of a generated N(0, 1) input batch")
-    p.add_argument("--out", metavar="DIR", help="write report.json, report.md and the PNGs here")
+    p.add_argument(
+        "--out", metavar="DIR", help="write report.json, report.md and the PNGs here (the directory is replaced whole)"
+    )
     p.add_argument("--batches", type=int, default=1, help="random input batches to average over (default 1)")
-    p.add_argument("--seeds", type=int, default=1, help="random top errors per batch (default 1)")
+    p.add_argument("--seeds", type=int, default=1, help="top errors per batch (default 1; batches x seeds <= 1000)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="measure in this precision (deep nets: float64)")
     p.add_argument("--rows", type=int, default=24, help="layers shown in the printed table (default 24; 0: all)")
 
@@ -24,15 +26,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import UsageError
-    from ..tools.diagnose import diagnose
+    from ..tools.diagnose import MAX_RUNS, check_out_dir, diagnose
 
+    # every argument is checked before the model is loaded and measured
     if args.batches < 1 or args.seeds < 1:
         raise UsageError("--batches and --seeds must be positive")
-    model = load_model(args)
+    if args.batches * args.seeds > MAX_RUNS:
+        raise UsageError(
+            f"--batches {args.batches} x --seeds {args.seeds}: more than {MAX_RUNS} forward and backward passes "
+            "per side; the averaged figures settle within a few runs"
+        )
+    if args.out is not None:
+        check_out_dir(args.out, "--out")
+    first = example_input(args.input_shape)
     kwargs = compile_args(args)
-    batches = [
-        (example_input(args.input_shape) if i == 0 else _batch(args.input_shape, i), None) for i in range(args.batches)
-    ]
+    model = load_model(args)
+    batches = [(first if i == 0 else _batch(args.input_shape, i), None) for i in range(args.batches)]
     report = diagnose(
         model,
         passes=kwargs["passes"] or None,
@@ -45,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype) if args.dtype else None,
     )
     print(report.to_markdown(max_rows=args.rows or None))
-    if args.out:
+    if args.out is not None:
         for path in report.write(args.out):
             print(f"wrote {path}")
     print(f"verdict: {report.verdict}")

@@ -95,6 +95,7 @@ class Capture:
     observed: Mapping[str, list] = field(default_factory=dict)  # recorded calls per module (core/verify.py)
     plan: Mapping[str, Any] = field(default_factory=dict)  # an earlier compile's decisions (a recipe's "capture")
     decided: dict[str, dict] = field(default_factory=dict)  # each traced region's argument decision
+    heights: dict[int, int] = field(default_factory=dict)  # id(module) -> levels of modules below it
 
     def decisions(self) -> dict[str, Any]:
         """What ``load`` needs to capture the same way without example inputs (JSON): every
@@ -192,9 +193,33 @@ def capture(
     result = Capture(
         model, {}, [], autowrap, leaf_types, is_user_leaf, is_user_eager, verify, observed or {}, plan or {}
     )
+    result.heights = tree_heights(model)
     with _no_mha_fastpath():
         result.root = _capture(model, "", result)
     return result
+
+
+# fx's generated code reaches a module k levels down through k nested getattr calls, and
+# Python's parser takes at most 200 nested parentheses: a region whose module tree is deeper
+# cannot be one graph. Such a module is left eager (its children captured) before any trace,
+# so a chain of nested wrappers costs no trace per level.
+FX_MAX_NESTING = 190
+
+
+def tree_heights(model: nn.Module) -> dict[int, int]:
+    """id(module) -> the number of module levels below it, without recursion (for trees
+    deeper than Python's recursion limit)."""
+    heights: dict[int, int] = {}
+    stack: list[tuple[nn.Module, bool]] = [(model, False)]
+    while stack:
+        module, done = stack.pop()
+        children = [c for c in module._modules.values() if c is not None]
+        if done:
+            heights[id(module)] = 1 + max((heights.get(id(c), 0) for c in children), default=-1)
+        elif id(module) not in heights:
+            stack.append((module, True))
+            stack += [(c, False) for c in children if id(c) not in heights]
+    return heights
 
 
 @contextmanager
@@ -220,6 +245,12 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
     if planned_eager:
         return _leave_eager(module, prefix, planned_eager, out)
     forward, reason = traceable_forward(module)
+    height = out.heights.get(id(module), 0)
+    if not reason and height > FX_MAX_NESTING:
+        reason = (
+            f"its modules nest {height} levels deep, more than the {FX_MAX_NESTING} torch.fx's generated code can "
+            f"address (Python's parser limit) (in {forward_location(module)})"
+        )
     if reason:
         return _leave_eager(module, prefix, reason, out)
     forced: dict[str, str] = {}
@@ -246,7 +277,11 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
             if failed is None or failed in forced:
                 return _leave_eager(module, prefix, describe_trace_error(err, module), out)
             forced[failed] = describe_trace_error(err, module.get_submodule(failed))
-    gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
+    try:
+        gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
+    except (SyntaxError, RecursionError) as err:  # fx's code for ~200 nested modules passes Python's parser limits
+        why = f"torch.fx cannot generate its code ({type(err).__name__}: {getattr(err, 'msg', err)}; modules nested"
+        return _leave_eager(module, prefix, f"{why} too deeply?) (in {forward_location(module)})", out)
     _complete_state(gm, module)
     _copy_hooks(module, gm)
     _explain_guards(gm, name or "<root>", type(module).__name__)

@@ -16,19 +16,23 @@ def parse_pipeline(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
     """``"gpn{root=paper},arp"`` -> (["gpn", "arp"], {"gpn": {"root": "paper"}})."""
     names: list[str] = []
     options: dict[str, dict[str, str]] = {}
-    depth, token = 0, ""
-    for ch in text + ",":
+    depth, start = 0, 0
+    text_ = text + ","
+    for i, ch in enumerate(text_):  # one scan, tokens sliced out: linear in the length of the string
         depth += (ch == "{") - (ch == "}")
         if depth < 0:
-            raise UsageError(f"passes {text!r}: '}}' without '{{'")
+            raise UsageError(f"passes {_short(text)}: '}}' without '{{'")
         if ch == "," and depth == 0:
-            _add(token.strip(), names, options, text)
-            token = ""
-        else:
-            token += ch
+            _add(text_[start:i].strip(), names, options, text)
+            start = i + 1
     if depth != 0:
-        raise UsageError(f"passes {text!r}: unbalanced braces")
+        raise UsageError(f"passes {_short(text)}: unbalanced braces")
     return names, options
+
+
+def _short(text: str) -> str:
+    """``text`` quoted for a message, cut in the middle when long (a message stays one readable line)."""
+    return repr(text) if len(text) <= 120 else f"{text[:60]!r}...{text[-40:]!r} ({len(text)} characters)"
 
 
 def _add(token: str, names: list[str], options: dict[str, dict[str, str]], text: str) -> None:
@@ -37,13 +41,26 @@ def _add(token: str, names: list[str], options: dict[str, dict[str, str]], text:
     name, _, body = token.partition("{")
     name = name.strip()
     if not name:
-        raise UsageError(f"passes {text!r}: options {{{body} without a pass name")
+        raise UsageError(f"passes {_short(text)}: options {{{body} without a pass name")
     if body and not body.endswith("}"):
-        raise UsageError(f"passes {text!r}: text after the options of {name!r}")
+        raise UsageError(f"passes {_short(text)}: text after the options of {name!r}")
     names.append(name)
     if body:
         pairs = [split_option(kv, name) for kv in body[:-1].split(",") if kv.strip()]
-        options.setdefault(name, {}).update(pairs)
+        for key, value in pairs:
+            merge_option(options, name, key, value, "the pipeline string", "the pipeline string")
+
+
+def merge_option(options: dict, name: str, key: str, value, where: str, given: str) -> None:
+    """Set option ``key`` of pass ``name``; the same key set twice with different values is a
+    UsageError naming both places (which one wins would be a rule to remember: there is none)."""
+    opts = options.setdefault(name, {})
+    if key in opts and opts[key] != value:
+        raise UsageError(
+            f"option {key!r} of pass {name!r} is given twice: {opts[key]!r} in {given} and {value!r} in {where}; "
+            "give it once"
+        )
+    opts[key] = value
 
 
 def split_option(text: str, where: str) -> tuple[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UsageError, did_you_mean
 from .contract import Pass
-from .pipeline import parse_pipeline
+from .pipeline import merge_option, parse_pipeline
 
 # name -> "module:class", imported on first use; a new pass is one line here.
 REGISTRY: dict[str, str] = {
@@ -112,7 +112,8 @@ def resolve(
         if isinstance(item, str):
             names, inline = parse_pipeline(item)
             for name, opts in inline.items():
-                options.setdefault(name, {}).update(opts)
+                for key, value in opts.items():
+                    merge_option(options, name, key, value, "the pipeline string", "options=")
             items += names
         elif isinstance(item, Pass):
             items.append(item)
@@ -124,6 +125,12 @@ def resolve(
             names += list(PRESETS[item])
         else:
             names.append(item)
+    seen: set[str] = set()
+    for item in names:  # before any pass is built: a long list costs one pass over it
+        name = item.name if isinstance(item, Pass) else item
+        if name in seen:
+            raise UsageError(f"pass {name!r} is listed twice; a pass is applied once per site")
+        seen.add(name)
     out: list[Pass] = []
     for item in names:
         if isinstance(item, Pass):
@@ -135,13 +142,9 @@ def resolve(
             out.append(make_pass(item.name, None, base=item))
         else:
             out.append(make_pass(item, options.pop(item, None)))
-    seen = [p.name for p in out]
-    dup = next((n for n in seen if seen.count(n) > 1), None)
-    if dup:
-        raise UsageError(f"pass {dup!r} is listed twice; a pass is applied once per site")
     if options:
         extra = next(iter(options))
-        raise UsageError(f"options given for pass {extra!r}, which is not in passes={seen}")
+        raise UsageError(f"options given for pass {extra!r}, which is not in passes={[p.name for p in out]}")
     return out
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from torch import nn
 from ..core import recipe as recipes
 from ..core.catalogue import Catalogue
 from ..core.report import VgpWarning
-from ..errors import LoadError, UsageError
+from ..errors import LoadError, PassError, UsageError
 from . import files
 
 RECIPE = "recipe.json"
@@ -63,6 +65,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, format: str = "safetensor
         full[DIGEST] = digest(full, weights)
         (stage / RECIPE).write_text(json.dumps(full, indent=2))
         for name in (weights.name, RECIPE):
+            files.give_plain_mode(stage / name)
             files.fsync(stage / name)
         files.publish_dir(stage, target)
     finally:
@@ -72,15 +75,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, format: str = "safetensor
 
 def check_replaceable(target: Path, flag: str) -> None:
     """Refuse to replace a directory that holds anything but a checkpoint: it would be deleted."""
-    if not target.is_dir():
-        return
-    others = sorted(p.name for p in target.iterdir() if p.name not in {RECIPE, *WEIGHTS.values()})
-    if others:
-        shown = ", ".join(others[:3]) + (f" (+{len(others) - 3} more)" if len(others) > 3 else "")
-        raise UsageError(
-            f"{flag} {str(target)!r} is a directory that holds other files than a checkpoint ({shown}); "
-            "a checkpoint directory is replaced whole, so choose a new or empty directory"
-        )
+    files.check_replaceable(target, flag, {RECIPE, *WEIGHTS.values()}, "a checkpoint")
 
 
 def _write_weights(model: nn.Module, file: Path, format: str) -> None:
@@ -202,12 +197,25 @@ def load(
         catalogue=catalogue,
         observed=recipe.get("observed"),
     )
-    compiled = compile_with(model, passes, opts)
+    try:
+        compiled = compile_with(model, passes, opts)
+    except (UsageError, PassError) as err:  # options that validate alone but do not rebuild (an edited recipe)
+        raise LoadError(f"{_rebuild_field(recipe, err, file)}: the recipe does not rebuild the model: {err}") from err
     recipes.check_rebuild(recipe, compiled.vgp_report, file)
     if recipe.get("form") == "frozen":
         compiled = freeze(compiled)
     load_weights(compiled, weights)
     return compiled
+
+
+def _rebuild_field(recipe: dict[str, Any], err: BaseException, file: str) -> str:
+    """``FILE: field 'passes[i].options'`` of the pass a rebuild error names (the runner's
+    messages start with ``pass 'NAME'``), else the whole 'passes' field."""
+    named = re.match(r"pass '([^']+)'", str(err))
+    names = [p["name"] for p in recipe["passes"]]
+    if named and named.group(1) in names:
+        return f"{file}: field 'passes[{names.index(named.group(1))}].options'"
+    return f"{file}: field 'passes'"
 
 
 def load_weights(model: nn.Module, file: Path) -> None:
@@ -237,11 +245,22 @@ def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
         raise LoadError(f"{file}: cannot read safetensors ({_first_line(err)})") from None
 
 
-def read_state_dict(file: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
+# torch.save writes an uncompressed zip, so a .pt inflates to about its own size; a file whose
+# zip directory promises more than this (and more than INFLATE_RATIO times its size) is refused
+# before anything is read.
+MAX_UNZIPPED_BYTES = 2**30
+INFLATE_RATIO = 4
+
+
+def read_state_dict(
+    file: str | os.PathLike, *, allow_pickle: bool = False, max_unzipped_bytes: int | None = None
+) -> Any:
     """A state_dict from ``.safetensors`` or ``.pt``/``.pth`` (``weights_only=True``).
 
     With ``allow_pickle=True`` a ``.pt`` may also hold a whole pickled module, which is
-    returned as is: unpickling runs arbitrary code, so only for files you trust.
+    returned as is: unpickling runs arbitrary code, so only for files you trust. A ``.pt``
+    whose zip entries would inflate to more than ``max_unzipped_bytes`` (default: the larger
+    of MAX_UNZIPPED_BYTES and INFLATE_RATIO x its size) is refused before it is read.
     """
     file = Path(file)
     if not file.is_file():
@@ -253,6 +272,7 @@ def read_state_dict(file: str | os.PathLike, *, allow_pickle: bool = False) -> A
         )
     if file.suffix == ".safetensors":
         return _read_safetensors(file)
+    _check_inflated_size(file, max_unzipped_bytes)
     try:
         obj = torch.load(file, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:
@@ -271,6 +291,25 @@ def read_state_dict(file: str | os.PathLike, *, allow_pickle: bool = False) -> A
     return obj
 
 
+def _check_inflated_size(file: Path, limit: int | None) -> None:
+    """Sum the sizes the zip directory declares (nothing is inflated); refuse above the limit."""
+    if not zipfile.is_zipfile(file):
+        return  # a legacy (non-zip) torch file: torch.load reads it as it is
+    try:
+        with zipfile.ZipFile(file) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as err:
+        raise LoadError(f"{file}: cannot read checkpoint ({_first_line(err)})") from None
+    allowed = limit if limit is not None else max(MAX_UNZIPPED_BYTES, INFLATE_RATIO * file.stat().st_size)
+    if total > allowed:
+        size = file.stat().st_size / 2**20
+        raise LoadError(
+            f"{file}: its zip entries would inflate to {total / 2**30:.3g} GiB from a {size:.3g} MiB file, over the "
+            f"limit of {allowed / 2**30:.3g} GiB (torch.save writes uncompressed files, so this is not one); if you "
+            "trust it, raise the limit (--max-unzipped-gb, max_unzipped_bytes=)"
+        )
+
+
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -281,8 +320,10 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], file: str | os.PathLike) -> None:
-    """``model.load_state_dict(state)``, with a LoadError naming missing/unexpected/mis-shaped keys."""
+    """``model.load_state_dict(state)``, with a LoadError naming missing/unexpected/mis-shaped keys
+    and weights of a kind that a cast would corrupt."""
     _check_shapes(model, {k: tuple(v.shape) for k, v in state.items()}, file)
+    _check_dtypes(model, state, file)
     result = model.load_state_dict(state, strict=False)
     _check_keys(file, result.missing_keys, result.unexpected_keys)
 
@@ -300,6 +341,37 @@ def _check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], file: st
             f"the model built by the factory does not fit the weights of {Path(file).name}: {listed}{more}; "
             "was the factory (or its arguments) changed since they were saved?"
         )
+
+
+def _check_dtypes(model: nn.Module, state: dict[str, torch.Tensor], file: str | os.PathLike) -> None:
+    """load_state_dict casts silently. Integer values for floating parameters are quantized
+    weights (meaningless without their scales) and complex ones lose their imaginary part:
+    refused. Half-precision ones load exactly into float32 (a one-line warning says so)."""
+    own = model.state_dict()
+    pairs = [(k, own[k].dtype, v.dtype) for k, v in state.items() if k in own and own[k].is_floating_point()]
+    for key, want, got in pairs:
+        if got.is_complex:
+            raise LoadError(
+                f"{Path(file).name}: {key!r} holds {_dtype(got)} values for a {_dtype(want)} parameter: loading "
+                "would drop the imaginary part; convert the weights to real values first"
+            )
+        if not got.is_floating_point:
+            raise LoadError(
+                f"{Path(file).name}: {key!r} holds {_dtype(got)} values for a {_dtype(want)} parameter (a quantized "
+                "checkpoint?): its values mean nothing without the quantization scales; dequantize to float first"
+            )
+    lower = sorted({_dtype(got) for _, want, got in pairs if got != want and got.itemsize < want.itemsize})
+    if lower:
+        warnings.warn(
+            f"{Path(file).name} holds {'/'.join(lower)} weights for a model in "
+            f"{_dtype(next(w for _, w, g in pairs if g != w))}: loaded as the model's dtype (exact)",
+            VgpWarning,
+            stacklevel=3,
+        )
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _check_keys(file, missing, unexpected) -> None:

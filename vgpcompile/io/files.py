@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UsageError
@@ -57,6 +58,21 @@ def output_path(path: object, flag: str, kind: str) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {str(path)!r}: cannot write in {str(parent)!r} (permission denied)")
     return target
+
+
+def check_replaceable(target: Path, flag: str, allowed: Iterable[str], what: str) -> None:
+    """Refuse to replace a directory holding anything but ``allowed`` files (``what``: "a
+    checkpoint", "a diagnose report"): everything in it would be deleted by the swap."""
+    if not target.is_dir():
+        return
+    allowed = set(allowed)
+    others = sorted(p.name for p in target.iterdir() if p.name not in allowed)
+    if others:
+        shown = ", ".join(others[:3]) + (f" (+{len(others) - 3} more)" if len(others) > 3 else "")
+        raise UsageError(
+            f"{flag} {str(target)!r} is a directory that holds other files than {what} ({shown}); "
+            f"{what} directory is replaced whole, so choose a new or empty directory"
+        )
 
 
 def stage_for(target: Path) -> Path:
@@ -111,6 +127,14 @@ def remove(path: Path) -> None:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def give_plain_mode(path: Path) -> None:
+    """The mode a plainly created file gets (0666 & ~umask): writers such as safetensors and
+    mkstemp create 0600 files, which other users of a shared checkpoint could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def fsync(path: Path) -> None:

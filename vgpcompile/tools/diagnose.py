@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..io import files
 from .plots import plot_all, write_text
 from .probes import THRESHOLD, Loss, Measurement, measure, merge
 
@@ -60,6 +61,9 @@ FLOOR = 1e-12
 SATURATED = 0.5
 DEAD = 0.9
 SCHEMA_ID = "vgpcompile.diagnose/1"
+# batches x seeds: each run is one forward and backward pass per side; more only costs time,
+# the averages settle within a few runs
+MAX_RUNS = 1000
 
 GRADIENT_PROBLEMS = (
     "nonfinite",
@@ -365,11 +369,33 @@ class DiagnoseReport:
         return plot_all(named, out_dir, title=self.model)
 
     def write(self, out_dir: str | os.PathLike) -> list[Path]:
-        """report.json, report.md and the PNGs into ``out_dir``; each file written whole or not at all."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [write_text(out / "report.json", self.to_json()), write_text(out / "report.md", self.to_markdown())]
-        return paths + self.plot(out)
+        """report.json, report.md and the PNGs into directory ``out_dir``, replaced whole or not
+        at all: written into a staging directory beside it and swapped in with one rename, as a
+        checkpoint (:mod:`vgpcompile.io.files`). A directory holding other files is refused."""
+        target = check_out_dir(out_dir, "DiagnoseReport.write(out_dir)")
+        stage = files.stage_for(target)
+        try:
+            paths = [write_text(stage / "report.json", self.to_json())]
+            paths += [write_text(stage / "report.md", self.to_markdown()), *self.plot(stage)]
+            for path in paths:
+                files.fsync(path)
+            files.publish_dir(stage, target)
+        finally:
+            files.remove(stage)  # the unpublished new report, or the old one swapped out
+        return [target / p.name for p in paths]
+
+
+REPORT_FILES = ("report.json", "report.md", "gradients.png", "saturation.png", "time_steps.png")
+
+
+def check_out_dir(path: Any, flag: str) -> Path:
+    """``path`` as a report directory, checked before any measurement (UsageError, exit 2): not
+    empty, not a file or under one, writable, and holding nothing but an earlier report."""
+    target = files.output_path(path, flag, "dir")
+    if target.is_symlink():  # replace the directory it points to, keep the link
+        target = target.resolve()
+    files.check_replaceable(target, flag, REPORT_FILES, "a diagnose report")
+    return target
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,6 +439,9 @@ def diagnose(
     from ..api import copy_model, vgpcompile
 
     raw = _runs(model, example_inputs, targets, batches, seeds, dtype)
+    _check_runs(model, raw)
+    if passes:
+        _check_passes(passes, options)
     job = _Job(
         [(_cast(x, dtype), _cast(t, dtype)) for x, t in raw],
         loss,
@@ -503,6 +532,8 @@ def _runs(model, example_inputs, targets, batches, seeds, dtype) -> list[tuple[A
         raise UsageError(f"diagnose takes an nn.Module, got {type(model).__name__}")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise UsageError(f"diagnose(seeds={seeds!r}): a positive number of seeds")
+    if seeds > MAX_RUNS:
+        raise UsageError(_too_many(f"seeds={seeds}", 1, seeds))
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise UsageError(f"diagnose(dtype={dtype!r}): a floating torch dtype, e.g. torch.float64")
     if batches is not None:
@@ -510,6 +541,8 @@ def _runs(model, example_inputs, targets, batches, seeds, dtype) -> list[tuple[A
             raise UsageError("diagnose: give example_inputs or batches=, not both")
         runs = []
         for i, item in enumerate(batches):
+            if (i + 1) * seeds > MAX_RUNS:
+                raise UsageError(_too_many(f"batches= holds more than {i} batches", i + 1, seeds))
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
                 raise UsageError(
                     f"diagnose(batches=...): item {i} must be a pair (inputs, targets); targets may be None"
@@ -522,6 +555,37 @@ def _runs(model, example_inputs, targets, batches, seeds, dtype) -> list[tuple[A
     else:
         runs = [(example_inputs, targets)]
     return runs
+
+
+def _too_many(what: str, batches: int, seeds: int) -> str:
+    return (
+        f"diagnose: {what}: {batches} batch(es) x {seeds} seed(s) is more than MAX_RUNS = {MAX_RUNS} forward and "
+        "backward passes (each side); the averaged figures settle within a few runs"
+    )
+
+
+def _check_runs(model: nn.Module, runs: Sequence[tuple[Any, Any]]) -> None:
+    """The model and every batch's inputs, before any measurement, with vgpcompile's own checks
+    (a model on the meta device, an empty or NaN input: one UsageError naming it)."""
+    from ..api import CompileOptions, _check_arguments
+
+    for inputs, _ in runs:
+        _check_arguments(model, CompileOptions(example_inputs=inputs))
+
+
+def _check_passes(passes: Any, options: Any) -> None:
+    """Bad pass names or options fail before any measurement; a pass that changes how the
+    model is called (rai: ``(x, idx)`` in training) is refused with what to do instead."""
+    from ..core.registry import resolve
+
+    for p in resolve(passes, options):
+        if p.changes_inputs:
+            raise UsageError(
+                f"diagnose: pass {p.name!r} changes how the model is called and trained, not the network diagnose "
+                "measures (its eval form is the plain network; in training each gradient path is one block long by "
+                f"construction): diagnose the model without {p.name!r} to see the gradients it would train, and "
+                f"follow its training with vgpcompile.{p.name}.fit, whose log gives the chained network's loss"
+            )
 
 
 def _cast(value: Any, dtype: torch.dtype | None) -> Any:

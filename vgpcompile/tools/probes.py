@@ -35,8 +35,11 @@ activation registered as a Python function is seen only when it is a module.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -460,24 +463,107 @@ def measure(
     for p in params:
         p.grad = None
     probe = _Probe(model, catalogue or DEFAULT, regions or {}, threshold)
-    try:
+
+    def run(watch) -> torch.Tensor:
         with torch.enable_grad():
-            with probe:
-                output = model(*args)
+            with watch:
+                output = _forward(model, args)
             if loss is not None:
-                value = loss(output, targets)
+                value = _user_loss(loss, output, targets)
             elif targets is not None:
                 value = default_loss(output, targets)
             else:
                 value = projection_loss(output, seed)
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
                 raise UsageError(f"diagnose: the loss must be a scalar tensor, got {_describe(value)}")
-            value.backward()
+            try:
+                value.backward()
+            except RuntimeError as err:
+                raise _BackwardFailed(err) from err
+        return value
+
+    try:
+        try:
+            value = run(probe)
+        except _BackwardFailed as failed:
+            probe.remove()
+            raise UsageError(_backward_failure(failed.__cause__, lambda: run(contextlib.nullcontext()))) from None
         return probe.collect(float(value.detach()))
     finally:
         probe.remove()
         for p, g in zip(params, saved):
             p.grad = g
+
+
+def _user_loss(loss: Loss, output: Any, targets: Any) -> Any:
+    from ..core.capture import describe_trace_error
+
+    try:
+        return loss(output, targets)
+    except UsageError:
+        raise
+    except Exception as err:
+        raise UsageError(f"diagnose: loss(output, targets) raised {describe_trace_error(err)}") from err
+
+
+class _BackwardFailed(Exception):
+    """The backward pass raised (the cause): diagnose says where, see _backward_failure."""
+
+
+def _forward(model: nn.Module, args: tuple) -> Any:
+    """``model(*args)``; a model that raises is a UsageError naming the cause and the user's line."""
+    from ..core.capture import describe_trace_error
+
+    try:
+        return model(*args)
+    except (UsageError, _BackwardFailed):
+        raise
+    except Exception as err:
+        shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
+        raise UsageError(
+            f"diagnose: the model does not run on inputs {shapes}: {describe_trace_error(err, model)}; pass inputs "
+            "the model accepts (a tensor or a tuple of positional arguments)"
+        ) from err
+
+
+def _backward_failure(err: BaseException, rerun: Callable[[], Any]) -> str:
+    """One line for a backward pass that raised. The usual cause is an in-place update of a
+    tensor autograd saved (a cache or state written in place, as transformers' RWKV does in
+    eval mode): rerun without probes under anomaly mode, whose report names the forward line
+    that created the tensor, and say whether the model fails on its own."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autograd.detect_anomaly(check_nan=False):
+                rerun()
+            alone = "it backpropagates without the probes: please report this"
+        except (RuntimeError, _BackwardFailed):
+            alone = "the model's own backward pass fails the same way (the probes are not involved)"
+    where = _anomaly_location([str(w.message) for w in caught])
+    cause = f"{first[:200]}" + (f" (the tensor is computed at {where})" if where else "")
+    hint = ""
+    if "inplace operation" in first:
+        hint = (
+            "; the model updates a tensor in place that the backward pass needs (e.g. a cache or recurrent state "
+            "kept in eval mode: measure in train mode, or disable the cache)"
+        )
+    return f"diagnose: cannot measure gradients: backward failed: {cause}; {alone}{hint}"
+
+
+def _anomaly_location(messages: Sequence[str]) -> str | None:
+    """The deepest user frame (file:line in function) of anomaly mode's forward traceback."""
+    from ..core.capture import _is_user_file
+
+    for text in messages:
+        if "Traceback of forward call" not in text:
+            continue
+        frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text)
+        user = [f for f in frames if _is_user_file(f[0])]
+        if user:
+            file, line, fn = user[-1]
+            return f"{file}:{line} in {fn}"
+    return None
 
 
 def _describe(value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from .guard import RAIGuard
 from .modules import RAICut
 
 
@@ -21,7 +22,13 @@ def lower(model: nn.Module) -> None:
             if node.op == "call_module" and str(node.target) in found:
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)
+        guards = {name for name, m in gm.named_modules() if isinstance(m, RAIGuard)}
+        for node in list(gm.graph.nodes):  # the idx guard at the forward's start
+            if node.op == "call_module" and str(node.target) in guards:
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
         idx_names = {cut.settings.idx_name for cut in found.values()}
+        found.update({name: gm.get_submodule(name) for name in guards})
         for node in list(gm.graph.nodes):
             if node.op == "placeholder" and node.target in idx_names and not node.users:
                 gm.graph.erase_node(node)

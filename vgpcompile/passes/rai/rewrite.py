@@ -54,6 +54,7 @@ from ...core.rewrite import unique_name
 from ...core.select import target_of
 from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, ModelTarget, find_sites, output_nodes, site_name
 from ...errors import UsageError
+from .guard import RAIGuard
 from .lower import lower as lower_model
 from .modules import PASS, RAICut, Settings
 
@@ -165,7 +166,11 @@ class RAI(Pass):
         idx_name = next(c for c in ("idx", "rai_idx", *(f"rai_idx{i}" for i in range(1, 100))) if c not in taken)
         shared = Settings(idx_name, self.table_lr_scale, self.resync_every, self.lam_growth)
         with gm.graph.inserting_after(placeholders[-1]):
-            idx = gm.graph.placeholder(idx_name, default_value=None)
+            placeholder = gm.graph.placeholder(idx_name, default_value=None)
+        guard = unique_name(gm, "rai_guard")
+        gm.add_submodule(guard, RAIGuard(n))
+        with gm.graph.inserting_after(placeholder):  # the first call: nothing runs before it
+            idx = gm.graph.call_module(guard, (placeholder,))
         for i, cut in enumerate(kept):
             device = torch.device("meta") if env.planning else _device(cut, gm)
             module = RAICut(n, cut.shape, lam=self.lam, sparse=self.sparse, label=cut.name, position=i,

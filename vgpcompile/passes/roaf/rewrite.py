@@ -96,6 +96,11 @@ class ROAF(Pass):
             raise UsageError(f"option 'beta' of pass 'roaf' must be a positive number, got {self.beta!r}")
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise UsageError(f"option 'alpha' of pass 'roaf' must be a number >= 0, got {self.alpha!r}")
+        if self.beta is not None and self.alpha is None and self.beta > 1:
+            raise UsageError(
+                f"option 'beta' of pass 'roaf' must be at most 1 when alpha is not given (alpha = 1 - beta would be "
+                f"{1 - self.beta:g}); got beta={self.beta!r}: lower beta, or set alpha too"
+            )
         if not (math.isfinite(self.c) and self.c > 0):
             raise UsageError(f"option 'c' of pass 'roaf' must be a positive number, got {self.c!r}")
         if self.horizon is not None and self.horizon < 1:
@@ -117,8 +122,10 @@ class ROAF(Pass):
         kinds = {(n, w.dtype, w.device): n * n * w.element_size() for n, w in sizes}
         own, once = sum(n * n * w.element_size() for n, w in sizes), sum(kinds.values())
         shared = self._choose_sharing(own, once, len(sizes), result)
+        if self.shared is None:  # the recipe records the decision: load must not decide again from the limit
+            result.resolved["shared"] = shared
         object.__setattr__(self, "_run", _Run(block_beta, rnn_beta, shared))  # per-compile state of a frozen pass
-        self._warn(targets, blocks, rnns, rnn_beta, result)
+        self._warn(targets, blocks, rnns, rnn_beta, result, env)
         self._warn_mix(block_beta if blocks else rnn_beta, result)
         result.stats.update(
             blocks=len(blocks),
@@ -133,12 +140,14 @@ class ROAF(Pass):
             result.stats["beta_rnn"] = rnn_beta
         return result
 
-    def _warn(self, targets: list, blocks: list, rnns: list, rnn_beta: float, result: PassResult) -> None:
+    def _warn(self, targets: list, blocks: list, rnns: list, rnn_beta: float, result: PassResult, env: Env) -> None:
         done = any(isinstance(t, Block) and _already_filtered(t.site.node) for t in targets)
         if not blocks and not rnns and not done:
+            left = [f"{t.full_name!r} ({self.check(t, env)})" for t in targets if isinstance(t, Layer)]
+            rnn = f"no nn.RNN it can swap: {', '.join(left[:3])}" if left else "no nn.RNN"
             result.warnings.append(
                 "roaf: no block to filter (an activation fed by a square Linear or by a Conv with equal channels, "
-                "stride 1 and 'same' padding) and no nn.RNN; see the report for each block's reason"
+                f"stride 1 and 'same' padding) and {rnn}; see the report for each block's reason"
             )
         if rnns and self.beta is None and self.horizon is None:
             names, h = ", ".join(repr(t.full_name) for t in rnns[:3]), DEFAULT_HORIZON
