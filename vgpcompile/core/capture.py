@@ -45,6 +45,7 @@ from torch import fx, nn
 
 from . import arguments, modes, protocol
 from .affine import declared
+from .region import collides, make_region, referenced_children
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,11 +221,13 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
     if planned_eager:
         return _leave_eager(module, prefix, planned_eager, out)
     forward, reason = traceable_forward(module)
+    reason = reason or collides(module)
     if reason:
         return _leave_eager(module, prefix, reason, out)
     forced: dict[str, str] = {}
+    own = referenced_children(module)  # called by the class's other methods: kept callable (core/region.py)
     while True:
-        tracer = _Tracer(set(forced), lambda q, m: out.is_user_leaf(prefix + q, m), out)
+        tracer = _Tracer(set(forced) | own, lambda q, m: out.is_user_leaf(prefix + q, m), out)
         try:
             decision = arguments.decide(
                 forward or type(module).forward,
@@ -246,7 +249,7 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
             if failed is None or failed in forced:
                 return _leave_eager(module, prefix, describe_trace_error(err, module), out)
             forced[failed] = describe_trace_error(err, module.get_submodule(failed))
-    gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
+    gm = make_region(module, graph)
     _complete_state(gm, module)
     _copy_hooks(module, gm)
     _explain_guards(gm, name or "<root>", type(module).__name__)
@@ -258,6 +261,9 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
         out.decided[name or "<root>"] = decision.record
     for qual, why in forced.items():
         _leave_eager(gm.get_submodule(qual), f"{prefix}{qual}.", why, out)
+    for qual in sorted(own - set(forced)):
+        if not out.is_user_leaf(prefix + qual, gm.get_submodule(qual)):
+            gm.set_submodule(qual, _capture(gm.get_submodule(qual), f"{prefix}{qual}.", out))
     _note_user_leaves(gm, graph, prefix, out)
     return gm
 

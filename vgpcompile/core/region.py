@@ -1,0 +1,183 @@
+"""A traced region stays an instance of the user's class.
+
+``fx.GraphModule(module, graph)`` is a module of another class: ``isinstance(compiled,
+MyNet)`` is False and MyNet's own methods (``features``, ``generate``, ``reset_classifier``)
+and plain attributes (``temperature``, ``config``) are gone. A region is therefore built
+as an instance of a subclass of both::
+
+    class MyNet(_UserRegion, MyNet, fx.GraphModule)      # one class per user class, cached
+
+so that ``isinstance`` holds, every method of MyNet is found on the region and calls its
+submodules (the same modules the graph calls), and only ``forward`` is the graph's code
+(fx installs it on a per-instance subclass, as for every GraphModule). The user's class
+comes before GraphModule in the MRO: its ``__call__`` (transformers' gradient checkpointing
+layer), ``state_dict``, ``train`` and ``__getattr__`` stay in force; fx's machinery
+(``graph``, ``recompile``) is found where the user defines nothing of that name. A module
+with an attribute that shadows part of fx's machinery (an attribute named ``graph`` or
+``code``) cannot be both: it stays eager (:func:`collides`).
+
+The plain attributes of the original's ``__dict__`` are copied onto the region, and kept
+by ``copy.deepcopy`` (fx's keeps only modules, parameters and buffers) and by pickling
+(fx's unpickles a plain GraphModule; here the user's class is pickled by reference, as
+pickling the original model would). State dict keys are unchanged: the class changes
+nothing about which tensors the region holds.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import functools
+import inspect
+import textwrap
+import weakref
+from typing import Any
+
+from torch import fx, nn
+from torch.fx.graph_module import _deserialize_graph_module, _forward_from_src
+
+# names fx.GraphModule gives its instances or its class, beyond those of nn.Module
+_FX_NAMES = frozenset(dir(fx.GraphModule)) - frozenset(dir(nn.Module)) | {
+    "_graph", "_code", "meta", "_tracer_cls", "_tracer_extras", "_lineno_map", "_prologue_start", "shape_env",
+    "_replace_hooks", "_create_node_hooks", "_erase_node_hooks", "_deepcopy_hooks", "_in_spec", "_out_spec",
+}  # fmt: skip
+_CLASSES: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
+
+
+class _UserRegion:
+    """Construction, copy and pickling of a region of a user's class (see the module docstring)."""
+
+    vgp_user_class: type = nn.Module
+
+    def __init__(self, root: Any, graph: fx.Graph, class_name: str = "GraphModule") -> None:
+        fx.GraphModule.__init__(self, root, graph, class_name)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> fx.GraphModule:
+        res = fx.GraphModule.__deepcopy__(self, memo)
+        for key, value in self.__dict__.items():
+            if key not in res.__dict__:
+                res.__dict__[key] = copy.deepcopy(value, memo)
+        return res
+
+    def __copy__(self) -> fx.GraphModule:
+        res = type(self).__new__(type(self))
+        fx.GraphModule.__init__(res, self, self.graph, self.__class__.__name__)
+        res.__dict__.update({k: v for k, v in self.__dict__.items() if k not in res.__dict__})
+        return res
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        _, (body, import_block) = fx.GraphModule.__reduce__(self)
+        body["_graphmodule_cls_name"] = self.__class__.__name__
+        return (_rebuild, (self.vgp_user_class, body, import_block))
+
+
+def region_class(user_class: type[nn.Module]) -> type[fx.GraphModule]:
+    """The GraphModule subclass whose instances are also ``user_class`` instances (cached)."""
+    user_class = getattr(user_class, "vgp_user_class", user_class)  # a region compiled again
+    if issubclass(user_class, fx.GraphModule):
+        return fx.GraphModule  # a GraphModule the user traced: it stays one
+    cls = _CLASSES.get(user_class)
+    if cls is None:
+        namespace = {"vgp_user_class": user_class, "__module__": user_class.__module__,
+                     "__qualname__": user_class.__qualname__, "__doc__": user_class.__doc__}  # fmt: skip
+        cls = type(user_class)(user_class.__name__, (_UserRegion, user_class, fx.GraphModule), namespace)
+        _CLASSES[user_class] = cls
+    return cls
+
+
+def collides(module: nn.Module) -> str | None:
+    """Why ``module`` cannot also be a GraphModule (an attribute of its own shadows fx's), or None."""
+    if isinstance(module, fx.GraphModule):
+        return None
+    own = {n for c in type(module).__mro__[:-1] if c not in (nn.Module, object) for n in vars(c)}
+    clash = sorted((own | set(module.__dict__)) & _FX_NAMES)
+    if not clash:
+        return None
+    return (
+        f"its attribute(s) {clash} would be shadowed by torch.fx.GraphModule's, so the traced region could "
+        f"not keep {type(module).__name__}'s behaviour; kept eager (its children are captured)"
+    )
+
+
+def make_region(module: nn.Module, graph: fx.Graph) -> fx.GraphModule:
+    """A GraphModule running ``graph`` that is an instance of ``module``'s class, with its plain attributes."""
+    cls = region_class(type(module))
+    gm = cls(module, graph, class_name=type(module).__name__)
+    if cls is not fx.GraphModule:
+        copy_plain_attributes(module, gm)
+    return gm
+
+
+def copy_plain_attributes(source: nn.Module, region: nn.Module) -> None:
+    """``source``'s instance attributes that ``region`` does not have (modules, parameters and
+    buffers live in their own tables and are the graph's business)."""
+    for key, value in source.__dict__.items():
+        if key not in region.__dict__ and key not in _FX_NAMES:
+            region.__dict__[key] = value
+
+
+def _rebuild(user_class: type, body: dict[str, Any], import_block: str) -> fx.GraphModule:
+    """Unpickle a region: fx's own deserialization, into the user's region class."""
+    plain = {k: v for k, v in body.items()}
+    forward = _forward_from_src(import_block + (body.get("_code") or body["code"]), {})
+    gm = _deserialize_graph_module(forward, body, graph_module_cls=region_class(user_class))
+    for key, value in plain.items():  # fx sets only what the class does not already define
+        if key not in gm.__dict__ and key not in _FX_NAMES and not key.startswith("_graphmodule"):
+            gm.__dict__[key] = value
+    return gm
+
+
+def referenced_children(module: nn.Module) -> set[str]:
+    """Paths of ``module``'s submodules that its class's other methods name (``self.body`` in
+    ``features``, ``self.head.fc`` in ``get_classifier``): torch.fx would inline them into the
+    forward's graph and leave an empty stand-in, so capture keeps each one a module of its own
+    (a region of its own class) that those methods can call. Containers stand for their items."""
+    out: set[str] = set()
+    for chain in _self_chains(type(module)):
+        try:
+            sub = module.get_submodule(chain)
+        except AttributeError:
+            continue  # a plain attribute, a method, a parameter
+        out |= _callable_paths(chain, sub)
+    return out
+
+
+def _callable_paths(path: str, module: nn.Module) -> set[str]:
+    from .capture import CONTAINERS, is_torch_leaf
+
+    if isinstance(module, CONTAINERS):
+        return {p for name, child in module.named_children() for p in _callable_paths(f"{path}.{name}", child)}
+    return set() if is_torch_leaf(module) or isinstance(module, fx.GraphModule) else {path}
+
+
+@functools.cache
+def _self_chains(cls: type) -> frozenset[str]:
+    """``self.a.b`` attribute chains in the methods of ``cls`` and its user-written bases, other than
+    forward and __init__ (torch's and vgpcompile's own classes are not read)."""
+    chains: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith(("torch.", "vgpcompile.", "builtins")) or klass is object:
+            continue
+        for name, member in vars(klass).items():
+            if name in ("forward", "__init__"):
+                continue
+            fn = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+            if inspect.isfunction(fn):
+                chains |= _chains_in(inspect.unwrap(fn))
+    return frozenset(chains)
+
+
+def _chains_in(fn: Any) -> set[str]:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    chains = set()
+    for node in ast.walk(tree):
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if parts and isinstance(node, ast.Name) and node.id == "self":
+            chains.add(".".join(reversed(parts)))
+    return chains
