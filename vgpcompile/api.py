@@ -21,6 +21,7 @@ from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
 from .core.eager import eager_owners, find_eager_sites
 from .core.graph import nonlinear_depth
+from .core.region import keep_class
 from .core.registry import resolve
 from .core.report import Report, SiteRecord
 from .core.runner import order, run_pass
@@ -200,6 +201,7 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     report.depth_after, _ = nonlinear_depth(cap.root, catalogue)
     rules = {k: _rules(getattr(opts, k)) for k in ("select", "ignore", "leaf", "eager")}
     versions = {"vgpcompile": __version__, "torch": torch.__version__}
+    cap.root = keep_class(cap.root)  # an eager root gets save_pretrained's guard (core/region.py)
     cap.root.vgp_report = report
     recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions, cap.decisions())
     if calibration.recorded:

@@ -297,6 +297,8 @@ def _plain_signature(graph: fx.Graph, concrete: dict[str, Any]) -> fx.Graph:
     argument ``mask`` to ``mask_1``, which breaks keyword calls) and returns its structure
     directly (an empty ``**kwargs`` makes fx generate pytree flattening code)."""
     for node in graph.nodes:
+        if isinstance(node.type, str):  # a postponed annotation fx cannot resolve: it breaks pickling the region
+            node.type = None
         if node.op == "placeholder":
             base = str(node.target).rsplit("_", 1)[0]
             if base in concrete and str(node.target) == f"{base}_1":

@@ -41,7 +41,7 @@ _FX_NAMES = frozenset(dir(fx.GraphModule)) - frozenset(dir(nn.Module)) | {
     "_graph", "_code", "meta", "_tracer_cls", "_tracer_extras", "_lineno_map", "_prologue_start", "shape_env",
     "_replace_hooks", "_create_node_hooks", "_erase_node_hooks", "_deepcopy_hooks", "_in_spec", "_out_spec",
 }  # fmt: skip
-_CLASSES: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
+_CLASSES: weakref.WeakKeyDictionary[type, dict[str, type]] = weakref.WeakKeyDictionary()
 
 
 class _UserRegion:
@@ -54,6 +54,7 @@ class _UserRegion:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> fx.GraphModule:
         res = fx.GraphModule.__deepcopy__(self, memo)
+        type(res).__name__ = type(self).__name__  # fx's copy names the class "GraphModule"
         for key, value in self.__dict__.items():
             if key not in res.__dict__:
                 res.__dict__[key] = copy.deepcopy(value, memo)
@@ -71,17 +72,66 @@ class _UserRegion:
         return (_rebuild, (self.vgp_user_class, body, import_block))
 
 
+class _SavePretrained:
+    """``save_pretrained`` of a compiled Hugging Face model writes what rebuilds it (io/hf.py):
+    the stock save plus ``recipe.json``, and a training form is marked so that the stock
+    ``from_pretrained`` refuses it instead of returning the original architecture."""
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        from ..io.hf import save_pretrained
+
+        return save_pretrained(self, save_directory, super().save_pretrained, *args, **kwargs)
+
+
+class _EagerRoot:
+    """The class of a compiled model whose root stayed eager, where it needs one of its own
+    (``save_pretrained``): the user's class underneath, which pickling names."""
+
+    vgp_user_class: type = nn.Module
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        _, _, *rest = super().__reduce_ex__(protocol)
+        return (_new_root, (self.vgp_user_class,), *rest)
+
+
+def _new_root(user_class: type) -> nn.Module:
+    cls = root_class(user_class)
+    return cls.__new__(cls)
+
+
 def region_class(user_class: type[nn.Module]) -> type[fx.GraphModule]:
     """The GraphModule subclass whose instances are also ``user_class`` instances (cached)."""
     user_class = getattr(user_class, "vgp_user_class", user_class)  # a region compiled again
     if issubclass(user_class, fx.GraphModule):
         return fx.GraphModule  # a GraphModule the user traced: it stays one
-    cls = _CLASSES.get(user_class)
+    return _subclass(user_class, "region", (_UserRegion, *_extras(user_class), user_class, fx.GraphModule))
+
+
+def root_class(user_class: type[nn.Module]) -> type[nn.Module]:
+    """The class an eager compiled root takes: ``user_class`` with ``save_pretrained`` guarded."""
+    user_class = getattr(user_class, "vgp_user_class", user_class)
+    return _subclass(user_class, "root", (_EagerRoot, *_extras(user_class), user_class))
+
+
+def keep_class(root: nn.Module) -> nn.Module:
+    """The compiled model's root, given a class of its own where its class's methods need one."""
+    if isinstance(root, (fx.GraphModule, _EagerRoot)) or not _extras(type(root)):
+        return root
+    root.__class__ = root_class(type(root))
+    return root
+
+
+def _extras(user_class: type) -> tuple[type, ...]:
+    return (_SavePretrained,) if callable(getattr(user_class, "save_pretrained", None)) else ()
+
+
+def _subclass(user_class: type, kind: str, bases: tuple[type, ...]) -> type:
+    classes = _CLASSES.setdefault(user_class, {})
+    cls = classes.get(kind)
     if cls is None:
         namespace = {"vgp_user_class": user_class, "__module__": user_class.__module__,
                      "__qualname__": user_class.__qualname__, "__doc__": user_class.__doc__}  # fmt: skip
-        cls = type(user_class)(user_class.__name__, (_UserRegion, user_class, fx.GraphModule), namespace)
-        _CLASSES[user_class] = cls
+        cls = classes[kind] = type(user_class)(user_class.__name__, bases, namespace)
     return cls
 
 
@@ -147,7 +197,7 @@ def _callable_paths(path: str, module: nn.Module) -> set[str]:
 
     if isinstance(module, CONTAINERS):
         return {p for name, child in module.named_children() for p in _callable_paths(f"{path}.{name}", child)}
-    return set() if is_torch_leaf(module) or isinstance(module, fx.GraphModule) else {path}
+    return set() if is_torch_leaf(module) else {path}
 
 
 @functools.cache
