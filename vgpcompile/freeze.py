@@ -17,8 +17,8 @@ from torch import fx, nn
 
 from .core import protocol
 from .core.contract import fold_inserted
-from .core.report import VgpWarning
 from .core.registry import REGISTRY, make_pass
+from .core.report import VgpWarning
 from .core.runner import lower_order
 
 

@@ -20,9 +20,10 @@ Why the mark is in ``config.json`` and the weights keep their stock name: ``Trai
 checkpoints are ``save_pretrained`` directories and it resumes by reading
 ``model.safetensors`` into the live (compiled) model, whose keys are the original ones;
 renaming the weights would break resuming. The ``transformers_weights`` check is
-transformers' own (an explicit weights file must end in ``.safetensors``); an older
-transformers that does not read the key would load such a directory without complaint,
-which the tests check does not happen with the installed one.
+transformers' own (an explicit weights file must end in ``.safetensors``; the key exists
+since transformers 4.53, huggingface/transformers#38152, hence the ``zoo`` extra's floor);
+an older transformers would load such a directory without complaint. tests/zoo/test_hf.py
+checks the refusal with the installed one.
 
 ``vgpcompile.from_pretrained(ModelClass, dir)`` builds ``ModelClass`` from ``config.json``
 (mark removed), re-applies the recipe and loads the weights (``vgpcompile.load``): outputs
