@@ -71,9 +71,11 @@ def vgpcompile(
     """Compile ``model``: capture it with torch.fx, run ``passes``, return a trainable module.
 
     ``passes`` takes pass names, pipeline strings (``"gpn{root=paper},arp"``) or Pass
-    instances. The result is a ``torch.fx.GraphModule`` (or, when the top-level forward
-    cannot be traced, the model with its traceable children compiled in place). It keeps the
-    original parameter names, so an original state_dict loads into it. It carries
+    instances. The result is still an instance of ``model``'s class: a ``torch.fx.GraphModule``
+    subclass of it whose ``forward`` is the traced graph, with the model's methods and plain
+    attributes (core/region.py), or, when the top-level forward cannot be traced, the model
+    with its traceable children compiled in place. It keeps the original parameter names, so
+    an original state_dict loads into it. It carries
     ``vgp_report`` (per site: what changed, or why not) and ``vgp_recipe`` (what to
     re-apply on load). ``model`` itself is left untouched unless ``inplace=True``.
 
