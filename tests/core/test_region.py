@@ -130,3 +130,45 @@ def test_attribute_clash_stays_eager_and_abc_classes_compile():
     assert isinstance(abstract, Concrete) and isinstance(abstract, Base) and isinstance(abstract, fx.GraphModule)
     assert abstract.vgp_report.changed_count("gpn") == 1
     assert torch.allclose(abstract(x), abstract.features(x) * 2)
+
+
+class TimmLike(nn.Module):
+    """timm's classifier API: forward_features, forward_head, get_classifier, reset_classifier."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.stages = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU())
+        self.head = nn.Sequential(nn.Linear(8, num_classes), nn.Sigmoid())  # a multi-label head
+
+    def forward_features(self, x):
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x.mean((2, 3))
+        return x if pre_logits else self.head(x)
+
+    def get_classifier(self):
+        return self.head[0]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head[0] = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def test_timm_style_entry_points():
+    torch.manual_seed(0)
+    net, x = TimmLike(), torch.randn(2, 3, 8, 8)
+    model = vgpcompile(net, ["gpn"], example_inputs=(x,)).eval()
+    assert isinstance(model, TimmLike)
+    assert torch.allclose(model.forward_head(model.forward_features(x)), model(x))
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 8)
+    assert model.get_classifier() is model.head[0]
+    # the head is split off as a region of its own (get_classifier names it), and it is still the
+    # model's output: its final sigmoid is left alone, as in the model compiled whole
+    changed = {r.name for r in model.vgp_report.sites if r.outcomes.get("gpn", "").startswith("a=")}
+    assert changed == {"stem.1", "stages.1", "stages.3"}
+    model.reset_classifier(6)
+    assert model(x).shape == (2, 6) and model.get_classifier().out_features == 6

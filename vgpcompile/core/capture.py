@@ -46,6 +46,7 @@ from torch import fx, nn
 from . import arguments, modes, protocol
 from .affine import declared
 from .region import collides, make_region, referenced_children
+from .targets import MODEL_OUTPUT, output_nodes
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +214,10 @@ def _no_mha_fastpath() -> Iterator[None]:
         backend.set_fastpath_enabled(before)
 
 
-def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
+def _capture(module: nn.Module, prefix: str, out: Capture, model_output: bool = False) -> nn.Module:
+    """``module`` as a region, or eager with its children captured. ``model_output``: the root graph
+    returns what it returns (a module split off by region.referenced_children), so its final
+    activation is the model's."""
     name = prefix.rstrip(".")
     if out.is_user_eager(name, module):
         return _leave_eager(module, prefix, "kept eager by eager=", out, forced=True)
@@ -250,6 +254,8 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
                 return _leave_eager(module, prefix, describe_trace_error(err, module), out)
             forced[failed] = describe_trace_error(err, module.get_submodule(failed))
     gm = make_region(module, graph)
+    if model_output:
+        gm.meta[MODEL_OUTPUT] = True
     _complete_state(gm, module)
     _copy_hooks(module, gm)
     _explain_guards(gm, name or "<root>", type(module).__name__)
@@ -261,11 +267,16 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
         out.decided[name or "<root>"] = decision.record
     for qual, why in forced.items():
         _leave_eager(gm.get_submodule(qual), f"{prefix}{qual}.", why, out)
+    returned = {n.target for n in output_nodes(graph) if n.op == "call_module"} if _is_model_output(gm, prefix) else ()
     for qual in sorted(own - set(forced)):
         if not out.is_user_leaf(prefix + qual, gm.get_submodule(qual)):
-            gm.set_submodule(qual, _capture(gm.get_submodule(qual), f"{prefix}{qual}.", out))
+            gm.set_submodule(qual, _capture(gm.get_submodule(qual), f"{prefix}{qual}.", out, qual in returned))
     _note_user_leaves(gm, graph, prefix, out)
     return gm
+
+
+def _is_model_output(gm: fx.GraphModule, prefix: str) -> bool:
+    return prefix == "" or gm.meta.get(MODEL_OUTPUT, False)
 
 
 def _trace(tracer: _Tracer, module: nn.Module, forward: Callable | None, concrete: dict, training: bool) -> fx.Graph:
