@@ -169,3 +169,38 @@ def test_trainer_trains_checkpoints_and_resumes(tmp_path):
     assert torch.equal(_out(back, (ids,)), _out(model, (ids,)))
     with pytest.raises(ValueError, match=STOCK_REFUSAL):
         T.GPT2LMHeadModel.from_pretrained(tmp_path / "checkpoint-4")
+
+
+def test_traced_pretrained_model_saves_and_pickles(tmp_path):
+    """A transformers model whose root traces: a region of its class, save_pretrained guarded."""
+
+    class TinyConfig(T.PretrainedConfig):
+        model_type = "vgp-tiny"
+
+        def __init__(self, width: int = 16, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.width = width
+
+    class TinyModel(T.PreTrainedModel):
+        config_class = TinyConfig
+
+        def __init__(self, config) -> None:
+            super().__init__(config)
+            self.body = torch.nn.Sequential(torch.nn.Linear(config.width, config.width), torch.nn.Tanh())
+            self.head = torch.nn.Linear(config.width, 2)
+            self.post_init()
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 16)
+    model = vgpcompile.vgpcompile(TinyModel(TinyConfig()), ["gpn"], example_inputs=(x,)).eval()
+    assert isinstance(model, TinyModel) and isinstance(model, torch.fx.GraphModule)
+    model.save_pretrained(tmp_path / "training")
+    with pytest.raises(ValueError, match=STOCK_REFUSAL):
+        TinyModel.from_pretrained(tmp_path / "training")
+    assert torch.equal(vgpcompile.from_pretrained(TinyModel, tmp_path / "training")(x), model(x))
+    frozen = freeze(model)
+    frozen.save_pretrained(tmp_path / "frozen")
+    assert torch.allclose(TinyModel.from_pretrained(tmp_path / "frozen")(x), model(x), atol=1e-6)

@@ -29,7 +29,6 @@ import ast
 import copy
 import functools
 import inspect
-import textwrap
 import weakref
 from typing import Any
 
@@ -184,11 +183,11 @@ def referenced_children(module: nn.Module) -> set[str]:
     (a region of its own class) that those methods can call. Containers stand for their items."""
     out: set[str] = set()
     for chain in _self_chains(type(module)):
-        try:
-            sub = module.get_submodule(chain)
-        except AttributeError:
-            continue  # a plain attribute, a method, a parameter
-        out |= _callable_paths(chain, sub)
+        sub = module
+        for part in chain.split("."):  # registered children only: not properties (base_model is self)
+            sub = sub._modules.get(part) if isinstance(sub, nn.Module) else None
+        if sub is not None:  # else a plain attribute, a method, a parameter
+            out |= _callable_paths(chain, sub)
     return out
 
 
@@ -203,25 +202,41 @@ def _callable_paths(path: str, module: nn.Module) -> set[str]:
 @functools.cache
 def _self_chains(cls: type) -> frozenset[str]:
     """``self.a.b`` attribute chains in the methods of ``cls`` and its user-written bases, other than
-    forward and __init__ (torch's and vgpcompile's own classes are not read)."""
+    forward and __init__ (torch's and vgpcompile's own classes are not read). Each source file is
+    parsed once; a class is found by name in it (two classes of one name in a file: both read)."""
     chains: set[str] = set()
     for klass in cls.__mro__:
         if klass.__module__.startswith(("torch.", "vgpcompile.", "builtins")) or klass is object:
             continue
-        for name, member in vars(klass).items():
-            if name in ("forward", "__init__"):
-                continue
-            fn = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
-            if inspect.isfunction(fn):
-                chains |= _chains_in(inspect.unwrap(fn))
+        try:
+            file = inspect.getsourcefile(klass)
+        except TypeError:
+            file = None
+        for node in _class_defs(file).get(klass.__name__, ()):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name not in (
+                    "forward",
+                    "__init__",
+                ):
+                    chains |= _chains_in(item)
     return frozenset(chains)
 
 
-def _chains_in(fn: Any) -> set[str]:
+@functools.cache
+def _class_defs(file: str | None) -> dict[str, list[ast.ClassDef]]:
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    except (OSError, TypeError, SyntaxError):
-        return set()
+        with open(file, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return {}
+    found: dict[str, list[ast.ClassDef]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            found.setdefault(node.name, []).append(node)
+    return found
+
+
+def _chains_in(tree: ast.AST) -> set[str]:
     chains = set()
     for node in ast.walk(tree):
         parts = []
