@@ -214,10 +214,8 @@ def _self_chains(cls: type) -> frozenset[str]:
             file = None
         for node in _class_defs(file).get(klass.__name__, ()):
             for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name not in (
-                    "forward",
-                    "__init__",
-                ):
+                method = isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                if method and item.name not in ("forward", "__init__"):
                     chains |= _chains_in(item)
     return frozenset(chains)
 
