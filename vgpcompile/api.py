@@ -21,7 +21,7 @@ from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
 from .core.eager import eager_owners, find_eager_sites
 from .core.graph import nonlinear_depth
-from .core.region import keep_class
+from .core.region import helper_activation_calls, keep_class
 from .core.registry import resolve
 from .core.report import Report, SiteRecord
 from .core.runner import order, run_pass
@@ -174,6 +174,8 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     )
     report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
     _report_capture(report, cap, reference, example)
+    if pass_list:
+        _report_helpers(report, cap.regions, catalogue)
     owners = eager_owners(cap.root, cap.eager)
     outputs = reference.outputs if reference else set()
     known = _register_sites(cap.regions, report, catalogue) + _register_eager(owners, report, catalogue, outputs)
@@ -210,6 +212,19 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         recipe["observed"] = calibration.recorded
     cap.root.vgp_recipe = recipe
     return cap.root, report
+
+
+def _report_helpers(report: Report, regions, catalogue: Catalogue) -> None:
+    """Warn about activation functions in methods the traced forward inlined (core/region.py)."""
+    for prefix, gm in regions.items():
+        calls = helper_activation_calls(gm, catalogue)
+        if calls:
+            shown = "; ".join(calls[:3]) + (f" (+{len(calls) - 3} more)" if len(calls) > 3 else "")
+            report.warn(
+                f"{prefix.rstrip('.') or '<root>'}: {shown}: the traced forward has these calls rewritten, but a "
+                "direct call of that method runs them as written; call the model (forward), or use activation "
+                "modules (nn.Tanh()), which are swapped in place"
+            )
 
 
 def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:

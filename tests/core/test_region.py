@@ -172,3 +172,25 @@ def test_timm_style_entry_points():
     assert changed == {"stem.1", "stages.1", "stages.3"}
     model.reset_classifier(6)
     assert model(x).shape == (2, 6) and model.get_classifier().out_features == 6
+
+
+class FunctionInHelper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def features(self, x):
+        return torch.tanh(self.fc(x))
+
+    def forward(self, x):
+        return self.features(x) * 2
+
+
+def test_activation_function_in_an_inlined_helper_is_reported():
+    x = torch.randn(2, 4)
+    model = vgpcompile(FunctionInHelper(), ["gpn"], example_inputs=(x,))
+    # forward's graph has the tanh rewritten; features() called directly runs torch.tanh as written
+    assert not torch.allclose(model(x), model.features(x) * 2)
+    (warning,) = [w for w in model.vgp_report.warnings if "direct call" in w]
+    assert "FunctionInHelper.features calls tanh (test_region.py:" in warning
+    assert not any("direct call" in w for w in vgpcompile(_net(), ["gpn"], example_inputs=(X,)).vgp_report.warnings)

@@ -29,6 +29,7 @@ import ast
 import copy
 import functools
 import inspect
+import os
 import weakref
 from typing import Any
 
@@ -244,3 +245,33 @@ def _chains_in(tree: ast.AST) -> set[str]:
         if parts and isinstance(node, ast.Name) and node.id == "self":
             chains.add(".".join(reversed(parts)))
     return chains
+
+
+def helper_activation_calls(region: nn.Module, catalogue: Any) -> list[str]:
+    """``Class.method calls fn (file:line)`` for each activation function the region's own methods
+    call, in the methods its ``forward`` calls (``self.features(x)``): traced, they are part of the
+    forward's graph and rewritten there, but a direct ``features(x)`` runs them as written."""
+    from .eager import _scan
+
+    cls = getattr(type(region), "vgp_user_class", None)
+    if cls is None:
+        return []
+    forward = [m for node in _class_defs(_source_file(cls)).get(cls.__name__, ()) for m in node.body
+               if isinstance(m, ast.FunctionDef) and m.name == "forward"]  # fmt: skip
+    found: list[str] = []
+    for name in sorted({c.split(".")[0] for f in forward for c in _chains_in(f)} - {"forward"}):
+        fn = getattr(cls, name, None)
+        fn = inspect.unwrap(fn) if callable(fn) else None
+        if not inspect.isfunction(fn):
+            continue  # a submodule, an attribute
+        for call, *_ in _scan(fn, region, catalogue):
+            callee = call.callee if isinstance(call.callee, str) else getattr(call.callee, "__name__", "?")
+            found.append(f"{cls.__name__}.{name} calls {callee} ({os.path.basename(call.filename)}:{call.line})")
+    return found
+
+
+def _source_file(cls: type) -> str | None:
+    try:
+        return inspect.getsourcefile(cls)
+    except TypeError:
+        return None
