@@ -194,3 +194,40 @@ def test_activation_function_in_an_inlined_helper_is_reported():
     (warning,) = [w for w in model.vgp_report.warnings if "direct call" in w]
     assert "FunctionInHelper.features calls tanh (test_region.py:" in warning
     assert not any("direct call" in w for w in vgpcompile(_net(), ["gpn"], example_inputs=(X,)).vgp_report.warnings)
+
+
+class Blocks(nn.Module):
+    """Methods that use a ModuleList and a head the forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3))
+        self.aux = nn.Sequential(nn.Linear(4, 2), nn.Tanh(), nn.Linear(2, 2))
+
+    def intermediates(self, x):
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def forward_aux(self, x):
+        return self.aux(x)
+
+    def forward(self, x):
+        return self.intermediates(x)[-1]
+
+
+def test_containers_and_modules_forward_does_not_call():
+    torch.manual_seed(0)
+    net, x = Blocks(), torch.randn(2, 4)
+    plain = vgpcompile(net, [], example_inputs=(x,))
+    assert isinstance(plain.blocks, nn.ModuleList) and len(plain.blocks) == 3
+    assert all(torch.equal(a, b) for a, b in zip(plain.intermediates(x), net.intermediates(x)))
+    assert torch.equal(plain.forward_aux(x), net.forward_aux(x)) and torch.equal(plain(x), net(x))
+    model = vgpcompile(net, ["gpn"], example_inputs=(x,))
+    assert isinstance(model.aux, fx.GraphModule)  # compiled too: forward_aux calls the rewritten tanh
+    changed = {r.name for r in model.vgp_report.sites if r.outcomes.get("gpn", "").startswith("a=")}
+    assert changed == {"blocks.0.1", "blocks.1.1", "aux.1"}  # blocks.2's tanh is the model's output
+    assert torch.equal(model.intermediates(x)[-1], model(x))
+    assert sorted(model.state_dict()) == sorted(net.state_dict())

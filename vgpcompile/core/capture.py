@@ -269,10 +269,23 @@ def _capture(module: nn.Module, prefix: str, out: Capture, model_output: bool = 
         _leave_eager(gm.get_submodule(qual), f"{prefix}{qual}.", why, out)
     returned = {n.target for n in output_nodes(graph) if n.op == "call_module"} if _is_model_output(gm, prefix) else ()
     for qual in sorted(own - set(forced)):
+        _restore(gm, module, qual)
         if not out.is_user_leaf(prefix + qual, gm.get_submodule(qual)):
             gm.set_submodule(qual, _capture(gm.get_submodule(qual), f"{prefix}{qual}.", out, qual in returned))
     _note_user_leaves(gm, graph, prefix, out)
     return gm
+
+
+def _restore(gm: fx.GraphModule, original: nn.Module, qual: str) -> None:
+    """Put ``original``'s own module at ``qual`` and at each container above it (``blocks`` of
+    ``blocks.0``) into the region: where forward did not call it, GraphModule left an empty
+    stand-in (no forward, not iterable). It holds the same parameters and leaves as the stand-in."""
+    parts = qual.split(".")
+    for i in range(1, len(parts) + 1):
+        path = ".".join(parts[:i])
+        mine = original.get_submodule(path)
+        if (i == len(parts) or isinstance(mine, CONTAINERS)) and gm.get_submodule(path) is not mine:
+            gm.set_submodule(path, mine)
 
 
 def _is_model_output(gm: fx.GraphModule, prefix: str) -> bool:
