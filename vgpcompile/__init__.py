@@ -28,6 +28,7 @@ from .errors import (  # noqa: E402
 )
 from .freeze import freeze  # noqa: E402
 from .io.checkpoint import load, save  # noqa: E402
+from .io.hf import from_pretrained  # noqa: E402
 from .io.onnx import export_onnx  # noqa: E402
 from .tools.diagnose import DiagnoseReport, diagnose  # noqa: E402
 
@@ -54,6 +55,7 @@ __all__ = [
     "diagnose",
     "export_onnx",
     "freeze",
+    "from_pretrained",
     "list_passes",
     "load",
     "orthogonal",

@@ -25,6 +25,7 @@ from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
 from .core.eager import eager_owners, find_eager_sites
 from .core.graph import nonlinear_depth
+from .core.region import helper_activation_calls, keep_class
 from .core.registry import resolve
 from .core.report import Report, SiteRecord, VgpWarning
 from .core.runner import order, run_pass
@@ -74,9 +75,11 @@ def vgpcompile(
     """Compile ``model``: capture it with torch.fx, run ``passes``, return a trainable module.
 
     ``passes`` takes pass names, pipeline strings (``"gpn{root=paper},arp"``) or Pass
-    instances. The result is a ``torch.fx.GraphModule`` (or, when the top-level forward
-    cannot be traced, the model with its traceable children compiled in place). It keeps the
-    original parameter names, so an original state_dict loads into it. It carries
+    instances. The result is still an instance of ``model``'s class: a ``torch.fx.GraphModule``
+    subclass of it whose ``forward`` is the traced graph, with the model's methods and plain
+    attributes (core/region.py), or, when the top-level forward cannot be traced, the model
+    with its traceable children compiled in place. It keeps the original parameter names, so
+    an original state_dict loads into it. It carries
     ``vgp_report`` (per site: what changed, or why not) and ``vgp_recipe`` (what to
     re-apply on load). ``model`` itself is left untouched unless ``inplace=True``.
 
@@ -199,6 +202,8 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     )
     report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
     _report_capture(report, cap, reference, example)
+    if pass_list:
+        _report_helpers(report, cap.regions, catalogue)
     owners = eager_owners(cap.root, cap.eager)
     outputs = reference.outputs if reference else set()
     known = _register_sites(cap.regions, report, catalogue) + _register_eager(owners, report, catalogue, outputs)
@@ -228,12 +233,26 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     report.depth_after, _ = nonlinear_depth(cap.root, catalogue)
     rules = {k: _rules(getattr(opts, k)) for k in ("select", "ignore", "leaf", "eager")}
     versions = {"vgpcompile": __version__, "torch": torch.__version__}
+    cap.root = keep_class(cap.root)  # an eager root gets save_pretrained's guard (core/region.py)
     cap.root.vgp_report = report
     recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions, cap.decisions())
     if calibration.recorded:
         recipe["observed"] = calibration.recorded
     cap.root.vgp_recipe = recipe
     return cap.root, report
+
+
+def _report_helpers(report: Report, regions, catalogue: Catalogue) -> None:
+    """Warn about activation functions in methods the traced forward inlined (core/region.py)."""
+    for prefix, gm in regions.items():
+        calls = helper_activation_calls(gm, catalogue)
+        if calls:
+            shown = "; ".join(calls[:3]) + (f" (+{len(calls) - 3} more)" if len(calls) > 3 else "")
+            report.warn(
+                f"{prefix.rstrip('.') or '<root>'}: {shown}: the traced forward has these calls rewritten, but a "
+                "direct call of that method runs them as written; call the model (forward), or use activation "
+                "modules (nn.Tanh()), which are swapped in place"
+            )
 
 
 def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:

@@ -45,6 +45,8 @@ from torch import fx, nn
 
 from . import arguments, modes, protocol
 from .affine import declared
+from .region import collides, make_region, referenced_children
+from .targets import MODEL_OUTPUT, output_nodes
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,7 +239,10 @@ def _no_mha_fastpath() -> Iterator[None]:
         backend.set_fastpath_enabled(before)
 
 
-def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
+def _capture(module: nn.Module, prefix: str, out: Capture, model_output: bool = False) -> nn.Module:
+    """``module`` as a region, or eager with its children captured. ``model_output``: the root graph
+    returns what it returns (a module split off by region.referenced_children), so its final
+    activation is the model's."""
     name = prefix.rstrip(".")
     if out.is_user_eager(name, module):
         return _leave_eager(module, prefix, "kept eager by eager=", out, forced=True)
@@ -245,6 +250,7 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
     if planned_eager:
         return _leave_eager(module, prefix, planned_eager, out)
     forward, reason = traceable_forward(module)
+    reason = reason or collides(module)
     height = out.heights.get(id(module), 0)
     if not reason and height > FX_MAX_NESTING:
         reason = (
@@ -254,8 +260,9 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
     if reason:
         return _leave_eager(module, prefix, reason, out)
     forced: dict[str, str] = {}
+    own = referenced_children(module)  # called by the class's other methods: kept callable (core/region.py)
     while True:
-        tracer = _Tracer(set(forced), lambda q, m: out.is_user_leaf(prefix + q, m), out)
+        tracer = _Tracer(set(forced) | own, lambda q, m: out.is_user_leaf(prefix + q, m), out)
         try:
             decision = arguments.decide(
                 forward or type(module).forward,
@@ -278,10 +285,12 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
                 return _leave_eager(module, prefix, describe_trace_error(err, module), out)
             forced[failed] = describe_trace_error(err, module.get_submodule(failed))
     try:
-        gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
+        gm = make_region(module, graph)
     except (SyntaxError, RecursionError) as err:  # fx's code for ~200 nested modules passes Python's parser limits
         why = f"torch.fx cannot generate its code ({type(err).__name__}: {getattr(err, 'msg', err)}; modules nested"
         return _leave_eager(module, prefix, f"{why} too deeply?) (in {forward_location(module)})", out)
+    if model_output:
+        gm.meta[MODEL_OUTPUT] = True
     _complete_state(gm, module)
     _copy_hooks(module, gm)
     _explain_guards(gm, name or "<root>", type(module).__name__)
@@ -293,8 +302,29 @@ def _capture(module: nn.Module, prefix: str, out: Capture) -> nn.Module:
         out.decided[name or "<root>"] = decision.record
     for qual, why in forced.items():
         _leave_eager(gm.get_submodule(qual), f"{prefix}{qual}.", why, out)
+    returned = {n.target for n in output_nodes(graph) if n.op == "call_module"} if _is_model_output(gm, prefix) else ()
+    for qual in sorted(own - set(forced)):
+        _restore(gm, module, qual)
+        if not out.is_user_leaf(prefix + qual, gm.get_submodule(qual)):
+            gm.set_submodule(qual, _capture(gm.get_submodule(qual), f"{prefix}{qual}.", out, qual in returned))
     _note_user_leaves(gm, graph, prefix, out)
     return gm
+
+
+def _restore(gm: fx.GraphModule, original: nn.Module, qual: str) -> None:
+    """Put ``original``'s own module at ``qual`` and at each container above it (``blocks`` of
+    ``blocks.0``) into the region: where forward did not call it, GraphModule left an empty
+    stand-in (no forward, not iterable). It holds the same parameters and leaves as the stand-in."""
+    parts = qual.split(".")
+    for i in range(1, len(parts) + 1):
+        path = ".".join(parts[:i])
+        mine = original.get_submodule(path)
+        if (i == len(parts) or isinstance(mine, CONTAINERS)) and gm.get_submodule(path) is not mine:
+            gm.set_submodule(path, mine)
+
+
+def _is_model_output(gm: fx.GraphModule, prefix: str) -> bool:
+    return prefix == "" or gm.meta.get(MODEL_OUTPUT, False)
 
 
 def _trace(tracer: _Tracer, module: nn.Module, forward: Callable | None, concrete: dict, training: bool) -> fx.Graph:
@@ -326,6 +356,8 @@ def _plain_signature(graph: fx.Graph, concrete: dict[str, Any]) -> fx.Graph:
     argument ``mask`` to ``mask_1``, which breaks keyword calls) and returns its structure
     directly (an empty ``**kwargs`` makes fx generate pytree flattening code)."""
     for node in graph.nodes:
+        if isinstance(node.type, str):  # a postponed annotation fx cannot resolve: it breaks pickling the region
+            node.type = None
         if node.op == "placeholder":
             base = str(node.target).rsplit("_", 1)[0]
             if base in concrete and str(node.target) == f"{base}_1":

@@ -109,6 +109,9 @@ def _producer(node: fx.Node, gm: fx.GraphModule) -> tuple[str | None, str | None
     return None, None, None
 
 
+MODEL_OUTPUT = "vgp.model_output"  # GraphModule.meta: this region's outputs are the model's
+
+
 def output_nodes(graph: fx.Graph) -> set[fx.Node]:
     """Nodes whose value is (a reshaped or dropped-out form of) a model output."""
     out = next(n for n in reversed(graph.nodes) if n.op == "output")
@@ -231,8 +234,9 @@ def _build(node, gm, region, act, params, spelling, inplace, unusable, applied, 
         producer_name=(region + name) if name else None,
         producer_module=module,
         producer_shared=shared,
-        # only the root graph's outputs are the model's; a sub-region's output feeds eager code
-        is_output=node in outputs and region == "",
+        # only the root graph's outputs are the model's; a sub-region's output feeds eager code,
+        # unless the region is one the root graph returns (core/capture.py marks it: MODEL_OUTPUT)
+        is_output=node in outputs and (region == "" or gm.meta.get(MODEL_OUTPUT, False)),
         applied=applied,
         unusable=unusable,
         input=src if isinstance(src, fx.Node) else None,

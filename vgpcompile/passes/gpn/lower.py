@@ -1,6 +1,7 @@
 """Freeze step for ``gpn``: fold a * phi(x) + b into the affine layer that consumes it.
 
     GPN(x) -> Linear(W, c)               ==>  phi(x) -> Linear(a W, c + b W 1)
+    GPN(x) -> declared affine (Conv1D)   ==>  the same on its own weight layout (core/affine.py)
     GPN(x) -> Conv(W, c), no zero pads   ==>  phi(x) -> Conv(a W, c + b sum_{in, k} W)
     GPN(x) -> Conv(W, c), zero pads      ==>  phi(x) + b/a -> Conv(a W, c)
     GPN(x) -> pool/flatten/... -> layer  ==>  phi(x) -> pool/flatten/... -> folded layer
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ...core.affine import declared
 from ...core.catalogue import DEFAULT, Catalogue
 from ...core.rewrite import replace_node
 from ...core.targets import call_counts
@@ -88,7 +90,7 @@ def _consuming_layer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int], a
         if len(users) != 1 or not _takes_only_as_first_argument(users[0], current):
             return None
         (user,) = users
-        if user.op == "call_module" and calls.get(user.target) == 1 and type(gm.get_submodule(user.target)) in _LAYERS:
+        if user.op == "call_module" and calls.get(user.target) == 1 and _absorbs(gm.get_submodule(user.target)):
             return current, user
         if not _commutes_with_affine(user, gm, a):
             return None
@@ -134,10 +136,25 @@ def _pads_with_zeros(layer: nn.Module) -> bool:
     return any(int(p) for p in layer._reversed_padding_repeated_twice)
 
 
+def _absorbs(layer: nn.Module) -> bool:
+    """torch's Linear and Conv, and declared affine layers (core/affine.py: transformers' Conv1D)
+    that have a bias to take b (or none, when b is 0 anyway, is decided in absorb's caller)."""
+    if type(layer) in _LAYERS:
+        return True
+    spec = declared(layer)
+    return spec is not None and spec.bias is not None and getattr(layer, spec.bias, None) is not None
+
+
 @torch.no_grad()
 def absorb(layer: nn.Module, a: float, b: float) -> nn.Module:
     """``layer`` applied to a * x + b, as one layer of the same type."""
     out = copy.deepcopy(layer)
+    spec = declared(layer)
+    if spec is not None:  # x @ W + c ("in_out", Conv1D) or x @ W.T + c: the input dim is 0 or 1
+        w, bias = getattr(layer, spec.weight), getattr(layer, spec.bias)
+        getattr(out, spec.weight).copy_(a * w)
+        getattr(out, spec.bias).copy_(bias + b * w.sum(dim=0 if spec.layout == "in_out" else 1))
+        return out
     w = layer.weight
     shift = b * w.sum(dim=tuple(range(1, w.dim())))
     out.weight.copy_(a * w)

@@ -1,0 +1,233 @@
+"""The compiled model is still the user's model (core/region.py): its class, methods and attributes."""
+
+from __future__ import annotations
+
+import abc
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import fx, nn
+
+from vgpcompile import freeze, load, save, vgpcompile
+
+
+class MyNet(nn.Module):
+    """A model with a helper method that calls a submodule, and a plain attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Dropout(0.1), nn.Linear(16, 16), nn.GELU())
+        self.head = nn.Linear(16, 3)
+        self.temperature = 2.0
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scaled(self.head(self.features(x)))
+
+
+def _net() -> MyNet:
+    torch.manual_seed(0)
+    return MyNet()
+
+
+X = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _run(model, training: bool, fn=None) -> torch.Tensor:
+    model.train(training)
+    torch.manual_seed(3)
+    return (fn or model)(X).detach()
+
+
+@pytest.mark.parametrize("passes", [[], ["gpn"], ["bsnn"], ["arp"], ["roaf"]], ids=lambda p: "+".join(p) or "none")
+def test_user_class_methods_and_attributes_survive(passes):
+    net = _net()
+    compiled = vgpcompile(net, passes, example_inputs=(X,))
+    assert isinstance(compiled, MyNet) and isinstance(compiled, fx.GraphModule)
+    assert type(compiled).__name__ == "MyNet" and compiled.temperature == 2.0
+    assert sorted(compiled.state_dict()) == sorted(net.state_dict())
+    for training in (True, False):
+        # the helper method runs the compiled submodule: forward == scaled(head(features(x)))
+        by_methods = _run(compiled, training, lambda x: compiled.scaled(compiled.head(compiled.features(x))))
+        assert torch.equal(by_methods, _run(compiled, training))
+        if not passes:
+            assert torch.equal(_run(compiled, training), _run(net, training))
+            assert torch.equal(_run(compiled, training, compiled.features), _run(net, training, net.features))
+    compiled.temperature = 4.0  # the user's method reads it (the traced forward holds the value it was traced with)
+    assert torch.equal(compiled.scaled(torch.ones(2)), torch.full((2,), 0.25))
+    assert isinstance(compiled.body, nn.Sequential) and isinstance(compiled.body, fx.GraphModule)
+
+
+def test_freeze_copy_pickle_and_load_keep_the_class(tmp_path):
+    compiled = vgpcompile(_net(), ["gpn"], example_inputs=(X,))
+    compiled.temperature = 3.0
+    expected = _run(compiled, False)
+    frozen = freeze(compiled)
+    twins = [frozen, copy.deepcopy(compiled), pickle.loads(pickle.dumps(compiled))]
+    for twin in twins:
+        assert isinstance(twin, MyNet) and twin.temperature == 3.0 and isinstance(twin.body, nn.Sequential)
+        assert torch.allclose(_run(twin, False), expected, atol=1e-6)
+        assert torch.allclose(_run(twin, False, twin.features), _run(compiled, False, compiled.features), atol=1e-6)
+    assert torch.equal(_run(twins[2], True), _run(compiled, True))  # pickled: the same graph, bitwise
+    save(compiled, tmp_path / "ckpt")
+    back = load(_net, tmp_path / "ckpt")
+    assert isinstance(back, MyNet) and torch.equal(_run(back, False), _run(compiled, False))
+
+
+def test_compiled_again_and_torch_compile():
+    compiled = vgpcompile(_net(), ["gpn"], example_inputs=(X,))
+    again = vgpcompile(compiled, ["arp"], example_inputs=(X,))
+    assert isinstance(again, MyNet) and type(again).vgp_user_class is MyNet  # not a subclass of a subclass
+    assert again.temperature == 2.0 and again.features(X).shape == (5, 16)
+    fast = torch.compile(again.eval(), fullgraph=True, backend="eager")
+    assert torch.allclose(fast(X), again(X), atol=1e-6)
+    assert "MyNet" in repr(again)
+
+
+class HasGraph(nn.Module):
+    """An attribute named like part of fx.GraphModule's machinery: the module cannot be both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.graph = {"nodes": 3}
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x))
+
+
+class Base(nn.Module, abc.ABC):
+    @abc.abstractmethod
+    def features(self, x): ...
+
+
+class Concrete(Base):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.Tanh()  # a module: swapped in place, so features() calls the rewritten one too
+
+    def features(self, x):
+        return self.act(self.fc(x))
+
+    def forward(self, x):
+        return self.features(x) * 2
+
+
+def test_attribute_clash_stays_eager_and_abc_classes_compile():
+    x = torch.randn(2, 4)
+    clash = vgpcompile(HasGraph(), ["gpn"], example_inputs=(x,))
+    assert type(clash) is HasGraph and clash.graph == {"nodes": 3}
+    assert any("shadowed by torch.fx.GraphModule" in e.reason for e in clash.vgp_report.eager)
+    abstract = vgpcompile(Concrete(), ["gpn"], example_inputs=(x,))
+    assert isinstance(abstract, Concrete) and isinstance(abstract, Base) and isinstance(abstract, fx.GraphModule)
+    assert abstract.vgp_report.changed_count("gpn") == 1
+    assert torch.allclose(abstract(x), abstract.features(x) * 2)
+
+
+class TimmLike(nn.Module):
+    """timm's classifier API: forward_features, forward_head, get_classifier, reset_classifier."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.stages = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU())
+        self.head = nn.Sequential(nn.Linear(8, num_classes), nn.Sigmoid())  # a multi-label head
+
+    def forward_features(self, x):
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x.mean((2, 3))
+        return x if pre_logits else self.head(x)
+
+    def get_classifier(self):
+        return self.head[0]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head[0] = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def test_timm_style_entry_points():
+    torch.manual_seed(0)
+    net, x = TimmLike(), torch.randn(2, 3, 8, 8)
+    model = vgpcompile(net, ["gpn"], example_inputs=(x,)).eval()
+    assert isinstance(model, TimmLike)
+    assert torch.allclose(model.forward_head(model.forward_features(x)), model(x))
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 8)
+    assert model.get_classifier() is model.head[0]
+    # the head is split off as a region of its own (get_classifier names it), and it is still the
+    # model's output: its final sigmoid is left alone, as in the model compiled whole
+    changed = {r.name for r in model.vgp_report.sites if r.outcomes.get("gpn", "").startswith("a=")}
+    assert changed == {"stem.1", "stages.1", "stages.3"}
+    model.reset_classifier(6)
+    assert model(x).shape == (2, 6) and model.get_classifier().out_features == 6
+
+
+class FunctionInHelper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def features(self, x):
+        return torch.tanh(self.fc(x))
+
+    def forward(self, x):
+        return self.features(x) * 2
+
+
+def test_activation_function_in_an_inlined_helper_is_reported():
+    x = torch.randn(2, 4)
+    model = vgpcompile(FunctionInHelper(), ["gpn"], example_inputs=(x,))
+    # forward's graph has the tanh rewritten; features() called directly runs torch.tanh as written
+    assert not torch.allclose(model(x), model.features(x) * 2)
+    (warning,) = [w for w in model.vgp_report.warnings if "direct call" in w]
+    assert "FunctionInHelper.features calls tanh (test_region.py:" in warning
+    assert not any("direct call" in w for w in vgpcompile(_net(), ["gpn"], example_inputs=(X,)).vgp_report.warnings)
+
+
+class Blocks(nn.Module):
+    """Methods that use a ModuleList and a head the forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3))
+        self.aux = nn.Sequential(nn.Linear(4, 2), nn.Tanh(), nn.Linear(2, 2))
+
+    def intermediates(self, x):
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def forward_aux(self, x):
+        return self.aux(x)
+
+    def forward(self, x):
+        return self.intermediates(x)[-1]
+
+
+def test_containers_and_modules_forward_does_not_call():
+    torch.manual_seed(0)
+    net, x = Blocks(), torch.randn(2, 4)
+    plain = vgpcompile(net, [], example_inputs=(x,))
+    assert isinstance(plain.blocks, nn.ModuleList) and len(plain.blocks) == 3
+    assert all(torch.equal(a, b) for a, b in zip(plain.intermediates(x), net.intermediates(x)))
+    assert torch.equal(plain.forward_aux(x), net.forward_aux(x)) and torch.equal(plain(x), net(x))
+    model = vgpcompile(net, ["gpn"], example_inputs=(x,))
+    assert isinstance(model.aux, fx.GraphModule)  # compiled too: forward_aux calls the rewritten tanh
+    changed = {r.name for r in model.vgp_report.sites if r.outcomes.get("gpn", "").startswith("a=")}
+    assert changed == {"blocks.0.1", "blocks.1.1", "aux.1"}  # blocks.2's tanh is the model's output
+    assert torch.equal(model.intermediates(x)[-1], model(x))
+    assert sorted(model.state_dict()) == sorted(net.state_dict())
