@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .core import calibrate, verify
+from .core import calibrate, facts, verify
 from .core import recipe as recipes
 from .core.capture import capture as capture_model
 from .core.catalogue import DEFAULT, Catalogue
@@ -156,7 +156,8 @@ def _compile(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) 
 def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) -> tuple[nn.Module, Report]:
     _check_arguments(model, opts)
     catalogue = opts.catalogue or DEFAULT
-    pass_list = order(resolve(passes, opts.options))
+    requested = resolve(passes, opts.options)
+    pass_list = order(requested)
     selection = Selection(opts.select, opts.ignore)
     _check_kinds(selection, catalogue)
     is_leaf = _module_predicate(opts.leaf, model, "leaf")
@@ -169,7 +170,8 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     cap = capture_model(
         work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules), is_eager, check, observed, opts.capture
     )
-    report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
+    report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions),
+                    requested=[p.name for p in requested])
     _report_capture(report, cap, reference, example)
     owners = eager_owners(cap.root, cap.eager)
     outputs = reference.outputs if reference else set()
@@ -187,9 +189,13 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     )
     run = None if example is None else (lambda: calibrate.observe(cap.root, cap.regions, example))
     calibration = calibrate.Calibration(run, opts.observed)
+    checked = facts.checking() and example is not None
     for i, pass_ in enumerate(pass_list):
+        before = _facts_now(cap, example) if checked and not pass_.changes_inputs else None
         result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root, owners, outputs)
         calibration.done(pass_.name)
+        if before is not None:
+            facts.check(pass_.name, pass_.writes, facts.changed(before, _facts_now(cap, example)))
         report.add(result)
         if result.root is not None:
             cap.root = result.root
@@ -206,6 +212,11 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         recipe["observed"] = calibration.recorded
     cap.root.vgp_recipe = recipe
     return cap.root, report
+
+
+def _facts_now(cap, example: tuple) -> facts.Snapshot:
+    """The facts of the model as it is now, with the ranges seen on ``example`` (core/facts.py)."""
+    return facts.observe(cap.root, calibrate.observe(cap.root, cap.regions, example))
 
 
 def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:

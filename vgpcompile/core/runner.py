@@ -19,7 +19,7 @@ from typing import Any
 from torch import fx, nn
 
 from ..errors import PassError, UsageError, VgpError
-from . import calibrate, protocol
+from . import calibrate, facts, protocol
 from .contract import BLOCK, LAYER, MODEL, SITE, Env, Pass, PassResult, Target
 from .eager import find_eager_layers, find_eager_sites
 from .select import target_of
@@ -27,11 +27,14 @@ from .targets import META_PASS, META_SITE, Block, Layer, ModelTarget, Site, find
 
 
 def order(passes: Sequence[Pass]) -> list[Pass]:
-    """``passes`` reordered so that a pass that reads a fact runs after every pass that
-    writes it (arp's pivots read the value ranges gpn changes), and a pass that changes the
-    model's inputs runs after all others (they find sites on the original signature);
-    otherwise as given."""
-    items = [p for p in passes if not p.changes_inputs] + [p for p in passes if p.changes_inputs]
+    """``passes`` in the order they run: a pass that reads a fact after every pass that
+    writes it (arp's pivots read the value ranges gpn and orthogonal change), a pass that
+    changes the model's inputs after all others (they find sites on the original signature),
+    and passes that do not depend on each other in one fixed order (core.facts.rank), so the
+    order the user lists them in never changes the result."""
+    for p in passes:
+        _check_facts(p)
+    items = sorted(passes, key=lambda p: (p.changes_inputs, _rank(p)))
     return _stable_order(items, lambda p: p.reads, lambda p: p.writes, "run")
 
 
@@ -40,6 +43,17 @@ def lower_order(passes: Sequence[Pass]) -> list[Pass]:
     reads a fact after every pass whose lowering writes it (gpn folds into plain layers,
     which arp's and orthogonal's lowerings produce)."""
     return _stable_order(list(reversed(passes)), lambda p: p.lower_reads, lambda p: p.lower_writes, "lower")
+
+
+def _rank(p: Pass) -> tuple[int, str]:
+    from .registry import REGISTRY
+
+    return facts.rank(p.name, REGISTRY)
+
+
+def _check_facts(p: Pass) -> None:
+    for attribute in ("reads", "writes", "lower_reads", "lower_writes"):
+        facts.facts(getattr(p, attribute), p.name, attribute)
 
 
 def _stable_order(items: list[Pass], reads, writes, what: str) -> list[Pass]:

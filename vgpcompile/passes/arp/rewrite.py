@@ -86,6 +86,7 @@ from torch import fx
 
 from ...core import calibrate
 from ...core.contract import LAYER, SITE, Env, Pass, PassResult
+from ...core.facts import Fact
 from ...core.rewrite import mark_applied, replace_node
 from ...core.targets import Layer, Site
 from ...errors import UsageError
@@ -104,8 +105,9 @@ class ARP(Pass):
     summary: ClassVar[str] = "affine pre-activation z -> rho*z, rho = L/(|z at the pivot x_Q| + eps) (auto-rotation)"
     matches: ClassVar[tuple[str, ...]] = (SITE, LAYER)
     layer_types: ClassVar[tuple[type, ...]] = tuple(ROTATED_RECURRENT)
-    reads: ClassVar[frozenset[str]] = frozenset({"ranges"})
-    lower_writes: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    reads: ClassVar[frozenset[str]] = frozenset({Fact.RANGES})
+    writes: ClassVar[frozenset[str]] = frozenset({Fact.RANGES, Fact.LAYERS})  # rho*z; a rotated layer
+    lower_writes: ClassVar[frozenset[str]] = frozenset({Fact.PLAIN_LAYERS})
     dataflow_order: ClassVar[bool] = True  # each site calibrates on its rotated predecessors
 
     L: float | None = None

@@ -58,6 +58,7 @@ from torch.nn.utils import parametrize
 
 from ...core.affine import declared
 from ...core.contract import LAYER, MODEL, Env, Pass, PassResult
+from ...core.facts import Fact
 from ...core.protocol import mark_applied_module
 from ...core.rewrite import unique_name
 from ...core.select import target_of
@@ -83,7 +84,9 @@ class Orthogonal(Pass):
     name: ClassVar[str] = "orthogonal"
     summary: ClassVar[str] = "Linear/Conv weights (semi-)orthogonal, kept so in training (BSNN with gpn)"
     layer_types: ClassVar[tuple[type, ...]] = LAYER_TYPES
-    lower_writes: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    # new weights change every value downstream: passes that read ranges (arp) run after it
+    writes: ClassVar[frozenset[str]] = frozenset({Fact.WEIGHTS, Fact.RANGES, Fact.LAYERS})
+    lower_writes: ClassVar[frozenset[str]] = frozenset({Fact.PLAIN_LAYERS})
     rewrites_eager: ClassVar[bool] = True  # a layer is changed in place, traced or not
 
     init: Literal["haar", "project"] = "haar"

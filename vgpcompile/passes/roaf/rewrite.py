@@ -53,6 +53,7 @@ import torch
 from torch import fx, nn
 
 from ...core.contract import BLOCK, LAYER, Env, Pass, PassResult
+from ...core.facts import Fact
 from ...core.protocol import inserted_by
 from ...core.rewrite import mark_applied, unique_name
 from ...core.targets import Block, Layer
@@ -81,7 +82,7 @@ class ROAF(Pass):
     )
     matches: ClassVar[tuple[str, ...]] = (BLOCK, LAYER)
     layer_types: ClassVar[tuple[type, ...]] = (nn.RNN,)
-    writes: ClassVar[frozenset[str]] = frozenset({"ranges"})
+    writes: ClassVar[frozenset[str]] = frozenset({Fact.RANGES, Fact.LAYERS})
 
     beta: float | None = None
     alpha: float | None = None
