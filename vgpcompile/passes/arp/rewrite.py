@@ -85,6 +85,7 @@ from typing import ClassVar
 from torch import fx
 
 from ...core import calibrate
+from ...core.affine import declared
 from ...core.contract import LAYER, SITE, Env, Pass, PassResult
 from ...core.facts import Fact
 from ...core.rewrite import mark_applied, replace_node
@@ -92,6 +93,7 @@ from ...core.targets import Layer, Site
 from ...errors import UsageError
 from .conditioning import conditioning_warning
 from .constants import DEFAULT_FLOOR, TANH_STATE_Q, default_L
+from .declared import rotatable, rotate_declared
 from .modules import ROTATED_FUNCTIONS, ROTATED_MODULES, check_floor, check_positive
 from .ranges import describe, input_range, normalized_affine
 from .recurrent import ROTATED_RECURRENT
@@ -162,7 +164,10 @@ class ARP(Pass):
         q, origin = pivot
         L = self.L if self.L is not None else default_L(site.activation)
         producer = site.producer
-        if site.producer_module is not None:
+        if site.producer_module is not None and type(site.producer_module) not in ROTATED_MODULES:
+            new = rotate_declared(site.producer_module, L=L, q=q, eps=self.eps, floor=self.floor)
+            producer.graph.owning_module.set_submodule(str(producer.target), new)
+        elif site.producer_module is not None:
             new = ROTATED_MODULES[type(site.producer_module)].from_module(
                 site.producer_module, L=L, q=q, eps=self.eps, floor=self.floor
             )
@@ -237,15 +242,17 @@ def _site_reason(site: Site) -> str | None:
             return normalized
         return f"not fed by an affine layer: its input is {describe(source, gm)}"
     if site.producer_shared:
-        return (
-            f"the output of {site.producer_name} has {len(site.producer.users)} users; rotating it would "
-            "change the others too"
-        )
+        users = len(site.producer.users)
+        if site.nodes:  # a formula's own uses of its input count as one
+            users = 1 + sum(1 for u in site.producer.users if u not in site.nodes)
+        return f"the output of {site.producer_name} has {users} users; rotating it would change the others too"
     module = site.producer_module
     if module is None:
         return _functional_reason(site.producer)
     if "arp" in getattr(module, "vgp_applied", ()):
         return f"{site.producer_name} is already auto-rotated ({type(module).__name__})"
+    if declared(module) is not None and type(module) not in ROTATED_MODULES:
+        return rotatable(module)
     if type(module) not in ROTATED_MODULES:
         kind = type(module).__name__
         if isinstance(module, tuple(ROTATED_MODULES)):
