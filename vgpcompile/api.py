@@ -19,13 +19,13 @@ from .core import recipe as recipes
 from .core.capture import capture as capture_model
 from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
-from .core.eager import eager_owners, find_eager_sites
+from .core.eager import eager_owners
 from .core.graph import nonlinear_depth
+from .core.index import SiteIndex
 from .core.registry import resolve
 from .core.report import Report, SiteRecord
 from .core.runner import order, run_pass
 from .core.select import Selection, target_of
-from .core.targets import find_sites
 from .errors import SelectorError, UsageError, did_you_mean
 
 Rules = Sequence[str] | str | None
@@ -175,7 +175,8 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     _report_capture(report, cap, reference, example)
     owners = eager_owners(cap.root, cap.eager)
     outputs = reference.outputs if reference else set()
-    known = _register_sites(cap.regions, report, catalogue) + _register_eager(owners, report, catalogue, outputs)
+    index = SiteIndex(cap.regions, catalogue, owners, outputs)  # the sites, found once; the rewriter invalidates
+    known = _register_sites(cap.regions, report, index) + _register_eager(owners, report, index, outputs)
     report.depth_before, report.depth_exact = nonlinear_depth(cap.root, catalogue)
     env = Env(
         catalogue,
@@ -192,7 +193,7 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     checked = facts.checking() and example is not None
     for i, pass_ in enumerate(pass_list):
         before = _facts_now(cap, example) if checked and not pass_.changes_inputs else None
-        result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root, owners, outputs)
+        result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root, owners, outputs, index)
         calibration.done(pass_.name)
         if before is not None:
             facts.check(pass_.name, pass_.writes, facts.changed(before, _facts_now(cap, example)))
@@ -219,11 +220,11 @@ def _facts_now(cap, example: tuple) -> facts.Snapshot:
     return facts.observe(cap.root, calibrate.observe(cap.root, cap.regions, example))
 
 
-def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:
+def _register_sites(regions, report: Report, index: SiteIndex) -> list[str]:
     """Add every site to the report; return every name a selector may use."""
     known: list[str] = []
-    for prefix, gm in regions.items():
-        for site in find_sites(gm, prefix, catalogue):
+    for prefix in regions:
+        for site in index.sites(prefix):
             producer = f"{site.producer_kind} {site.producer_name}" if site.producer_kind else None
             report.sites.append(
                 SiteRecord(site.name, site.kind, site.spelling, producer, site.is_output, list(site.notes))
@@ -234,10 +235,10 @@ def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:
     return known
 
 
-def _register_eager(owners, report: Report, catalogue: Catalogue, outputs: set[str]) -> list[str]:
+def _register_eager(owners, report: Report, index: SiteIndex, outputs: set[str]) -> list[str]:
     """Add the sites in eager code (core/eager.py) to the report; return their names."""
     known: list[str] = []
-    for site in find_eager_sites(owners, catalogue, outputs):
+    for site in index.eager_sites():
         record = SiteRecord(site.name, site.kind, site.spelling, None, site.is_output, list(site.notes), eager=True)
         if not site.is_output and not outputs:
             record.notes.append("position in the model unknown without example_inputs")

@@ -88,7 +88,7 @@ from ...core import calibrate
 from ...core.affine import declared
 from ...core.contract import LAYER, SITE, Env, Pass, PassResult
 from ...core.facts import Fact
-from ...core.rewrite import mark_applied, replace_node
+from ...core.rewriter import active
 from ...core.targets import Layer, Site
 from ...errors import UsageError
 from .conditioning import conditioning_warning
@@ -136,10 +136,13 @@ class ARP(Pass):
         if reason:
             return reason
         found = self._pivot_of(target, env)
+        if env.state is not None:  # apply reads it back: the model did not change in between
+            env.state.pivot = (target, found)
         return found if isinstance(found, str) else None
 
     def apply(self, target: Site | Layer, env: Env) -> str:
-        found = self._pivot_of(target, env)
+        kept = getattr(env.state, "pivot", None)
+        found = kept[1] if kept is not None and kept[0] is target else self._pivot_of(target, env)
         if isinstance(found, str):  # check() said otherwise a moment ago; the model did not change since
             raise UsageError(f"arp: {found}")
         text = self._rotate_recurrent(target, found) if isinstance(target, Layer) else self._rotate_site(target, found)
@@ -163,19 +166,17 @@ class ARP(Pass):
     def _rotate_site(self, site: Site, pivot: Pivot) -> str:
         q, origin = pivot
         L = self.L if self.L is not None else default_L(site.activation)
-        producer = site.producer
-        if site.producer_module is not None and type(site.producer_module) not in ROTATED_MODULES:
-            new = rotate_declared(site.producer_module, L=L, q=q, eps=self.eps, floor=self.floor)
-            producer.graph.owning_module.set_submodule(str(producer.target), new)
-        elif site.producer_module is not None:
-            new = ROTATED_MODULES[type(site.producer_module)].from_module(
-                site.producer_module, L=L, q=q, eps=self.eps, floor=self.floor
-            )
-            producer.graph.owning_module.set_submodule(str(producer.target), new)
+        producer, module, rewriter = site.producer, site.producer_module, active()
+        if module is not None:
+            if type(module) in ROTATED_MODULES:
+                new = ROTATED_MODULES[type(module)].from_module(module, L=L, q=q, eps=self.eps, floor=self.floor)
+            else:  # a declared affine layer (GPT-2's Conv1D)
+                new = rotate_declared(module, L=L, q=q, eps=self.eps, floor=self.floor)
+            rewriter.swap_module(producer.graph.owning_module, str(producer.target), new, site.name)
         else:
             kwargs = {**producer.kwargs, "L": L, "q": q, "eps": self.eps, "floor": self.floor}
-            replace_node(producer, "call_function", ROTATED_FUNCTIONS[producer.target], producer.args, kwargs)
-        mark_applied(site.node, site, self.name)
+            rewriter.replace_node(producer, "call_function", ROTATED_FUNCTIONS[producer.target], producer.args, kwargs)
+        rewriter.mark_applied(site.node, site)
         return f"L={L:g} q={q:g} ({origin})"
 
     def _rotate_recurrent(self, layer: Layer, pivot: Pivot) -> str:
@@ -190,7 +191,7 @@ class ARP(Pass):
         new = ROTATED_RECURRENT[type(module)].from_module(
             module, L=self.L, q=q_x, q_h=q_h, eps=self.eps, floor=self.floor
         )
-        layer.gm.set_submodule(layer.name, new)
+        active().swap_module(layer.gm, layer.name, new, layer.full_name)
         L = ", ".join(f"{v:g}" for v in new.gate_L)
         return f"L=({L}) q_x={q_x:g} q_h={q_h:g} ({origin})"
 
