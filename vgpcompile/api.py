@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .core import calibrate, facts, verify
+from .core import calibrate, facts, verify, verify_run
 from .core import recipe as recipes
 from .core.capture import capture as capture_model
 from .core.catalogue import DEFAULT, Catalogue
@@ -189,12 +189,18 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         planning=mode == "plan",
     )
     run = None if example is None else (lambda: calibrate.observe(cap.root, cap.regions, example))
-    calibration = calibrate.Calibration(run, opts.observed)
+    stepper = None
+    if example is not None and list(cap.regions) == [""] and cap.regions[""] is cap.root:
+        if calibrate.Incremental.usable(cap.root, example):  # one graph: re-run only downstream of a change
+            stepper = calibrate.Incremental(cap.root, example)
+    calibration = calibrate.Calibration(run, opts.observed, stepper)
     checked = facts.checking() and example is not None
+    inserted = []
     for i, pass_ in enumerate(pass_list):
         before = _facts_now(cap, example) if checked and not pass_.changes_inputs else None
         result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root, owners, outputs, index)
         calibration.done(pass_.name)
+        inserted += result.inserted
         if before is not None:
             facts.check(pass_.name, pass_.writes, facts.changed(before, _facts_now(cap, example)))
         report.add(result)
@@ -202,6 +208,8 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
             cap.root = result.root
         if result.resolved:  # the recipe records resolved options, so load() rebuilds without examples
             pass_list[i] = dataclasses.replace(pass_, **result.resolved)
+    if mode == "compile" and not any(p.changes_inputs for p in pass_list):
+        verify_run.check(report, cap.root, inserted, example)  # every reported change ran, or the report says not
     if pass_list:
         selection.check_all_matched(known)
     report.depth_after, _ = nonlinear_depth(cap.root, catalogue)

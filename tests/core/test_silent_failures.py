@@ -226,3 +226,47 @@ def test_rwkv_with_arp_and_gpn_compiles_and_reports_each_call_once():
     assert len(report.sites) == 6 and report.changed_count("gpn") == 6
     assert all("_gpn" not in r.name for r in report.sites)
     assert torch.isfinite(compiled(ids).last_hidden_state).all()
+
+
+# --- what was reported is what runs ------------------------------------------------------------
+
+
+class LateLambda(nn.Module):
+    """Makes a lambda in forward and keeps it; a caller runs it after forward returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.later = lambda t: torch.tanh(t)  # noqa: E731
+        return self.fc(x)
+
+
+class CallsLater(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.e = LateLambda()
+
+    def forward(self, x):
+        h = self.e(x)
+        return self.e.later(h)
+
+
+def test_a_rewrite_that_never_runs_is_reported_not_changed():
+    x = torch.randn(3, 4)
+    compiled = vgpcompile(CallsLater(), ["gpn"], eager=["<root>", "e"], example_inputs=(x,))
+    (row,) = compiled.vgp_report.sites
+    assert row.changed["gpn"] is False and "never ran" in row.outcomes["gpn"]
+
+
+def test_without_example_inputs_eager_rewrites_are_unverified():
+    compiled = vgpcompile(Holder(), ["gpn"], eager=["<root>", "e"])
+    assert all(any("unverified" in n for n in r.notes) for r in compiled.vgp_report.sites)
+
+
+def test_every_reported_change_ran_on_an_mlp_with_every_pass():
+    x = torch.randn(16, 8)
+    report = vgpcompile(_mlp(), ["gpn", "arp", "roaf", "orthogonal"], example_inputs=(x,)).vgp_report
+    assert report.changed_count("gpn") == 2 and report.changed_count("arp") == 2
+    assert not any("did not run" in n for r in report.sites for n in r.notes)

@@ -146,7 +146,8 @@ class ARP(Pass):
         if isinstance(found, str):  # check() said otherwise a moment ago; the model did not change since
             raise UsageError(f"arp: {found}")
         text = self._rotate_recurrent(target, found) if isinstance(target, Layer) else self._rotate_site(target, found)
-        calibrate.refresh(env.observed)  # values downstream changed: later sites calibrate on this rotation
+        # values downstream changed: later sites calibrate on this rotation (re-run from its node on)
+        calibrate.refresh(env.observed, target.node if isinstance(target, Layer) else target.producer)
         return text
 
     def finish(self, targets: list, env: Env) -> PassResult:
