@@ -90,6 +90,11 @@ class Rewriter:
         self._touch(old)
         return old.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new and not (keep and keep(user)))
 
+    def replace_input(self, user: fx.Node, old: fx.Node, new: fx.Node) -> None:
+        """``user`` reads ``new`` where it read ``old``."""
+        self._touch(user)
+        user.replace_input_with(old, new)
+
     def replace_later_uses(self, old: fx.Node, new: fx.Node) -> None:
         """Uses of ``old`` after ``new`` now use ``new`` (an in-place op's later readers)."""
         for user in list(old.users):

@@ -71,7 +71,7 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
             last = phi if last is node else last
             shifted = rewriter.insert_after(last, "call_function", operator.add, (last, b / a))
             shifted.meta.update({k: v for k, v in layer_node.meta.items() if k == "nn_module_stack"})
-            layer_node.replace_input_with(last, shifted)
+            rewriter.replace_input(layer_node, last, shifted)
         folded += 1
     if folded:
         gm.delete_all_unused_submodules()
