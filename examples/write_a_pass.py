@@ -16,8 +16,8 @@ from torch import nn
 
 import vgpcompile
 from vgpcompile.core.contract import SITE, Env, Pass
+from vgpcompile.core.facts import Fact
 from vgpcompile.core.registry import REGISTRY
-from vgpcompile.core.rewrite import replace_activation
 
 
 class ClampedTanh(nn.Module):
@@ -37,6 +37,7 @@ class Clamp(Pass):
     name: ClassVar[str] = "clamp"
     summary: ClassVar[str] = "tanh(x) -> tanh(clamp(x, -bound, bound))"
     matches: ClassVar[tuple[str, ...]] = (SITE,)
+    writes: ClassVar[frozenset[Fact]] = frozenset({Fact.RANGES})  # values downstream change: arp runs after it
 
     bound: float = 3.0
 
@@ -44,7 +45,7 @@ class Clamp(Pass):
         return None if site.activation.name == "tanh" else f"{site.kind} is not tanh"
 
     def apply(self, site, env: Env) -> str:
-        replace_activation(site, ClampedTanh(self.bound), self.name, "clamp")
+        env.rewriter.replace_activation(site, ClampedTanh(self.bound), "clamp")  # every change goes through it
         return f"bound={self.bound:g}"
 
 

@@ -17,20 +17,20 @@ import torch
 from torch import nn
 
 from . import __version__
-from .core import calibrate, verify
+from .core import calibrate, facts, verify, verify_run
 from .core import recipe as recipes
 from .core.capture import capture as capture_model
 from .core.capture import tree_heights
 from .core.catalogue import DEFAULT, Catalogue
 from .core.contract import Env, Pass
-from .core.eager import eager_owners, find_eager_sites
+from .core.eager import eager_owners
 from .core.graph import nonlinear_depth
+from .core.index import SiteIndex
 from .core.region import helper_activation_calls, keep_class
 from .core.registry import resolve
 from .core.report import Report, SiteRecord, VgpWarning
 from .core.runner import order, run_pass
 from .core.select import Selection, target_of
-from .core.targets import find_sites
 from .errors import SelectorError, UsageError, did_you_mean
 
 Rules = Sequence[str] | str | None
@@ -187,7 +187,8 @@ def _recursion_for(model: Any):
 def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: CompileOptions) -> tuple[nn.Module, Report]:
     _check_arguments(model, opts)
     catalogue = opts.catalogue or DEFAULT
-    pass_list = order(resolve(passes, opts.options))
+    requested = resolve(passes, opts.options)
+    pass_list = order(requested)
     selection = Selection(opts.select, opts.ignore)
     _check_kinds(selection, catalogue)
     is_leaf = _module_predicate(opts.leaf, model, "leaf")
@@ -200,13 +201,15 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     cap = capture_model(
         work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules), is_eager, check, observed, opts.capture
     )
-    report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions))
+    report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions),
+                    requested=[p.name for p in requested])
     _report_capture(report, cap, reference, example)
     if pass_list:
         _report_helpers(report, cap.regions, catalogue)
     owners = eager_owners(cap.root, cap.eager)
     outputs = reference.outputs if reference else set()
-    known = _register_sites(cap.regions, report, catalogue) + _register_eager(owners, report, catalogue, outputs)
+    index = SiteIndex(cap.regions, catalogue, owners, outputs)  # the sites, found once; the rewriter invalidates
+    known = _register_sites(cap.regions, report, index) + _register_eager(owners, report, index, outputs)
     report.depth_before, report.depth_exact = nonlinear_depth(cap.root, catalogue)
     env = Env(
         catalogue,
@@ -219,15 +222,27 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         planning=mode == "plan",
     )
     run = None if example is None else (lambda: calibrate.observe(cap.root, cap.regions, example))
-    calibration = calibrate.Calibration(run, opts.observed)
+    stepper = None
+    if example is not None and list(cap.regions) == [""] and cap.regions[""] is cap.root:
+        if calibrate.Incremental.usable(cap.root, example):  # one graph: re-run only downstream of a change
+            stepper = calibrate.Incremental(cap.root, example)
+    calibration = calibrate.Calibration(run, opts.observed, stepper)
+    checked = facts.checking() and example is not None
+    inserted = []
     for i, pass_ in enumerate(pass_list):
-        result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root, owners, outputs)
+        before = _facts_now(cap, example) if checked and not pass_.changes_inputs else None
+        result = run_pass(pass_, cap.regions, calibration.env_for(env, pass_.name), cap.root, owners, outputs, index)
         calibration.done(pass_.name)
+        inserted += result.inserted
+        if before is not None:
+            facts.check(pass_.name, pass_.writes, facts.changed(before, _facts_now(cap, example)))
         report.add(result)
         if result.root is not None:
             cap.root = result.root
         if result.resolved:  # the recipe records resolved options, so load() rebuilds without examples
             pass_list[i] = dataclasses.replace(pass_, **result.resolved)
+    if mode == "compile" and not any(p.changes_inputs for p in pass_list):
+        verify_run.check(report, cap.root, inserted, example)  # every reported change ran, or the report says not
     if pass_list:
         selection.check_all_matched(known)
     report.depth_after, _ = nonlinear_depth(cap.root, catalogue)
@@ -255,11 +270,16 @@ def _report_helpers(report: Report, regions, catalogue: Catalogue) -> None:
             )
 
 
-def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:
+def _facts_now(cap, example: tuple) -> facts.Snapshot:
+    """The facts of the model as it is now, with the ranges seen on ``example`` (core/facts.py)."""
+    return facts.observe(cap.root, calibrate.observe(cap.root, cap.regions, example))
+
+
+def _register_sites(regions, report: Report, index: SiteIndex) -> list[str]:
     """Add every site to the report; return every name a selector may use."""
     known: list[str] = []
-    for prefix, gm in regions.items():
-        for site in find_sites(gm, prefix, catalogue):
+    for prefix in regions:
+        for site in index.sites(prefix):
             producer = f"{site.producer_kind} {site.producer_name}" if site.producer_kind else None
             report.sites.append(
                 SiteRecord(site.name, site.kind, site.spelling, producer, site.is_output, list(site.notes))
@@ -270,10 +290,10 @@ def _register_sites(regions, report: Report, catalogue: Catalogue) -> list[str]:
     return known
 
 
-def _register_eager(owners, report: Report, catalogue: Catalogue, outputs: set[str]) -> list[str]:
+def _register_eager(owners, report: Report, index: SiteIndex, outputs: set[str]) -> list[str]:
     """Add the sites in eager code (core/eager.py) to the report; return their names."""
     known: list[str] = []
-    for site in find_eager_sites(owners, catalogue, outputs):
+    for site in index.eager_sites():
         record = SiteRecord(site.name, site.kind, site.spelling, None, site.is_output, list(site.notes), eager=True)
         if not site.is_output and not outputs:
             record.notes.append("position in the model unknown without example_inputs")

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.zoo
 PASSES: tuple[tuple[str, ...], ...] = ((), ("gpn",), ("orthogonal",), ("bsnn",), ("arp",), ("roaf",))
 
 # model -> activation sites found, and per pass (changed, of which in eager code); orthogonal
-# counts layers. arp leaves Conv -> BatchNorm -> activation (resnet, functional_bn), declared
-# affine layers (GPT-2's Conv1D) and eager code alone, each with its reason; roaf finds one
+# counts layers. arp leaves Conv -> BatchNorm -> activation (resnet, functional_bn) and eager
+# code alone, each with its reason, and rotates GPT-2's Conv1D under its written-out GELU; roaf finds one
 # shape-preserving block in these models (BERT's pooler, dense 32 -> 32 + tanh). Checked by
 # hand once: e.g. t5 has a ReLU per feed-forward (4) and 32
 # Linear layers, the 24 of its attention modules (which fx cannot trace) in eager code.
@@ -31,7 +31,7 @@ EXPECTED: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
     "bert": (3, {"gpn": (3, 0), "orthogonal": (13, 6), "arp": (3, 0), "roaf": (1, 0)}),
     "distilbert": (2, {"gpn": (2, 0), "orthogonal": (12, 8), "arp": (2, 0), "roaf": (0, 0)}),
     # GELU written out; Conv1D layers; lm_head tied to the token embedding
-    "gpt2": (2, {"gpn": (2, 0), "orthogonal": (8, 4), "arp": (0, 0), "roaf": (0, 0)}),
+    "gpt2": (2, {"gpn": (2, 0), "orthogonal": (8, 4), "arp": (2, 0), "roaf": (0, 0)}),
     "t5": (4, {"gpn": (4, 0), "orthogonal": (32, 24), "arp": (4, 0), "roaf": (0, 0)}),
     "mamba": (2, {"gpn": (2, 0), "orthogonal": (10, 10), "arp": (0, 0), "roaf": (0, 0)}),
     "rwkv": (6, {"gpn": (6, 6), "orthogonal": (14, 14), "arp": (0, 0), "roaf": (0, 0)}),

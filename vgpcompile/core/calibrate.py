@@ -145,14 +145,89 @@ def _run(root: nn.Module, example_inputs: tuple, devices: list[int]) -> None:
         root(*example_inputs)
 
 
+class Incremental:
+    """Runs a fully traced model's graph node by node, keeps every node's value, and after a
+    change at one node runs again only from that node to the node whose range is read next.
+
+    A pass that rewrites one layer at a time and reads the range just downstream (arp's
+    dataflow order) then costs one forward in all, not one per layer. Used only for a model
+    that is one GraphModule taking its example inputs positionally, while the values kept fit
+    in ``limit_bytes``; :class:`Observed` falls back to whole runs otherwise.
+    """
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: tuple, limit_bytes: int = 256 * 2**20) -> None:
+        self.gm, self.example, self.limit = gm, example_inputs, limit_bytes
+        self.nodes: list[fx.Node] = []
+        self.pos: dict[fx.Node, int] = {}
+        self.by_key: dict[str, fx.Node] = {}
+        self.stale = math.inf  # the first node whose value is out of date
+        self.interp: fx.Interpreter | None = None
+
+    @staticmethod
+    def usable(gm: fx.GraphModule, example_inputs: tuple) -> bool:
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        return len(placeholders) == len(example_inputs) and not any(str(p.target).startswith("*") for p in placeholders)
+
+    def full(self) -> dict[str, Range]:
+        """Every node's range, from a run of the whole graph (values kept)."""
+        self.nodes = list(self.gm.graph.nodes)
+        self.pos = {n: i for i, n in enumerate(self.nodes)}
+        self.by_key = {key("", n.name): n for n in self.nodes}
+        self.interp = fx.Interpreter(self.gm, garbage_collect_values=False)
+        self.interp.args_iter = iter(self.example)
+        self.stale = 0
+        return self._upto(len(self.nodes) - 1)
+
+    def invalidate_from(self, node: fx.Node) -> bool:
+        """Mark ``node`` and everything after it out of date; False when the graph changed
+        (``node`` is not one of the nodes kept: run everything again)."""
+        if node not in self.pos or len(self.gm.graph.nodes) != len(self.nodes):
+            return False
+        self.stale = min(self.stale, self.pos[node])
+        return True
+
+    def is_stale(self, k: str) -> bool:
+        node = self.by_key.get(k)
+        return node is not None and self.pos[node] >= self.stale
+
+    def upto(self, k: str) -> dict[str, Range]:
+        return self._upto(self.pos[self.by_key[k]])
+
+    def _upto(self, last: int) -> dict[str, Range]:
+        out: dict[str, Range] = {}
+        chunk = [n for n in self.nodes[int(self.stale) : last + 1] if n.op != "output"]
+        # the modules run here may update buffers (BatchNorm's running statistics): put them back
+        modules = {id(m): m for n in chunk if n.op == "call_module" for m in [self.gm.get_submodule(str(n.target))]}
+        buffers = [(b, b.detach().clone()) for m in modules.values() for b in m.buffers()]
+        devices = sorted({t.device.index for t in self.example if isinstance(t, torch.Tensor) and t.is_cuda})
+        kept = 0
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                for node in chunk:
+                    value = self.interp.run_node(node)
+                    self.interp.env[node] = value
+                    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+                        lo, hi = torch.aminmax(value.detach())
+                        out[key("", node.name)] = (float(lo), float(hi))
+                        kept += value.numel() * value.element_size()
+        finally:
+            _restore(buffers)
+        if kept > self.limit:
+            raise MemoryError("calibration values too large to keep")
+        self.stale = max(self.stale, last + 1)
+        return out
+
+
 class Observed(Mapping[str, Range]):
     """Ranges seen on the example inputs, computed at the first read and after :meth:`refresh`.
 
-    ``used`` holds every range read since the last :meth:`take_used`, as it was read.
+    ``used`` holds every range read since the last :meth:`take_used`, as it was read. With an
+    :class:`Incremental` stepper, a refresh after a change at one node re-runs only from there.
     """
 
-    def __init__(self, run: Callable[[], dict[str, Range]]) -> None:
+    def __init__(self, run: Callable[[], dict[str, Range]], stepper: Incremental | None = None) -> None:
         self._run = run
+        self._stepper = stepper
         self._ranges: dict[str, Range] | None = None
         self._positions: dict[str, int] = {}
         self.runs = 0
@@ -160,24 +235,48 @@ class Observed(Mapping[str, Range]):
 
     def _current(self) -> dict[str, Range]:
         if self._ranges is None:
-            self._ranges = self._run()
+            self._ranges = self._whole()
             self._positions = {k: i for i, k in enumerate(self._ranges)}
             self.runs += 1
         return self._ranges
 
+    def _whole(self) -> dict[str, Range]:
+        if self._stepper is not None:
+            try:
+                return self._stepper.full()
+            except Exception:  # e.g. BatchNorm in training mode on a batch of one: whole runs, as before
+                self._stepper = None
+        return self._run()
+
     def __getitem__(self, k: str) -> Range:
-        value = self._current()[k]
+        ranges = self._current()
+        if self._stepper is not None and self._stepper.is_stale(k):
+            try:
+                ranges.update(self._stepper.upto(k))
+            except Exception:
+                self._stepper, self._ranges = None, None
+                ranges = self._current()
+        value = ranges[k]
         self.used[k] = value
         return value
 
     def __iter__(self) -> Iterator[str]:
+        self._fresh()
         return iter(self._current())
 
     def __len__(self) -> int:
         return len(self._current())
 
-    def refresh(self) -> None:
-        """Forget the ranges: the model changed, the next read runs the example inputs again."""
+    def _fresh(self) -> None:
+        if self._stepper is not None and self._ranges is not None and self._stepper.stale < len(self._stepper.nodes):
+            self._ranges = None
+
+    def refresh(self, after: fx.Node | None = None) -> None:
+        """Forget the ranges: the model changed (at node ``after`` and downstream, when
+        given), the next read runs the example inputs again (from ``after``, when it can)."""
+        if after is not None and self._stepper is not None and self._ranges is not None:
+            if self._stepper.invalidate_from(after):
+                return
         self._ranges = None
 
     def position(self, k: str) -> float:
@@ -196,9 +295,12 @@ class Calibration:
     ``observed``), else none. ``recorded`` collects, per pass, the finite ranges it read."""
 
     def __init__(
-        self, run: Callable[[], dict[str, Range]] | None, recorded: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        run: Callable[[], dict[str, Range]] | None,
+        recorded: Mapping[str, Mapping[str, Any]] | None = None,
+        stepper: Incremental | None = None,
     ) -> None:
-        self.live = None if run is None else Observed(run)
+        self.live = None if run is None else Observed(run, stepper)
         self._given = recorded or {}
         self.recorded: dict[str, dict[str, list[float]]] = {}
         if self.live is None:
@@ -223,11 +325,11 @@ class Calibration:
         self.live.refresh()
 
 
-def refresh(observed: Mapping[str, Range]) -> None:
+def refresh(observed: Mapping[str, Range], after: fx.Node | None = None) -> None:
     """:meth:`Observed.refresh` when ``observed`` is live; a fixed mapping (ranges recorded by an
     earlier compile, or none) stays as it is."""
     if isinstance(observed, Observed):
-        observed.refresh()
+        observed.refresh(after)
 
 
 def position(observed: Mapping[str, Range], k: str) -> float:

@@ -57,6 +57,7 @@ class Env:
     modules that hold one of its parameters (tied weights: rewriting one changes the others).
     ``planning`` is True when the compile only plans (``plan``): a pass may then skip costly
     allocations (rai puts its tables on the meta device); the report must stay the same.
+    ``rewriter`` and ``state`` are the pass run's own (see the fields).
     """
 
     catalogue: Catalogue = DEFAULT
@@ -68,6 +69,11 @@ class Env:
     observed: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     planning: bool = False
+    # set by the runner for each pass run: the rewriter every change goes through
+    # (core/rewriter.py), and a fresh namespace for what the pass computes once per compile in
+    # ``prepare`` and reads in ``check`` / ``apply`` / ``finish`` (the pass itself stays frozen)
+    rewriter: Any = None
+    state: Any = None
 
 
 @dataclass
@@ -94,6 +100,7 @@ class PassResult:
     # inputs); the recipe records them, so load() rebuilds the same model without the examples
     resolved: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    inserted: list[Any] = field(default_factory=list)  # core.rewriter.Inserted: what each change put in
 
     @property
     def changed(self) -> int:

@@ -47,17 +47,30 @@ from .targets import Layer, Site
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _NONLINEAR = {"pow", "exp", "erf", "sqrt", "rsqrt", "square", "log", "log1p", "expm1", "reciprocal", "clamp"}
 HOOK_ATTR = "_vgp_eager_rewrites"
+_MAX_FRAMES = 32  # how far up from a lambda's frame the method that made it is looked for
+
+
+CodeKey = tuple[str, int, str]  # (co_filename, co_firstlineno, co_name): one code object, picklable
+
+
+def code_key(code) -> CodeKey:
+    return code.co_filename, code.co_firstlineno, code.co_name
 
 
 @dataclass(frozen=True)
 class CallSite:
-    """A catalogue call in a method's source: where it is and what it calls."""
+    """A catalogue call in a method's source: where it is and what it calls.
+
+    ``code`` is the code object the call runs in: the method's own, or a lambda, comprehension
+    or nested function inside it; ``method`` is the method's, whose frame holds ``self``."""
 
     filename: str
     function: str  # the method's name (its code's co_name)
     line: int
     end_line: int
     callee: Any  # the function object, or the Tensor method name
+    code: CodeKey = ("", 0, "")
+    method: CodeKey = ("", 0, "")
 
 
 @dataclass
@@ -101,7 +114,10 @@ def find_eager_sites(owners: list[tuple[str, nn.Module]], catalogue: Catalogue, 
     sites: list[Site] = []
     for name, owner in owners:
         prefix = f"{name}." if name else ""
+        replacements = eager_replacements(owner)
         for qual, holder, attr, child in _children(owner, prefix):
+            if holder is owner and attr in replacements:
+                continue  # it replaces a call of the owner's code: that call is the site
             found = _module_activation(child, catalogue)
             if found is None:
                 continue
@@ -166,7 +182,7 @@ def function_sites(owner: nn.Module, catalogue: Catalogue) -> list[Site]:
 def eager_replacements(owner: nn.Module) -> set[str]:
     """Names of the submodules that replace intercepted calls of ``owner``'s code."""
     rewrites = owner.__dict__.get(HOOK_ATTR)
-    return {attr for entries in rewrites.targets.values() for *_, attr in entries} if rewrites else set()
+    return {entry[3] for entries in rewrites.targets.values() for entry in entries} if rewrites else set()
 
 
 def _function_sites(owner: nn.Module, name: str, prefix: str, catalogue: Catalogue) -> list[Site]:
@@ -182,8 +198,21 @@ def _function_sites(owner: nn.Module, name: str, prefix: str, catalogue: Catalog
             site = _site(site_name, prefix, act, {**act.defaults, **params}, _kind(call), where, set())
             site.unusable = unusable
             site.notes.append(f"{call.filename}:{call.line}")
+            replacement = _replacement(owner, call)
+            if replacement is not None:  # rewritten by an earlier pass: the site carries what it applied
+                site.module = replacement
+                site.applied = frozenset(protocol.applied(replacement))
             sites[site_name] = site
     return list(sites.values())
+
+
+def _replacement(owner: nn.Module, call: CallSite) -> nn.Module | None:
+    """The module an earlier pass put in place of ``call``, or None."""
+    rewrites = owner.__dict__.get(HOOK_ATTR)
+    for line, _, callee, attr, _ in (rewrites.targets.get(call.code, ()) if rewrites else ()):
+        if line == call.line and callee == call.callee:
+            return getattr(owner, attr, None)
+    return None
 
 
 def _kind(call: CallSite) -> str:
@@ -223,9 +252,39 @@ def _scan(fn, owner: nn.Module, catalogue: Catalogue):
         params, unusable = _params(node, spelling, owner)
         if spelling.inplace:
             unusable = "in-place call in eager code (rewriting it would not update its input)"
+        code = _enclosing_code(node, parents, fn.__code__, offset)
         call = CallSite(fn.__code__.co_filename, fn.__code__.co_name, node.lineno + offset,
-                        (node.end_lineno or node.lineno) + offset, callee)
+                        (node.end_lineno or node.lineno) + offset, callee, code_key(code), code_key(fn.__code__))
         yield call, spelling, params, unusable
+
+
+_SCOPES = {
+    ast.Lambda: "<lambda>",
+    ast.ListComp: "<listcomp>",
+    ast.SetComp: "<setcomp>",
+    ast.DictComp: "<dictcomp>",
+    ast.GeneratorExp: "<genexpr>",
+}
+
+
+def _enclosing_code(call: ast.Call, parents: dict, method, offset: int):
+    """The code object ``call`` runs in: the innermost lambda, comprehension or nested function
+    around it in the source, found among ``method``'s nested code objects (a comprehension
+    inlined into its function, Python 3.12+, runs in the function's own code)."""
+    scopes = []
+    node = parents.get(call)
+    while node is not None and parents.get(node) is not None:  # up to the method's own def
+        name = node.name if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else _SCOPES.get(type(node))
+        if name is not None:
+            scopes.insert(0, (name, node.lineno + offset))
+        node = parents.get(node)
+    code = method
+    for name, line in scopes:
+        nested = (c for c in code.co_consts if inspect.iscode(c))
+        inner = next((c for c in nested if c.co_name == name and c.co_firstlineno == line), None)
+        if inner is not None:
+            code = inner
+    return code
 
 
 @functools.lru_cache(maxsize=1024)
@@ -290,19 +349,34 @@ def _is_module_namespace(obj: Any) -> bool:
 
 
 def _in_formula(call: ast.Call, parents: dict, fn, owner: nn.Module, catalogue: Catalogue) -> bool:
-    """Whether the call is a piece of a formula: its input is a nonlinear expression, or its
-    result is multiplied by (or fed to a nonlinear function of) its own input."""
+    """Whether the call is a piece of a formula, by the two rules core/formulas.py applies to
+    traced graphs (``Analysis.inside_formula``): its input is a nonlinear expression, or its
+    result (through the elementwise expression around it) is multiplied or divided by a value
+    computed from its own input (``x * sigmoid(1.702 * x)``, ``x * tanh(softplus(x))``)."""
     arg = call.args[0] if call.args else (call.func.value if isinstance(call.func, ast.Attribute) else None)
-    if arg is not None and _nonlinear(arg, fn, owner, catalogue):
+    if arg is None:
+        return False
+    if _nonlinear(arg, fn, owner, catalogue):
         return True
-    parent = parents.get(call)
-    if isinstance(parent, ast.BinOp) and isinstance(parent.op, (ast.Mult, ast.Div)) and arg is not None:
-        other = parent.right if parent.left is call else parent.left
-        if _locals(arg) & _locals(other):
-            return True  # x * sigmoid(x): the call's result multiplies its own input
-    if isinstance(parent, ast.Call) and _resolve(parent, fn, owner, catalogue) is not None:
-        return True  # tanh(softplus(x)): the inner call feeds another activation
+    child, parent = call, parents.get(call)
+    while parent is not None:
+        if isinstance(parent, ast.BinOp) and isinstance(parent.op, (ast.Mult, ast.Div)):
+            other = parent.right if parent.left is child else parent.left
+            if _locals(arg) & _locals(other):
+                return True  # x * sigmoid(x): the call's result multiplies its own input
+        elif not (isinstance(parent, (ast.BinOp, ast.UnaryOp)) or _elementwise_call(parent, fn, owner, catalogue)):
+            return False
+        child, parent = parent, parents.get(parent)
     return False
+
+
+def _elementwise_call(node: ast.AST, fn, owner: nn.Module, catalogue: Catalogue) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    return _resolve(node, fn, owner, catalogue) is not None or (
+        isinstance(func, ast.Attribute) and func.attr in _NONLINEAR
+    )
 
 
 def _nonlinear(expr: ast.AST, fn, owner: nn.Module, catalogue: Catalogue) -> bool:
@@ -400,12 +474,11 @@ class EagerRewrites:
         self.modes: list[_Intercept] = []
 
     def add(self, call: CallSite, attr: str) -> None:
-        key = (call.filename, call.function)
-        self.targets.setdefault(key, []).append((call.line, call.end_line, call.callee, attr))
+        self.targets.setdefault(call.code, []).append((call.line, call.end_line, call.callee, attr, call.method))
 
     def callees(self) -> set:
         """What the intercepted calls call (functions, and Tensor method names)."""
-        return {callee for entries in self.targets.values() for _, _, callee, _ in entries}
+        return {callee for entries in self.targets.values() for _, _, callee, _, _ in entries}
 
     def enter(self, module: nn.Module, args: tuple) -> None:
         mode = _Intercept(self)
@@ -420,20 +493,33 @@ class EagerRewrites:
         return {"owner": self.owner, "targets": self.targets, "modes": []}
 
     def target(self, func: Any) -> nn.Module | None:
-        """The replacement for a call of ``func`` made straight from the owner's code, or None."""
+        """The replacement for a call of ``func`` made straight from the owner's code (its
+        methods, or a lambda, comprehension or nested function in them), or None."""
         frame = sys._getframe(2)
         while frame is not None:
-            entries = self.targets.get((frame.f_code.co_filename, frame.f_code.co_name))
+            entries = self.targets.get(code_key(frame.f_code))
             if entries or not frame.f_code.co_filename.startswith(_TORCH_DIR):
                 break
             frame = frame.f_back  # torch's own Python between the call and the op (F.relu's wrapper)
-        if frame is None or not entries or frame.f_locals.get("self") is not self.owner:
+        if frame is None or not entries:
             return None
         name = getattr(func, "__name__", None)
-        for start, end, callee, attr in entries:
-            if start <= frame.f_lineno <= end and (callee is func or callee == name):
+        for start, end, callee, attr, method in entries:
+            if start <= frame.f_lineno <= end and (callee is func or callee == name) and self._owns(frame, method):
                 return getattr(self.owner, attr)
         return None
+
+    def _owns(self, frame, method: CodeKey) -> bool:
+        """Whether the frame of ``method`` that ``frame`` runs in (itself, or a caller of a
+        lambda or comprehension it made) belongs to the owner module."""
+        for _ in range(_MAX_FRAMES):
+            if frame is None:
+                return False
+            if code_key(frame.f_code) == method:
+                code = frame.f_code  # the method's first argument is its module, whatever its name
+                return code.co_argcount > 0 and frame.f_locals.get(code.co_varnames[0]) is self.owner
+            frame = frame.f_back
+        return False
 
 
 class _Intercept(TorchFunctionMode):

@@ -3,10 +3,16 @@
 A *formula* is a set of elementwise nodes computing ``y = f(x)`` from one tensor ``x`` with
 only Python numbers besides, e.g. GPT-2's ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x**3)))``.
 Each rule in :data:`FORMULAS` (data: an activation kind, its parameters, and the formula as
-people write it) says which activation a formula may be. A formula is recognised as that
-activation when it computes it: the nodes are evaluated on a float64 grid and compared with
-the catalogue's function to 1e-6, so every spelling counts (operand order, ``x*x*x`` or
-``x**3``, ``torch.pow`` or ``**``, a rounded constant). A recognised formula is ONE site of
+people write it, and its *structure*: the nonlinear operations it is made of, e.g. one
+``tanh`` for GPT-2's GELU, one clamp for hardswish) says which activation a formula may be.
+A formula is recognised as that activation when its structure is the rule's (arithmetic,
+powers and squares are free; every other operation must be one the rule names, as often
+as the rule names it: a ``clamp``, ``min``/``max``, ``where`` or any other op after a GELU ends
+the match) and, to confirm, it computes the activation: the nodes are evaluated on a
+float64 grid that covers every branch and magnitudes up to 1e5 and compared with the
+catalogue's function to 1e-6, so every spelling of the same structure counts (operand
+order, ``x*x*x`` or ``x**3``, ``torch.pow`` or ``**``, a rounded constant). An intermediate
+value used outside the formula also ends the match. A recognised formula is ONE site of
 that activation: a pass replaces the whole formula (its nodes go), never a piece of it.
 
 An activation call whose input is a nonlinear elementwise function of some value (the
@@ -18,6 +24,7 @@ and negating keep a pre-activation a pre-activation: ``tanh(2 * z + 1)`` is a si
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,20 +36,28 @@ from .catalogue import Catalogue
 
 @dataclass(frozen=True)
 class Formula:
-    """A rule: a formula computing activation ``kind`` with ``params``; ``text`` is how it is written."""
+    """A rule: a formula computing activation ``kind`` with ``params``; ``text`` is how it is
+    written; ``ops`` the structures it may have, each the multiset of its non-free operations
+    (:func:`op_name`) as sorted (name, count) pairs."""
 
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
     text: str = ""
+    ops: tuple[tuple[tuple[str, int], ...], ...] = ()
+
+
+def _ops(*names: str) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(Counter(names).items()))
 
 
 FORMULAS: tuple[Formula, ...] = (
-    Formula("gelu", {"approximate": "tanh"}, "0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x**3)))"),  # GPT-2, BERT "gelu_new"
-    Formula("gelu", {"approximate": "none"}, "0.5*x*(1+erf(x/sqrt(2)))"),  # the exact GELU written out
-    Formula("silu", {}, "x*sigmoid(x)"),  # swish
-    Formula("hardswish", {}, "x*relu6(x+3)/6"),  # MobileNetV3
-    Formula("hardsigmoid", {}, "relu6(x+3)/6"),
-    Formula("mish", {}, "x*tanh(softplus(x))"),
+    Formula("gelu", {"approximate": "tanh"}, "0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x**3)))",  # GPT-2, "gelu_new"
+            (_ops("tanh"),)),
+    Formula("gelu", {"approximate": "none"}, "0.5*x*(1+erf(x/sqrt(2)))", (_ops("erf"),)),  # the exact GELU
+    Formula("silu", {}, "x*sigmoid(x)", (_ops("sigmoid"), _ops("exp"))),  # swish; x/(1+exp(-x))
+    Formula("hardswish", {}, "x*relu6(x+3)/6", (_ops("clamp"),)),  # MobileNetV3
+    Formula("hardsigmoid", {}, "relu6(x+3)/6", (_ops("clamp"),)),
+    Formula("mish", {}, "x*tanh(softplus(x))", (_ops("tanh", "softplus"),)),
 )
 
 # Elementwise ops a formula may contain besides catalogue activations. The first group is
@@ -83,7 +98,16 @@ _METHODS = _AFFINE_METHODS | {
     "log1p",
     "expm1",
 }
-_GRID = torch.linspace(-8.0, 8.0, 321, dtype=torch.float64)
+# Operations that are free in a rule's structure: arithmetic and powers with number operands.
+_FREE = {"arith", "pow"}
+_POW = {operator.pow, torch.pow, torch.square, "pow", "square"}
+# Clamps in all their spellings are one structural operation (hardswish: relu6(x+3),
+# hardtanh(x+3, 0, 6) or clamp(x+3, 0, 6)).
+_CLAMPS = {"clamp", "clip", "clamp_min", "clamp_max", "relu6", "hardtanh", "relu"}
+# Dense over every branch of the rules' activations (kinks at -3, 0, 3), then magnitudes up
+# to 1e5 both ways: a clamp at 9 or a saturation at 1e3 is not an activation.
+_BIG = torch.logspace(-1.0, 5.0, 61, dtype=torch.float64)
+_GRID = torch.cat([torch.linspace(-8.0, 8.0, 321, dtype=torch.float64), _BIG, -_BIG])
 _TOL = 1e-6
 _MAX_NODES = 48  # a formula larger than this is not an activation written out
 
@@ -176,11 +200,15 @@ class Analysis:
 
     formulas: list[FormulaMatch]
     elementwise: Elementwise
+    gated: frozenset[fx.Node] = frozenset()  # nodes whose value multiplies a value of their own source
 
     def inside_formula(self, node: fx.Node) -> bool:
-        """Whether activation ``node``'s input is a nonlinear elementwise function of some value
-        (a recognised formula's output counts: ``relu(gelu_formula(z))``)."""
-        return self.nonlinear(node.args[0] if node.args else None)
+        """Whether activation ``node`` is a piece of a formula: its input is a nonlinear
+        elementwise function of some value (a recognised formula's output counts:
+        ``relu(gelu_formula(z))``), or its value is multiplied or divided by a value computed
+        from its own input (``z * sigmoid(1.702 * z)``, CLIP's quick GELU, which no rule knows).
+        core/eager.py applies the same two rules to source code."""
+        return self.nonlinear(node.args[0] if node.args else None) or node in self.gated
 
     def nonlinear(self, src: Any) -> bool:
         """Whether value ``src`` is a nonlinear elementwise function of some other value."""
@@ -200,9 +228,25 @@ def analyse(gm: fx.GraphModule, catalogue: Catalogue) -> Analysis:
         new = _find(gm, catalogue, ew, {n for f in found for n in f.nodes})
         if not new:
             order = {n: i for i, n in enumerate(gm.graph.nodes)}
-            return Analysis(sorted(found, key=lambda f: order[f.output]), ew)
+            return Analysis(sorted(found, key=lambda f: order[f.output]), ew, _gated(ew))
         found += new
         cuts = cuts | {f.output for f in new}
+
+
+def _gated(ew: Elementwise) -> frozenset[fx.Node]:
+    """The nodes upstream of a product (or quotient) of two values of one source, within it."""
+    out: set[fx.Node] = set()
+    for node in ew.source:
+        if ew.affine[node] or len(node.all_input_nodes) < 2 or not _is_product(node):
+            continue
+        out.update(n for n in ew.cone(node) if n is not node)
+    return frozenset(out)
+
+
+def _is_product(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in ("mul", "div", "true_divide", "__rmul__")
+    return node.target in (operator.mul, torch.mul, operator.truediv, torch.div, torch.true_divide)
 
 
 def _find(gm: fx.GraphModule, catalogue: Catalogue, ew: Elementwise, used: set[fx.Node]) -> list[FormulaMatch]:
@@ -213,7 +257,7 @@ def _find(gm: fx.GraphModule, catalogue: Catalogue, ew: Elementwise, used: set[f
         cone = ew.cone(node)
         if len(cone) < 2 or len(cone) > _MAX_NODES or used.intersection(cone) or _escapes(cone, node):
             continue
-        rule = _recognise(cone, ew.source[node], gm, catalogue)
+        rule = _recognise(cone, ew.source[node], gm, catalogue, structure(cone, gm, catalogue))
         if rule is not None:
             found.append(FormulaMatch(node, ew.source[node], tuple(cone), rule.kind, dict(rule.params)))
             used.update(cone)
@@ -226,19 +270,40 @@ def _escapes(cone: list[fx.Node], output: fx.Node) -> bool:
     return any(user not in inside for n in cone if n is not output for user in n.users)
 
 
-def _recognise(cone: list[fx.Node], src: fx.Node, gm: fx.GraphModule, catalogue: Catalogue) -> Formula | None:
+def op_name(node: fx.Node, gm: fx.GraphModule, catalogue: Catalogue) -> str:
+    """The structural name of an elementwise op: "arith", "pow", "clamp", an activation
+    kind ("tanh", "softplus"), or the function's own name ("erf", "exp", "abs")."""
+    target = node.target
+    if node.op in ("call_function", "call_method") and (target in _AFFINE_FUNCTIONS or target in _AFFINE_METHODS):
+        return "arith"
+    if node.op in ("call_function", "call_method") and target in _POW:
+        return "pow"
+    match = catalogue.match_node(node, gm)
+    name = match.activation.name if match is not None else getattr(target, "__name__", str(target))
+    return "clamp" if name in _CLAMPS else name
+
+
+def structure(cone: list[fx.Node], gm: fx.GraphModule, catalogue: Catalogue) -> tuple[tuple[str, int], ...]:
+    """The multiset of a formula's non-free operations, as a rule's ``ops`` lists them."""
+    names = [op_name(n, gm, catalogue) for n in cone]
+    return _ops(*(n for n in names if n not in _FREE))
+
+
+def _recognise(cone: list[fx.Node], src: fx.Node, gm: fx.GraphModule, catalogue: Catalogue,
+               ops: tuple[tuple[str, int], ...]) -> Formula | None:
+    rules = [rule for rule in FORMULAS if ops in rule.ops and rule.kind in catalogue.kinds]
+    if not rules:
+        return None  # the structure of no rule: numbers never decide alone
     try:
         y = evaluate(cone, src, gm, _GRID)
     except Exception:  # an op that does not take a float64 vector: not a formula we know
         return None
     if not isinstance(y, torch.Tensor) or y.shape != _GRID.shape:
         return None
-    for rule in FORMULAS:
-        if rule.kind not in catalogue.kinds:
-            continue
+    for rule in rules:
         act = catalogue.kinds[rule.kind]
         ref = act.fn(_GRID.clone(), **{**act.defaults, **rule.params})
-        if torch.allclose(y.double(), ref, rtol=_TOL, atol=_TOL):
+        if torch.allclose(y.double(), ref, rtol=_TOL, atol=_TOL, equal_nan=False):
             return rule
     return None
 

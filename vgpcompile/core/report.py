@@ -48,6 +48,7 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # pass -> figures it reported
+    requested: list[str] = field(default_factory=list)  # the passes as given; ``passes`` is the order that ran
     _index: dict[str, SiteRecord] = field(default_factory=dict, repr=False, compare=False)
 
     def site(self, name: str) -> SiteRecord:
@@ -116,6 +117,9 @@ class Report:
             f"  sites: {len(self.sites)}   traced regions: {len(self.regions)}   "
             f"nonlinear depth: {depth} -> {after}{approx}",
         ]
+        if self.requested and self.requested != self.passes:
+            lines.append(f"  run order: {', '.join(self.passes)} (by the facts they read and write; given: "
+                         f"{', '.join(self.requested)}; the order given never changes the result)")
         for p in self.passes:
             n, eager = self.changed_count(p), self.changed_eager_count(p)
             split = f" ({n - eager} in traced graphs, {eager} in eager code)" if eager else ""

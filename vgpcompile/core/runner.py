@@ -12,26 +12,33 @@ is a :class:`PassResult`; nothing is written to a report behind the caller's bac
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import types
 from collections.abc import Sequence
 from typing import Any
 
 from torch import fx, nn
 
 from ..errors import PassError, UsageError, VgpError
-from . import calibrate, protocol
+from . import calibrate, facts, protocol
 from .contract import BLOCK, LAYER, MODEL, SITE, Env, Pass, PassResult, Target
-from .eager import find_eager_layers, find_eager_sites
+from .eager import find_eager_layers
+from .index import SiteIndex
+from .rewriter import Rewriter
 from .select import target_of
-from .targets import META_PASS, META_SITE, Block, Layer, ModelTarget, Site, find_blocks, find_layers, find_sites
+from .targets import META_PASS, META_SITE, Block, Layer, ModelTarget, Site, find_blocks, find_layers
 
 
 def order(passes: Sequence[Pass]) -> list[Pass]:
-    """``passes`` reordered so that a pass that reads a fact runs after every pass that
-    writes it (arp's pivots read the value ranges gpn changes), and a pass that changes the
-    model's inputs runs after all others (they find sites on the original signature);
-    otherwise as given."""
-    items = [p for p in passes if not p.changes_inputs] + [p for p in passes if p.changes_inputs]
+    """``passes`` in the order they run: a pass that reads a fact after every pass that
+    writes it (arp's pivots read the value ranges gpn and orthogonal change), a pass that
+    changes the model's inputs after all others (they find sites on the original signature),
+    and passes that do not depend on each other in one fixed order (core.facts.rank), so the
+    order the user lists them in never changes the result."""
+    for p in passes:
+        _check_facts(p)
+    items = sorted(passes, key=lambda p: (p.changes_inputs, _rank(p)))
     return _stable_order(items, lambda p: p.reads, lambda p: p.writes, "run")
 
 
@@ -40,6 +47,17 @@ def lower_order(passes: Sequence[Pass]) -> list[Pass]:
     reads a fact after every pass whose lowering writes it (gpn folds into plain layers,
     which arp's and orthogonal's lowerings produce)."""
     return _stable_order(list(reversed(passes)), lambda p: p.lower_reads, lambda p: p.lower_writes, "lower")
+
+
+def _rank(p: Pass) -> tuple[int, str]:
+    from .registry import REGISTRY
+
+    return facts.rank(p.name, REGISTRY)
+
+
+def _check_facts(p: Pass) -> None:
+    for attribute in ("reads", "writes", "lower_reads", "lower_writes"):
+        facts.facts(getattr(p, attribute), p.name, attribute)
 
 
 def _stable_order(items: list[Pass], reads, writes, what: str) -> list[Pass]:
@@ -65,21 +83,33 @@ def run_pass(
     root: nn.Module | None = None,
     eager: Sequence[tuple[str, nn.Module]] = (),
     outputs: set[str] | frozenset[str] = frozenset(),
+    index: SiteIndex | None = None,
 ) -> PassResult:
     """Run one pass over ``regions`` (or one bare GraphModule, which is then
     also the model target's root) and return what it did.
 
     ``eager`` lists the modules left eager, (name, module), whose activation modules,
     activation calls and layers are targets too (core/eager.py); ``outputs`` names eager
-    activation modules known to compute the model output."""
+    activation modules known to compute the model output; ``index`` is the compile's site
+    index (core/index.py; a fresh one when None)."""
     if isinstance(regions, fx.GraphModule):
         root = regions if root is None else root
         regions = {"": regions}
     env = env or Env(passes=(pass_.name,))
+    index = index if index is not None else SiteIndex(regions, env.catalogue, eager, outputs)
+    rewriter = Rewriter(pass_.name, index)
+    env = dataclasses.replace(env, rewriter=rewriter, state=types.SimpleNamespace())
+    with rewriter.active():
+        result = _run(pass_, regions, env, root, eager, index)
+    result.inserted = rewriter.inserted
+    return result
+
+
+def _run(pass_: Pass, regions, env: Env, root, eager, index: SiteIndex) -> PassResult:
     start = time.perf_counter()
     result = PassResult(pass_.name)
     before = {prefix: set(gm.graph.nodes) for prefix, gm in regions.items()}
-    candidates = _candidates(pass_, regions, env, result) + _eager_candidates(pass_, eager, outputs, env, result)
+    candidates = _candidates(pass_, regions, env, result, index) + _eager_candidates(pass_, eager, env, result, index)
     if pass_.dataflow_order and env.observed:
         candidates.sort(key=lambda t: calibrate.position(env.observed, _key_of(t)))
     if root is not None and MODEL in pass_.matches:
@@ -89,19 +119,34 @@ def run_pass(
         _guarded(pass_, _node_of(target), _region_of(target), lambda t=target: _visit(pass_, t, env, result))
         if isinstance(target, ModelTarget) and target.root is not root:
             result.root = target.root
+        if result.outcomes and result.outcomes[-1].changed:
+            _invalidate(index, target)
     _guarded(pass_, None, "", lambda: _merge(result, pass_.finish(candidates, env)))
     for prefix, gm in regions.items():
         _guarded(pass_, None, prefix, lambda gm=gm, prefix=prefix: _finish_graph(gm, before[prefix], pass_.name))
+        if len(gm.graph.nodes) != len(before[prefix]) or any(n not in before[prefix] for n in gm.graph.nodes):
+            index.invalidate(prefix)  # changed by other means than the rewriter
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _candidates(pass_: Pass, regions: dict[str, fx.GraphModule], env: Env, result: PassResult) -> list[Target]:
+def _invalidate(index: SiteIndex, target: Target) -> None:
+    """A target changed: its region's sites (or eager code's, or all for the model) are stale."""
+    if isinstance(target, ModelTarget):
+        index.invalidate()
+    elif _node_of(target) is None:
+        index.invalidate_eager()
+    else:
+        index.invalidate(_region_of(target))
+
+
+def _candidates(pass_: Pass, regions: dict[str, fx.GraphModule], env: Env, result: PassResult,
+                index: SiteIndex) -> list[Target]:
     """Every target of the kinds the pass matches that survives the default rules."""
     found: list[Target] = []
     for prefix, gm in regions.items():
         targets: list[Target] = []
-        sites = find_sites(gm, prefix, env.catalogue) if {SITE, BLOCK} & set(pass_.matches) else []
+        sites = index.sites(prefix) if {SITE, BLOCK} & set(pass_.matches) else []
         if SITE in pass_.matches:
             targets += sites
         if BLOCK in pass_.matches:
@@ -117,13 +162,13 @@ def _candidates(pass_: Pass, regions: dict[str, fx.GraphModule], env: Env, resul
     return found
 
 
-def _eager_candidates(pass_: Pass, eager, outputs, env: Env, result: PassResult) -> list[Target]:
+def _eager_candidates(pass_: Pass, eager, env: Env, result: PassResult, index: SiteIndex) -> list[Target]:
     """The targets in eager code, for a pass that rewrites them (the others get a reason)."""
     if not eager:
         return []
     targets: list[Target] = []
     if SITE in pass_.matches:
-        targets += find_eager_sites(list(eager), env.catalogue, set(outputs))
+        targets += index.eager_sites()
     if LAYER in pass_.matches and pass_.layer_types:
         targets += find_eager_layers(list(eager), pass_.layer_types)
     found: list[Target] = []

@@ -174,6 +174,8 @@ def find_sites(gm: fx.GraphModule, region: str, catalogue: Catalogue) -> list[Si
             params = {**act.defaults, **f.params}
             site = _build(node, gm, region, act, params, "formula", False, "", frozenset(), outputs, f.input)
             site.nodes = f.nodes
+            # the formula uses its input several times (GPT-2's GELU: 3): those uses are the site's own
+            site.producer_shared = any(u not in f.nodes for u in f.input.users)
             sites.append(site)
             continue
         if node in in_formula or analysis.inside_formula(node):

@@ -611,7 +611,10 @@ def test_arp_runs_after_gpn_in_either_user_order(inputs):
     a = compile_(mlp(), ["arp", "gpn"], **kw)
     b = compile_(mlp(), ["gpn", "arp"], **kw)
     assert a.vgp_report.passes == b.vgp_report.passes == ["gpn", "arp"]
-    assert str(a.vgp_report) == str(b.vgp_report)
+    def without_given_order(report):  # the report says which order was given, and that it ran another
+        return [line for line in str(report).splitlines() if not line.startswith("  run order:")]
+
+    assert without_given_order(a.vgp_report) == without_given_order(b.vgp_report)
     assert a.vgp_recipe == b.vgp_recipe
     assert max_abs(a(x), b(x)) == 0
     # the second rotated layer's pivot comes from gpn's a*tanh+b range, not tanh's [-1, 1] (q = 3)

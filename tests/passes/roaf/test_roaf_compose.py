@@ -31,7 +31,8 @@ def test_gpn_and_orthogonal_compose_in_any_order_to_the_same_function(passes):
     _, model = build(passes)
     _, reference = build(sorted(passes))  # another listing order
     x = torch.rand(5, 6) * 2 - 1
-    assert model.vgp_report.passes == passes  # none reads what another writes: run as listed
+    # none reads what another writes: they run in one fixed order, whatever order they are listed in
+    assert model.vgp_report.passes == reference.vgp_report.passes
     assert torch.equal(model(x), reference(x))
     found = filters(model)
     assert len(found) == 4

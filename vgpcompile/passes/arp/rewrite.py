@@ -85,12 +85,15 @@ from typing import ClassVar
 from torch import fx
 
 from ...core import calibrate
+from ...core.affine import declared
 from ...core.contract import LAYER, SITE, Env, Pass, PassResult
-from ...core.rewrite import mark_applied, replace_node
+from ...core.facts import Fact
+from ...core.rewriter import active
 from ...core.targets import Layer, Site
 from ...errors import UsageError
 from .conditioning import conditioning_warning
 from .constants import DEFAULT_FLOOR, TANH_STATE_Q, default_L
+from .declared import rotatable, rotate_declared
 from .modules import ROTATED_FUNCTIONS, ROTATED_MODULES, check_floor, check_positive
 from .ranges import describe, input_range, normalized_affine
 from .recurrent import ROTATED_RECURRENT
@@ -104,8 +107,9 @@ class ARP(Pass):
     summary: ClassVar[str] = "affine pre-activation z -> rho*z, rho = L/(|z at the pivot x_Q| + eps) (auto-rotation)"
     matches: ClassVar[tuple[str, ...]] = (SITE, LAYER)
     layer_types: ClassVar[tuple[type, ...]] = tuple(ROTATED_RECURRENT)
-    reads: ClassVar[frozenset[str]] = frozenset({"ranges"})
-    lower_writes: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    reads: ClassVar[frozenset[str]] = frozenset({Fact.RANGES})
+    writes: ClassVar[frozenset[str]] = frozenset({Fact.RANGES, Fact.LAYERS})  # rho*z; a rotated layer
+    lower_writes: ClassVar[frozenset[str]] = frozenset({Fact.PLAIN_LAYERS})
     dataflow_order: ClassVar[bool] = True  # each site calibrates on its rotated predecessors
 
     L: float | None = None
@@ -132,14 +136,18 @@ class ARP(Pass):
         if reason:
             return reason
         found = self._pivot_of(target, env)
+        if env.state is not None:  # apply reads it back: the model did not change in between
+            env.state.pivot = (target, found)
         return found if isinstance(found, str) else None
 
     def apply(self, target: Site | Layer, env: Env) -> str:
-        found = self._pivot_of(target, env)
+        kept = getattr(env.state, "pivot", None)
+        found = kept[1] if kept is not None and kept[0] is target else self._pivot_of(target, env)
         if isinstance(found, str):  # check() said otherwise a moment ago; the model did not change since
             raise UsageError(f"arp: {found}")
         text = self._rotate_recurrent(target, found) if isinstance(target, Layer) else self._rotate_site(target, found)
-        calibrate.refresh(env.observed)  # values downstream changed: later sites calibrate on this rotation
+        # values downstream changed: later sites calibrate on this rotation (re-run from its node on)
+        calibrate.refresh(env.observed, target.node if isinstance(target, Layer) else target.producer)
         return text
 
     def finish(self, targets: list, env: Env) -> PassResult:
@@ -159,16 +167,17 @@ class ARP(Pass):
     def _rotate_site(self, site: Site, pivot: Pivot) -> str:
         q, origin = pivot
         L = self.L if self.L is not None else default_L(site.activation)
-        producer = site.producer
-        if site.producer_module is not None:
-            new = ROTATED_MODULES[type(site.producer_module)].from_module(
-                site.producer_module, L=L, q=q, eps=self.eps, floor=self.floor
-            )
-            producer.graph.owning_module.set_submodule(str(producer.target), new)
+        producer, module, rewriter = site.producer, site.producer_module, active()
+        if module is not None:
+            if type(module) in ROTATED_MODULES:
+                new = ROTATED_MODULES[type(module)].from_module(module, L=L, q=q, eps=self.eps, floor=self.floor)
+            else:  # a declared affine layer (GPT-2's Conv1D)
+                new = rotate_declared(module, L=L, q=q, eps=self.eps, floor=self.floor)
+            rewriter.swap_module(producer.graph.owning_module, str(producer.target), new, site.name)
         else:
             kwargs = {**producer.kwargs, "L": L, "q": q, "eps": self.eps, "floor": self.floor}
-            replace_node(producer, "call_function", ROTATED_FUNCTIONS[producer.target], producer.args, kwargs)
-        mark_applied(site.node, site, self.name)
+            rewriter.replace_node(producer, "call_function", ROTATED_FUNCTIONS[producer.target], producer.args, kwargs)
+        rewriter.mark_applied(site.node, site)
         return f"L={L:g} q={q:g} ({origin})"
 
     def _rotate_recurrent(self, layer: Layer, pivot: Pivot) -> str:
@@ -183,7 +192,7 @@ class ARP(Pass):
         new = ROTATED_RECURRENT[type(module)].from_module(
             module, L=self.L, q=q_x, q_h=q_h, eps=self.eps, floor=self.floor
         )
-        layer.gm.set_submodule(layer.name, new)
+        active().swap_module(layer.gm, layer.name, new, layer.full_name)
         L = ", ".join(f"{v:g}" for v in new.gate_L)
         return f"L=({L}) q_x={q_x:g} q_h={q_h:g} ({origin})"
 
@@ -235,15 +244,17 @@ def _site_reason(site: Site) -> str | None:
             return normalized
         return f"not fed by an affine layer: its input is {describe(source, gm)}"
     if site.producer_shared:
-        return (
-            f"the output of {site.producer_name} has {len(site.producer.users)} users; rotating it would "
-            "change the others too"
-        )
+        users = len(site.producer.users)
+        if site.nodes:  # a formula's own uses of its input count as one
+            users = 1 + sum(1 for u in site.producer.users if u not in site.nodes)
+        return f"the output of {site.producer_name} has {users} users; rotating it would change the others too"
     module = site.producer_module
     if module is None:
         return _functional_reason(site.producer)
     if "arp" in getattr(module, "vgp_applied", ()):
         return f"{site.producer_name} is already auto-rotated ({type(module).__name__})"
+    if declared(module) is not None and type(module) not in ROTATED_MODULES:
+        return rotatable(module)
     if type(module) not in ROTATED_MODULES:
         kind = type(module).__name__
         if isinstance(module, tuple(ROTATED_MODULES)):

@@ -32,7 +32,7 @@ from torch import fx, nn
 
 from ...core.affine import declared
 from ...core.catalogue import DEFAULT, Catalogue
-from ...core.rewrite import replace_node
+from ...core.rewriter import active
 from ...core.targets import call_counts
 from .modules import GPNActivation
 
@@ -53,7 +53,7 @@ _SHIFT_METHODS = ("flatten", "view", "reshape", "mean", "permute", "transpose", 
 def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
     """Fold every foldable GPN call in ``gm``; return how many were folded."""
     calls = call_counts(gm)
-    folded = 0
+    folded, rewriter = 0, active()
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), GPNActivation):
             continue
@@ -66,15 +66,14 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
         last, layer_node = found
         layer = gm.get_submodule(layer_node.target)
         shift_input = b != 0 and _pads_with_zeros(layer)
-        gm.set_submodule(layer_node.target, absorb(layer, a, 0.0 if shift_input else b))
+        rewriter.swap_module(gm, layer_node.target, absorb(layer, a, 0.0 if shift_input else b))
         target, kwargs = plain
-        phi = replace_node(node, "call_function", target, node.args, kwargs, meta_keys=tuple(node.meta))
+        phi = rewriter.replace_node(node, "call_function", target, node.args, kwargs, meta_keys=tuple(node.meta))
         if shift_input:  # after the pools and reshapes, where the tensor is smallest
             last = phi if last is node else last
-            with gm.graph.inserting_after(last):
-                shifted = gm.graph.call_function(operator.add, (last, b / a))
+            shifted = rewriter.insert_after(last, "call_function", operator.add, (last, b / a))
             shifted.meta.update({k: v for k, v in layer_node.meta.items() if k == "nn_module_stack"})
-            layer_node.replace_input_with(last, shifted)
+            rewriter.replace_input(layer_node, last, shifted)
         folded += 1
     if folded:
         gm.delete_all_unused_submodules()

@@ -33,6 +33,7 @@ from typing import ClassVar, Literal
 from torch import fx, nn
 
 from ...core.contract import SITE, Env, Pass, PassResult
+from ...core.facts import Fact
 from ...core.rewrite import replace_activation
 from ...core.targets import Site
 from ...errors import ActivationError
@@ -48,8 +49,8 @@ class GPN(Pass):
     name: ClassVar[str] = "gpn"
     summary: ClassVar[str] = "activation phi -> a*phi+b, Gaussian-Poincare normalized (BSNN)"
     matches: ClassVar[tuple[str, ...]] = (SITE,)
-    writes: ClassVar[frozenset[str]] = frozenset({"ranges"})
-    lower_reads: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    writes: ClassVar[frozenset[str]] = frozenset({Fact.RANGES})
+    lower_reads: ClassVar[frozenset[str]] = frozenset({Fact.PLAIN_LAYERS})
     rewrites_eager: ClassVar[bool] = True  # replace_activation swaps or intercepts eager sites too
 
     root: Literal["minus", "plus", "paper"] = "minus"

@@ -58,8 +58,9 @@ from torch.nn.utils import parametrize
 
 from ...core.affine import declared
 from ...core.contract import LAYER, MODEL, Env, Pass, PassResult
+from ...core.facts import Fact
 from ...core.protocol import mark_applied_module
-from ...core.rewrite import unique_name
+from ...core.rewriter import active
 from ...core.select import target_of
 from ...core.targets import Layer, ModelTarget
 from ...errors import UsageError
@@ -83,7 +84,9 @@ class Orthogonal(Pass):
     name: ClassVar[str] = "orthogonal"
     summary: ClassVar[str] = "Linear/Conv weights (semi-)orthogonal, kept so in training (BSNN with gpn)"
     layer_types: ClassVar[tuple[type, ...]] = LAYER_TYPES
-    lower_writes: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    # new weights change every value downstream: passes that read ranges (arp) run after it
+    writes: ClassVar[frozenset[str]] = frozenset({Fact.WEIGHTS, Fact.RANGES, Fact.LAYERS})
+    lower_writes: ClassVar[frozenset[str]] = frozenset({Fact.PLAIN_LAYERS})
     rewrites_eager: ClassVar[bool] = True  # a layer is changed in place, traced or not
 
     init: Literal["haar", "project"] = "haar"
@@ -199,12 +202,7 @@ def thin_shell_reason(gm: fx.GraphModule | None) -> str | None:
 def insert_thin_shell(gm: fx.GraphModule) -> str:
     """Call a ThinShell on the first input of ``gm``; return the report text."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    x = placeholders[0]
-    users = list(x.users)
-    name = unique_name(gm, "thin_shell")
-    gm.add_submodule(name, ThinShell())
-    with gm.graph.inserting_after(placeholders[-1]):
-        shell = gm.graph.call_module(name, (x,))
-    for user in users:
-        user.replace_input_with(x, shell)
+    x, rewriter = placeholders[0], active()
+    name = rewriter.add_module(gm, "thin_shell", ThinShell())
+    rewriter.replace_uses(x, rewriter.insert_after(placeholders[-1], "call_module", name, (x,)))
     return f"input {x.name!r} rescaled to ||x||^2 = n per sample"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from ...core.rewriter import active
 from .guard import RAIGuard
 from .modules import RAICut
 
@@ -18,20 +19,21 @@ def lower(model: nn.Module) -> None:
         found = {name: m for name, m in gm.named_modules() if isinstance(m, RAICut)}
         if not found:
             continue
+        rewriter = active()
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and str(node.target) in found:
-                node.replace_all_uses_with(node.args[0])
-                gm.graph.erase_node(node)
+                rewriter.replace_uses(node, node.args[0])
+                rewriter.erase(node)
         guards = {name for name, m in gm.named_modules() if isinstance(m, RAIGuard)}
         for node in list(gm.graph.nodes):  # the idx guard at the forward's start
             if node.op == "call_module" and str(node.target) in guards:
-                node.replace_all_uses_with(node.args[0])
-                gm.graph.erase_node(node)
+                rewriter.replace_uses(node, node.args[0])
+                rewriter.erase(node)
         idx_names = {cut.settings.idx_name for cut in found.values()}
         found.update({name: gm.get_submodule(name) for name in guards})
         for node in list(gm.graph.nodes):
             if node.op == "placeholder" and node.target in idx_names and not node.users:
-                gm.graph.erase_node(node)
+                rewriter.erase(node)
         for name in sorted(found, key=len, reverse=True):
             parent, _, child = name.rpartition(".")
             delattr(gm.get_submodule(parent) if parent else gm, child)

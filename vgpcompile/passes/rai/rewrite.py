@@ -50,7 +50,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ...core.contract import MODEL, Env, Pass, PassResult
-from ...core.rewrite import unique_name
+from ...core.rewriter import active
 from ...core.select import target_of
 from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, ModelTarget, find_sites, output_nodes, site_name
 from ...errors import UsageError
@@ -126,6 +126,8 @@ class RAI(Pass):
         if lifted(model.root_graph):
             return result
         found = self._cuts(model.root_graph, env)
+        if env.state is not None:  # apply lifts these: found once per compile
+            env.state.cuts = found
         for cut in found:
             result.record(cut.name, not cut.reason, cut.reason or self._describe(cut, found), cut.kind, "cut")
         kept = [c for c in found if not c.reason]
@@ -159,27 +161,23 @@ class RAI(Pass):
 
     def apply(self, target: ModelTarget, env: Env) -> str:
         gm = target.root_graph
-        kept = [c for c in self._cuts(gm, env) if not c.reason]
+        found = getattr(env.state, "cuts", None)
+        kept = [c for c in (found if found is not None else self._cuts(gm, env)) if not c.reason]
         n = self.num_examples or 1  # only a plan gets here without it, and allocates nothing
+        rewriter = active()
         placeholders = [p for p in gm.graph.nodes if p.op == "placeholder"]
         taken = {p.target for p in placeholders} | {node.name for node in gm.graph.nodes}
         idx_name = next(c for c in ("idx", "rai_idx", *(f"rai_idx{i}" for i in range(1, 100))) if c not in taken)
         shared = Settings(idx_name, self.table_lr_scale, self.resync_every, self.lam_growth)
-        with gm.graph.inserting_after(placeholders[-1]):
-            placeholder = gm.graph.placeholder(idx_name, default_value=None)
-        guard = unique_name(gm, "rai_guard")
-        gm.add_submodule(guard, RAIGuard(n))
-        with gm.graph.inserting_after(placeholder):  # the first call: nothing runs before it
-            idx = gm.graph.call_module(guard, (placeholder,))
+        placeholder = rewriter.insert_placeholder(gm, idx_name)
+        guard = rewriter.add_module(gm, "rai_guard", RAIGuard(n))
+        idx = rewriter.insert_after(placeholder, "call_module", guard, (placeholder,))  # nothing runs before it
         for i, cut in enumerate(kept):
             device = torch.device("meta") if env.planning else _device(cut, gm)
             module = RAICut(n, cut.shape, lam=self.lam, sparse=self.sparse, label=cut.name, position=i,
                             settings=shared, dtype=cut.dtype, device=device)  # fmt: skip
-            name = unique_name(gm, f"rai_cut_{i}")
-            gm.add_submodule(name, module)
-            with gm.graph.inserting_after(cut.node):
-                new = gm.graph.call_module(name, (cut.node, idx))
-            cut.node.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+            name = rewriter.add_module(gm, f"rai_cut_{i}", module)
+            rewriter.replace_uses(cut.node, rewriter.insert_after(cut.node, "call_module", name, (cut.node, idx)))
         per_example = sum(c.size for c in kept)
         return (
             f"lifted {len(kept)} boundaries ({per_example} floats per example, {self.num_examples or 'n'} examples); "

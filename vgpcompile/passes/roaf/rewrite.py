@@ -45,7 +45,9 @@ arp a pivot (``arp.xQ``). ``freeze`` keeps the filter, one matmul-add per block.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -53,8 +55,9 @@ import torch
 from torch import fx, nn
 
 from ...core.contract import BLOCK, LAYER, Env, Pass, PassResult
+from ...core.facts import Fact
 from ...core.protocol import inserted_by
-from ...core.rewrite import mark_applied, unique_name
+from ...core.rewriter import active
 from ...core.targets import Block, Layer
 from ...errors import UsageError
 from .constants import DEFAULT_C, DEFAULT_HORIZON, DEFAULT_MAX_BUFFER_MB
@@ -81,7 +84,7 @@ class ROAF(Pass):
     )
     matches: ClassVar[tuple[str, ...]] = (BLOCK, LAYER)
     layer_types: ClassVar[tuple[type, ...]] = (nn.RNN,)
-    writes: ClassVar[frozenset[str]] = frozenset({"ranges"})
+    writes: ClassVar[frozenset[str]] = frozenset({Fact.RANGES, Fact.LAYERS})
 
     beta: float | None = None
     alpha: float | None = None
@@ -124,7 +127,7 @@ class ROAF(Pass):
         shared = self._choose_sharing(own, once, len(sizes), result)
         if self.shared is None:  # the recipe records the decision: load must not decide again from the limit
             result.resolved["shared"] = shared
-        object.__setattr__(self, "_run", _Run(block_beta, rnn_beta, shared))  # per-compile state of a frozen pass
+        _keep(env, _Run(block_beta, rnn_beta, shared))
         self._warn(targets, blocks, rnns, rnn_beta, result, env)
         self._warn_mix(block_beta if blocks else rnn_beta, result)
         result.stats.update(
@@ -190,10 +193,11 @@ class ROAF(Pass):
         return 1.0 - beta if self.alpha is None else self.alpha
 
     def _state(self, env: Env) -> _Run:
-        run = getattr(self, "_run", None)
+        run = getattr(env.state, "roaf", None)
         if run is None:  # apply without prepare (by hand): the defaults for a single block
+            env = dataclasses.replace(env, state=env.state or types.SimpleNamespace())
             self.prepare([], env)
-            run = self._run
+            run = env.state.roaf
         return run
 
     # ---- one target ----------------------------------------------------------------------------
@@ -227,14 +231,17 @@ class ROAF(Pass):
         o = self._matrix(n, site.name, weight, run)
         filt = ROAFFilter(n, alpha=alpha, beta=beta, spatial=spatial, O=o)
         y, x = site.node, _input_of(site.producer)
-        gm = y.graph.owning_module
-        name = unique_name(gm, f"{y.name}_roaf")
-        gm.add_submodule(name, filt)
-        with gm.graph.inserting_after(y):
-            new = gm.graph.call_module(name, (y, x))
+        rewriter = active()
+        name = rewriter.add_module(y.graph.owning_module, f"{y.name}_roaf", filt)
+        new = rewriter.insert_after(y, "call_module", name, (y, x))
         new.meta.update({k: v for k, v in y.meta.items() if k == "nn_module_stack"})
-        _rewire(y, site.producer if site.inplace else None, new)
-        mark_applied(y, site, self.name)
+        # every use of the block's output goes through the filter; an in-place activation also
+        # changed the affine output it aliases: later uses of that tensor get the filtered value too
+        rewriter.replace_uses(y, new)
+        if site.inplace:
+            rewriter.replace_later_uses(site.producer, new)
+        rewriter.mark_applied(y, site)
+        rewriter.record(site.name, filt)
         on = "channels (1x1)" if spatial else "features"
         return f"alpha={alpha:.4g} beta={beta:.4g}, O {n}x{n} on {on}" + (", shared" if run.shared else "")
 
@@ -244,9 +251,15 @@ class ROAF(Pass):
         w = rnn.weight_hh_l0
         o = [self._matrix(rnn.hidden_size, f"{layer.full_name}:l{k}", w, run) for k in range(rnn.num_layers)]
         new = ROAFRNN.from_rnn(rnn, beta=beta, alpha=self._alpha(beta), O=o)
-        layer.gm.set_submodule(layer.name, new)
+        active().swap_module(layer.gm, layer.name, new, layer.full_name)
         rule = "given" if self.beta is not None else f"c/horizon, horizon {self.horizon or DEFAULT_HORIZON}"
         return f"ROAFRNN alpha={new.alpha:.4g} beta={beta:.4g} ({rule}), {rnn.num_layers} O of {rnn.hidden_size}^2"
+
+
+def _keep(env: Env, run: _Run) -> None:
+    """The compile's roaf state: in the pass run's namespace (the frozen pass is not written)."""
+    if env.state is not None:
+        env.state.roaf = run
 
 
 def _features(affine: nn.Module) -> tuple[int, torch.Tensor]:
@@ -257,18 +270,6 @@ def _features(affine: nn.Module) -> tuple[int, torch.Tensor]:
 
 def _input_of(node: fx.Node):
     return node.args[0] if node.args else node.kwargs.get("input")
-
-
-def _rewire(y: fx.Node, aliased: fx.Node | None, new: fx.Node) -> None:
-    """Send every use of the block's output through the filter. An in-place activation also
-    changed the affine output it aliases: later uses of that tensor get the filtered value too."""
-    for user in list(y.users):
-        if user is not new:
-            user.replace_input_with(y, new)
-    if aliased is not None:
-        for user in list(aliased.users):
-            if user is not new and user is not y and user > new:
-                user.replace_input_with(aliased, new)
 
 
 def _block_reason(block: Block) -> str | None:
