@@ -109,8 +109,9 @@ def check_changes_ran(model: torch.nn.Module, *inputs, passes=None) -> list[str]
 
     Checks, per pass: everything it inserted ran; a site pass (gpn, arp, roaf) made one
     inserted call per changed activation site (each site of the models checked runs once per
-    forward: no site in a loop); each changed layer row names a module that ran; rai made one
-    cut call per changed cut."""
+    forward: no site in a loop); rai made one cut call per changed cut. A layer changed in
+    place (orthogonal) is not checked: a model may use its weight without calling it
+    (transformers' Mamba passes ``conv1d.weight`` to a function)."""
     report = model.vgp_report
     runs = Runs(model)
     recurrent = any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
@@ -131,10 +132,6 @@ def check_changes_ran(model: torch.nn.Module, *inputs, passes=None) -> list[str]
                 if calls != len(rows):
                     problems.append(f"{p} ({mode}): report says {len(rows)} sites changed {rows}, "
                                     f"inserted code ran {calls} times")
-            layers = [r.name for r in report.sites if r.changed.get(p) and r.spelling.endswith("layer")]
-            missing = [name for name in layers if name not in runs.modules]
-            if missing:
-                problems.append(f"{p} ({mode}): changed layers {missing} never ran")
             if p == "rai":
                 cuts = [r.name for r in report.sites if r.changed.get(p) and r.spelling == "cut"]
                 if calls != len(cuts):

@@ -375,12 +375,12 @@ def test_roaf_equals_hand_applied_filter(spec):
 
     def hook(module, args, out):
         y, h = args[0], args[1]
-        O = module.O.double()
+        orth = module.O.double()
         if h.dim() == 4:  # conv blocks: O acts on channels
-            Ox = torch.einsum("oc,nchw->nohw", O, h.double())
+            rotated = torch.einsum("oc,nchw->nohw", orth, h.double())
         else:
-            Ox = h.double() @ O.T
-        want = module.alpha * Ox + module.beta * y.double()
+            rotated = h.double() @ orth.T
+        want = module.alpha * rotated + module.beta * y.double()
         seen.append(float((out.double() - want).abs().max() / want.abs().max().clamp_min(1.0)))
 
     handles = [f.register_forward_hook(hook) for f in filters]
