@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from model_grammar import (
     EAGER_FUNCTIONS,
     FORMULA_SPELLINGS,
+    PARAMS,
     SPELLINGS,
     Branch,
     Dense,
@@ -39,7 +40,9 @@ from model_grammar import (
 from torch import nn
 
 from vgpcompile import freeze, load, save, vgpcompile
+from vgpcompile.core.catalogue import DEFAULT
 from vgpcompile.core.registry import PRESETS, REGISTRY
+from vgpcompile.passes.gpn.constants import gpn_constants
 
 # VGP_NO_SHRINK=1: report the first failing example instead of shrinking it (shrinking a
 # model takes minutes); the known-bug tests never shrink (their minimal model is an @example).
@@ -389,6 +392,9 @@ def test_roaf_equals_hand_applied_filter(spec):
         h.remove()
     assert len(seen) == len(filters)
     assert max(seen, default=0.0) <= 1e-5
+    for f in filters:  # O is orthogonal
+        orth = f.O.double()
+        assert torch.allclose(orth @ orth.T, torch.eye(orth.shape[0], dtype=orth.dtype), atol=1e-6)
 
 
 # issue 19, failure 3: CLIP's quick GELU ``z * torch.sigmoid(1.702 * z)``: traced, the inner
@@ -638,6 +644,49 @@ ARP_ORTH_REPRO = Spec(conv=False, blocks=(Dense(8, SPELLINGS.index(next(
 @example(spec=ARP_ORTH_REPRO)
 def test_order_of_arp_and_orthogonal_does_not_matter(spec):
     check_order(spec, ("arp", "orthogonal"))
+
+
+# ---- checkpoints of the original load; the report names each site once --------------------------
+
+
+@FEW
+@given(spec=ALL, passes=st.sampled_from([["gpn"], ["arp"], ["orthogonal"], ["roaf"], ["bsnn"]]))
+def test_original_checkpoint_loads_strictly(spec, passes):
+    """The passes keep every state_dict name (GPN's a, b and roaf's O are non-persistent), so a
+    checkpoint of the original model loads into the compiled one, strictly."""
+    compiled, net, _ = compile_spec(spec, passes)
+    assert sorted(compiled.state_dict()) == sorted(net.state_dict())
+    compiled.load_state_dict(net.state_dict(), strict=True)
+
+
+@FEW
+@given(spec=ALL, passes=st.sampled_from([[p] for p in PASS_NAMES]))
+def test_report_names_each_site_once_and_explains_it(spec, passes):
+    report = compile_spec(spec, passes)[0].vgp_report
+    names = [r.name for r in report.sites]
+    assert len(names) == len(set(names)), names
+    for r in report.sites:
+        for p in report.passes:
+            if p in r.outcomes:
+                assert r.outcomes[p].strip(), (r.name, p)  # what it did, or why not
+            assert not r.changed.get(p) or p in r.outcomes, (r.name, p)
+
+
+@FEW
+@given(kind=st.sampled_from(sorted(DEFAULT.kinds)), root=st.sampled_from(["minus", "plus"]))
+def test_gpn_constants_normalize_the_gaussian_moments(kind, root):
+    """E[(a phi(z) + b)^2] = E[(a phi'(z))^2] = 1 for z ~ N(0, 1), by Monte Carlo (independent of
+    the quadrature in passes/gpn/constants.py): 1e6 float64 samples, tolerance 5 sd."""
+    act = DEFAULT.get(kind)
+    params = {**act.defaults, **PARAMS.get(kind, {})}
+    a, b = gpn_constants(act, params, root)
+    z = torch.randn(1_000_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    y = act.fn(z, **params)
+    (dy,) = torch.autograd.grad(y.sum(), z)
+    forward, backward = (a * y.detach() + b) ** 2, (a * dy) ** 2
+    for name, values in (("E[(a phi + b)^2]", forward), ("E[(a phi')^2]", backward)):
+        sd = float(values.std()) / len(values) ** 0.5
+        assert abs(float(values.mean()) - 1.0) <= 5 * sd + 1e-6, (kind, root, name, float(values.mean()))
 
 
 # ---- plan reports what compile does --------------------------------------------------------------
