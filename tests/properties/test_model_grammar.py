@@ -659,7 +659,7 @@ def test_order_of_two_passes_does_not_matter(spec, pair):
     check_order(spec, pair)
 
 
-@FEW
+@settings(max_examples=6, phases=_PHASES, **_COMMON)  # 6 compiles per example
 @given(spec=CHILD_ONLY)
 def test_order_of_gpn_arp_roaf_does_not_matter(spec):
     check_order(spec, ("gpn", "arp", "roaf"))
