@@ -3,8 +3,9 @@
 For each model (zoo_models.ZOO) and pass list (PASSES): compiles with example inputs, runs
 in train and eval mode with a finite output; with no pass, equals the original bitwise in
 both modes (train mode from the same random seed); freeze gives the training form's
-output; save -> load gives it bitwise in both modes; the report finds and changes the
-expected numbers of sites. The table (model x pass) is printed at the end of the run.
+output; save -> load gives it bitwise in both modes; every change the report claims ran
+(helpers.check_changes_ran: what the passes inserted is called, once per changed site); the
+report finds and changes the expected numbers of sites. The table (model x pass) is printed at the end of the run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zoo_models
+from helpers import check_changes_ran
 from zoo_models import ZOO, main_output
 
 from vgpcompile import freeze, load, save, vgpcompile
@@ -43,6 +45,12 @@ EXPECTED: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
     "torch_transformer": (2, {"gpn": (2, 0), "orthogonal": (6, 2), "arp": (2, 0), "roaf": (0, 0)}),
     "rwkv_style": (6, {"gpn": (6, 6), "orthogonal": (15, 15), "arp": (0, 0), "roaf": (0, 0)}),
 }
+
+# (model, pass) whose report claims a change that does not run on the example inputs
+# (issue 19); the test fails when one of them is fixed, so the entry is removed then.
+# mamba: transformers' MambaMixer never calls its ``act`` module (it passes the activation's
+# name to causal_conv1d_fn), yet gpn reports both SiLU sites changed.
+CLAIMS_UNRUN: set[tuple[str, str]] = {("mamba", "gpn")}
 
 FREEZE_TOL = 1e-4  # relative to the output's scale: folding a, b into the next layer rounds
 
@@ -90,6 +98,13 @@ def test_zoo(entry, passes, tmp_path):
         assert torch.equal(_run(back, inputs, training), _run(compiled, inputs, training)), (
             f"{entry.name} {passes}: load is not bitwise (training={training})"
         )
+
+    problems = check_changes_ran(compiled, *inputs)
+    known = {(entry.name, p) for p in report.passes} & CLAIMS_UNRUN
+    if known:
+        assert problems, f"{entry.name} {passes}: every reported change ran now: remove {known} from CLAIMS_UNRUN"
+    else:
+        assert not problems, f"{entry.name} {passes}: " + "\n".join(problems)
 
     for p in report.passes:
         row[p] = (report.changed_count(p), report.changed_eager_count(p))
