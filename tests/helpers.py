@@ -153,6 +153,15 @@ def check_changes_ran(model: torch.nn.Module, *inputs, passes=None) -> list[str]
                                     f"inserted code ran {calls} times")
             if p == "rai":
                 cuts = [r.name for r in report.sites if r.changed.get(p) and r.spelling == "cut"]
+                calls = sum(runs.counts[k] for k, q in runs.owner.items()  # the cuts; the idx guard runs once more
+                            if q == p and type(_module_or_none(runs.model, k)).__name__ == "RAICut")
                 if calls != len(cuts):
                     problems.append(f"rai ({mode}): {len(cuts)} cuts changed, cut modules ran {calls} times")
     return problems
+
+
+def _module_or_none(model: torch.nn.Module, name: str):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:  # a function node's key ("region:node")
+        return None

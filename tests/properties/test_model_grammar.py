@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from model_grammar import (
     EAGER_FUNCTIONS,
+    EAGER_STYLES,
     FORMULA_SPELLINGS,
     PARAMS,
     SPELLINGS,
@@ -53,18 +54,14 @@ SOME = settings(max_examples=25, phases=_PHASES, **_COMMON)
 MANY = settings(max_examples=400, phases=_PHASES, **_COMMON)
 KNOWN_BUG = settings(max_examples=6, phases=(Phase.explicit, Phase.generate), **_COMMON)
 
-# Parts of the grammar the property tests below leave out while the core has the bugs the
-# xfail tests show; when those flip, widen these to the whole grammar (EAGER_STYLES, clamp=True).
-# eager call styles the current core rewrites at run time; in list comprehensions and lambdas
-# it reports a rewrite that never runs (issue 19, failure 2)
-WORKING_EAGER = ("direct", "child")
-# spellings without a written-out formula (arp leaves formula sites alone: issue 19, "arp on
-# formula sites")
+# The whole grammar: every eager call style (direct, child module, list comprehension, lambda)
+# and a clamp after an activation (issue 19's failures 1 and 2, fixed).
+WORKING_EAGER = EAGER_STYLES
+# spellings without a written-out formula, for the tests whose reference is per activation
 NO_FORMULAS = [i for i in range(len(SPELLINGS)) if i not in FORMULA_SPELLINGS]
 
-ALL = specs(eager_styles=WORKING_EAGER, clamp=False)  # clamp after an activation: issue 19, failure 1
-# eager activation calls (not module children) break gpn + arp and a second compile (below)
-CHILD_ONLY = specs(eager_styles=("child",), clamp=False)
+ALL = specs(eager_styles=WORKING_EAGER)
+CHILD_ONLY = specs(eager_styles=EAGER_STYLES)
 PASS_NAMES = sorted(REGISTRY) + sorted(PRESETS)
 SITE_PASSES = ("gpn", "arp", "roaf")
 
@@ -181,8 +178,6 @@ def test_site_passes_together_changed_sites_ran(spec, passes):
 GPN_ARP_EAGER_REPRO = Spec(conv=False, blocks=(Eager(4, 0, "direct"),), seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: gpn + arp on an eager activation call raises a raw KeyError "
-                   "('blocks.0.tanh_L340_gpn': the eager site's inserted module name is looked up as a report row)")
 @KNOWN_BUG
 @given(spec=specs(eager_styles=("direct",), clamp=False), passes=st.permutations(["gpn", "arp"]))
 @example(spec=GPN_ARP_EAGER_REPRO, passes=["gpn", "arp"])
@@ -213,8 +208,6 @@ LAMBDA_REPRO = Spec(conv=False, blocks=(Eager(4, 0, "lambda"),), seed=0)
 LISTCOMP_REPRO = Spec(conv=False, blocks=(Eager(4, 0, "listcomp"),), seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: eager calls in a lambda or list comprehension are reported "
-                   "gpn-rewritten but the interception (frame name match) never runs them")
 @KNOWN_BUG
 @given(spec=specs(eager_styles=("listcomp", "lambda"), clamp=False))
 @example(spec=LAMBDA_REPRO)
@@ -278,8 +271,6 @@ CLAMP_REPRO = Spec(conv=False, blocks=(Dense(4, SPELLINGS.index(next(
     s for s in SPELLINGS if s.kind == "gelu" and s.how == "function")), clamp=9.0),), seed=0, scale=30.0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: an op after an activation (clamp max=9 after GELU) is swallowed "
-                   "into the gpn site by the formula matcher's grid check")
 @KNOWN_BUG
 @given(spec=specs(eager_styles=(), scale=st.just(30.0)).filter(lambda s: any(
     getattr(b, "clamp", None) == 9.0 for b in s.blocks)))
@@ -314,8 +305,6 @@ GELU_FORMULA_REPRO = Spec(conv=False, blocks=(Dense(4, SPELLINGS.index(next(
     s for s in SPELLINGS if s.how == "formula" and s.what == "gelu_tanh"))),), seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: arp leaves a written-out activation (GPT-2's GELU) alone "
-                   "because the formula uses its pre-activation several times")
 @KNOWN_BUG
 @given(spec=specs(FORMULA_SPELLINGS, eager_styles=(), clamp=False, branches=False))
 @example(spec=GELU_FORMULA_REPRO)
@@ -447,8 +436,6 @@ def test_traced_and_eager_code_agree_on_sites(fn, seed):
     assert rel(run(a, x, False), run(b, x, False)) <= 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: CLIP's quick GELU z*sigmoid(1.702*z) is a gpn site traced "
-                   "and not one eager")
 @KNOWN_BUG
 @given(seed=st.integers(0, 2**16))
 def test_traced_and_eager_code_agree_on_quick_gelu(seed):
@@ -504,8 +491,6 @@ def test_bsnn_twice_changes_nothing(spec):
 TWICE_REPRO = Spec(conv=False, blocks=(Eager(4, 0, "direct"),), seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: compiling a gpn-compiled model with gpn again rewrites its eager "
-                   "torch.tanh call a second time (a second GPNActivation, reported changed, never run)")
 @KNOWN_BUG
 @given(spec=specs(eager_styles=("direct",), clamp=False), passes=st.sampled_from([["gpn"], ["bsnn"]]))
 @example(spec=TWICE_REPRO, passes=["gpn"])
@@ -669,8 +654,6 @@ ARP_ORTH_REPRO = Spec(conv=False, blocks=(Dense(8, SPELLINGS.index(next(
     s for s in SPELLINGS if s.kind == "relu" and s.how == "module"))),), seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: orthogonal changes the weights arp calibrates on but declares "
-                   "no writes, so ['arp','orthogonal'] and ['orthogonal','arp'] compile different models")
 @KNOWN_BUG
 @given(spec=specs(NO_FORMULAS, eager_styles=(), clamp=False, norm=False))
 @example(spec=ARP_ORTH_REPRO)
