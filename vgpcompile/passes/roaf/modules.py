@@ -7,7 +7,7 @@ research/roaf.md), usable by hand as well.
   names, and what other passes do to them) and sends ``y`` and ``x`` through the filter.
   Linear blocks mix the last dimension, ``x @ O.T``; convolution blocks mix channels, a
   1x1 convolution with kernel ``O``.
-- :class:`ROAFHadamard`: a structured orthogonal O (random signs, then Kronecker factors of
+- :class:`ROAFHadamard`: a structured orthogonal O (a Kronecker product of sign-randomized
   normalized Hadamard matrices), O(n log n) to apply, for ``filter="hadamard"``.
 - :class:`ROAFRNN`: ``nn.RNN``'s parameters (same names) and call signature with the state
   update ``h_t = alpha * O h_{t-1} + beta * phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``,
@@ -102,7 +102,8 @@ def hadamard_radices(n: int) -> tuple[int, ...]:
 
 def hadamard_factors(n: int, seed: int, dtype: torch.dtype = torch.float32, device=None) -> list[torch.Tensor]:
     """Orthogonal factors F_j (r_j x r_j) with n = prod r_j: normalized Sylvester Hadamard
-    matrices, and a Haar matrix for the odd part of n; their Kronecker product is orthogonal."""
+    matrices with random column signs, H_r diag(d_j) / sqrt(r), and a Haar matrix for the odd
+    part of n; their Kronecker product is orthogonal."""
     factors = []
     for j, r in enumerate(hadamard_radices(n)):
         if r & (r - 1):  # the odd part
@@ -111,58 +112,63 @@ def hadamard_factors(n: int, seed: int, dtype: torch.dtype = torch.float32, devi
         h = torch.ones(1, 1, dtype=torch.float64)
         while h.shape[0] < r:
             h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-        factors.append(h / math.sqrt(r))
+        gen = torch.Generator().manual_seed(seed_for(seed, f"signs{j}"))
+        signs = torch.randint(0, 2, (r,), generator=gen).double() * 2 - 1
+        factors.append(h * signs / math.sqrt(r))
     return [f.to(dtype=dtype, device=device) for f in factors]
 
 
-def random_signs(n: int, seed: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
-
-
 class ROAFHadamard(nn.Module):
-    """A structured orthogonal O = (F_1 ⊗ ... ⊗ F_t) · diag(s): a randomized Hadamard transform,
-    random signs s (one per feature) then normalized Hadamard factors of at most 32 x 32
-    (a Haar factor for the odd part of n). Applying it costs n · sum(r_j) multiply-adds per
-    vector, O(n log n) for a power of two (256: 16 + 16 = 32 per feature, against 256 for a
-    dense O), and it is exactly orthogonal: each factor is, and so are Kronecker products and
-    sign flips. Signs and factors are non-persistent buffers, drawn again from the seed."""
+    """A structured orthogonal O = F_1 ⊗ ... ⊗ F_t, F_j = H_r diag(d_j) / sqrt(r): a randomized
+    Hadamard transform H diag(d) whose sign pattern d = d_1 ⊗ ... ⊗ d_t is drawn per factor
+    (so the signs live in the factors and cost no separate multiply), with factors of at
+    most 32 x 32 (a Haar factor for the odd part of n). Applying it costs n · sum(r_j)
+    multiply-adds per vector, O(n log n) for a power of two (256: 16 + 16 = 32 per feature,
+    against 256 for a dense O), and it is exactly orthogonal: each factor is, and so is a
+    Kronecker product of orthogonal matrices. The factors are non-persistent buffers, drawn
+    again from the seed."""
 
     def __init__(self, n: int, seed: int, dtype: torch.dtype = torch.float32, device=None) -> None:
         super().__init__()
         self.n = int(n)
-        self.register_buffer("signs", random_signs(self.n, seed_for(seed, "signs"), dtype, device), persistent=False)
         self.radices = hadamard_radices(self.n)
         for j, f in enumerate(hadamard_factors(self.n, seed, dtype, device)):
             self.register_buffer(f"factor{j}", f, persistent=False)
+        if not self.radices:  # n = 1: O = [1]
+            self.register_buffer("factor0", torch.ones(1, 1, dtype=dtype, device=device), persistent=False)
+            self.radices = (1,)
 
     @property
     def factors(self) -> list[torch.Tensor]:
         return [getattr(self, f"factor{j}") for j in range(len(self.radices))]
 
-    def mix(self, x: torch.Tensor, trailing: int, y: torch.Tensor | None = None, beta: float = 1.0) -> torch.Tensor:
-        """(O without its signs, which the caller multiplies in with alpha) applied to the
-        (lead, n, trailing) view of ``x``, plus ``beta * y`` when given: factor j mixes axis
-        j of the (lead, r_1, ..., r_t, trailing) view. With trailing 1 (a Linear block) the
-        last factor is one matmul over every row, fused with the add (addmm)."""
+    def mix(
+        self, x: torch.Tensor, trailing: int, y: torch.Tensor | None = None, beta: float = 1.0, alpha: float = 1.0
+    ) -> torch.Tensor:
+        """alpha * O applied to the (lead, n, trailing) view of ``x``, plus ``beta * y`` when
+        given: factor j mixes axis j of the (lead, r_1, ..., r_t, trailing) view. With
+        trailing 1 (a Linear block) the last factor is one matmul over every row, fused
+        with alpha and the add (addmm); otherwise alpha scales the first factor."""
         shape = x.shape
         inner = self.n * trailing
         last = len(self.radices) - 1 if trailing == 1 else None
-        for j, (r, f) in enumerate(zip(self.radices, self.factors)):
+        buffers = self._buffers  # not self.factors: nn.Module.__getattr__ per factor costs µs per call
+        for j, r in enumerate(self.radices):
+            f = buffers[f"factor{j}"]
             inner //= r
             if j == last:
                 rows = x.reshape(-1, r)
                 if y is None:
-                    return (rows @ f.T).reshape(shape)
-                return torch.addmm(y.reshape(-1, r), rows, f.T, beta=beta).reshape(shape)
-            x = torch.matmul(f, x.reshape(-1, r, inner))
+                    return (rows @ f.T).mul(alpha).reshape(shape)
+                return torch.addmm(y.reshape(-1, r), rows, f.T, beta=beta, alpha=alpha).reshape(shape)
+            x = torch.matmul(f * alpha if j == 0 and last is None else f, x.reshape(-1, r, inner))
         x = x.reshape(shape)
         return x if y is None else torch.add(x, y, alpha=beta)
 
     def dense(self) -> torch.Tensor:
-        """O as an n x n matrix (tests, range inference): O e_i for every basis vector."""
-        eye = torch.eye(self.n, dtype=self.signs.dtype, device=self.signs.device)
-        return self.mix(eye * self.signs, 1).T  # row i of eye * s is s_i e_i; its image is column i
+        """O as an n x n matrix (tests, range inference): row i of the identity maps to column i."""
+        eye = torch.eye(self.n, dtype=self.factor0.dtype, device=self.factor0.device)
+        return self.mix(eye, 1).T
 
     def extra_repr(self) -> str:
         return f"{self.n}, factors {' x '.join(map(str, self.radices))}"
@@ -222,13 +228,9 @@ class ROAFFilter(nn.Module):
         return self.matrix.dense() if self.structured else self.matrix.O
 
     def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.structured:  # alpha rides on the signs: one multiply, then the factors
-            h = self.matrix
-            scale = h.signs * self.alpha
-            if self.spatial:
-                scale = scale.reshape(self.features, *(1,) * self.spatial)
-                return h.mix(x * scale, math.prod(x.shape[2:]), y, self.beta)
-            return h.mix(x * scale, 1, y, self.beta)
+        if self.structured:  # the factors, one matmul each; alpha and the add ride on them
+            trailing = math.prod(x.shape[2:]) if self.spatial else 1
+            return self.matrix.mix(x, trailing, y, self.beta, self.alpha)
         if self.spatial:
             kernel = (self.O * self.alpha).reshape(self.features, self.features, *(1,) * self.spatial)
             return torch.add(_CONVS[self.spatial](x, kernel), y, alpha=self.beta)
@@ -254,7 +256,7 @@ class ROAFFilter(nn.Module):
     def _row_sums(self) -> tuple[np.ndarray, np.ndarray]:
         """(sum_j O_ij, sum_j |O_ij|) in float64, kept while O is unchanged: range inference
         asks once per later block (numpy: small-vector arithmetic without tensor overhead)."""
-        source = self.matrix.signs if self.structured else self.matrix.O
+        source = self.matrix.factor0 if self.structured else self.matrix.O
         key = (source.data_ptr(), source._version)
         if getattr(self, "_sums_key", None) != key:
             o = self.O.detach().double().cpu().numpy()

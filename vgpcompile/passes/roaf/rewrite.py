@@ -31,10 +31,11 @@ Options:
   layer; None (default), per block unless that needs more than ``max_buffer_mb``, then
   shared, with a warning. Per-block O at 50 000 layers of width 64 is 800 MB.
 - filter: "haar" (default, the paper's: a dense Haar-random O, one n x n matmul per block)
-  or "hadamard" (a randomized Hadamard transform: random signs, then Kronecker factors of
-  normalized Hadamard matrices of at most 32 x 32 and a Haar factor for the odd part of n;
-  exactly orthogonal, n * sum(factor sizes) multiply-adds per vector, 32 instead of 256 at
-  width 256; §5's bounds need only orthogonality). nn.RNN layers keep a dense Haar O.
+  or "hadamard" (a randomized Hadamard transform: the Kronecker product of normalized
+  Hadamard matrices of at most 32 x 32 with random column signs, and a Haar factor for the
+  odd part of n; exactly orthogonal, n * sum(factor sizes) multiply-adds per vector, 32
+  instead of 256 at width 256; §5's bounds need only orthogonality). nn.RNN layers keep a
+  dense Haar O.
 - seed: O of a block is drawn from (seed, the block's site name): independent of order,
   and drawn again identically when ``load`` rebuilds the model. O is a non-persistent
   buffer, so checkpoints hold only the original parameters.
@@ -257,8 +258,8 @@ def _draw(n: int, seed: int, like: torch.Tensor, kind: str) -> nn.Module:
 
 
 def _bytes(n: int, like: torch.Tensor, kind: str) -> int:
-    """The memory of one O: n² numbers dense; the signs and the factors structured."""
-    count = n + sum(r * r for r in hadamard_radices(n)) if kind == "hadamard" else n * n
+    """The memory of one O: n² numbers dense, the factors structured."""
+    count = sum(r * r for r in hadamard_radices(n)) if kind == "hadamard" else n * n
     return count * like.element_size()
 
 
