@@ -73,7 +73,9 @@ def trainer(model: nn.Module, forward: Callable, x: torch.Tensor, y: torch.Tenso
 
 
 def medians(fns: dict[str, Callable[[], None]], steps: int, warmup: int = 3, sync=lambda: None) -> dict:
-    """{name: (CPU-time median, wall median)} in seconds; the calls alternate between the functions."""
+    """{name: (CPU-time median, wall median, CPU-time mean)} in seconds; the calls alternate
+    between the functions. The mean is the figure for work done every k-th call only
+    (orthogonal's ``every``), which a median skips."""
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     wall: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(warmup + steps):
@@ -85,7 +87,7 @@ def medians(fns: dict[str, Callable[[], None]], steps: int, warmup: int = 3, syn
             if i >= warmup:
                 cpu[name].append(time.process_time() - c)
                 wall[name].append(time.perf_counter() - w)
-    return {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in fns}
+    return {k: (statistics.median(cpu[k]), statistics.median(wall[k]), statistics.mean(cpu[k])) for k in fns}
 
 
 def step_ratios(
@@ -97,8 +99,8 @@ def step_ratios(
     steps: int = 20,
     device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
-    """{arm: {"eager": CPU-time ratio to eager plain, "eager_wall": ..., "compiled": ...,
-    "compiled_wall": ...}} (compiled: to compiled plain; absent with backend None)."""
+    """{arm: {"eager": CPU-time median ratio to eager plain, "eager_wall", "eager_mean" (the
+    ratio of means), "compiled", ...}} (compiled: to compiled plain; absent with backend None)."""
     x = torch.randn(batch, width, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     fns: dict[str, Callable[[], None]] = {}
@@ -114,8 +116,8 @@ def step_ratios(
     for arm in arms:
         row = {}
         for form in ("eager", "compiled") if backend else ("eager",):
-            (c, w), (pc, pw) = t[f"{arm}|{form}"], t[f"plain|{form}"]
-            row[form], row[f"{form}_wall"] = c / pc, w / pw
+            (c, w, m), (pc, pw, pm) = t[f"{arm}|{form}"], t[f"plain|{form}"]
+            row[form], row[f"{form}_wall"], row[f"{form}_mean"] = c / pc, w / pw, m / pm
         out[arm] = row
     out["plain"] = {
         "eager_ms": 1e3 * t["plain|eager"][0],
@@ -174,7 +176,7 @@ def main() -> None:
             print(f"width {width}, batch {batch}, depth {args.depth} ({args.device}, backend {backend}):")
             for arm in arms:
                 r = row["step"][arm]
-                text = f"  {arm:<16} eager {r['eager']:5.2f}x"
+                text = f"  {arm:<16} eager {r['eager']:5.2f}x (mean {r['eager_mean']:5.2f}x)"
                 text += f"  compiled {r['compiled']:5.2f}x" if backend else ""
                 text += f"  onnx {row['onnx'][arm]:5.2f}x" if args.onnx else ""
                 print(text)

@@ -8,10 +8,9 @@ orthonormal columns, of each such matrix, times ``gain``. How it stays so in tra
   to a fixed length on every forward pass. Keeps unit rows, not orthogonality.
 - torch's ``parametrizations.orthogonal`` on the flattened matrix (``MatrixView`` turns it
   back into the layer's weight): exact, but a linalg solve/exp in every forward and backward.
-- retraction: the weight stays a plain parameter; Newton–Schulz pulls it back after each
-  optimizer step. Runs lazily at the next forward of the layer (a forward pre-hook that sees
-  that the weight or an optimizer step changed since the last retraction), or explicitly
-  with :func:`retract` / :func:`retract_after`.
+- retraction: the weight stays a plain parameter; Newton–Schulz pulls it back inside each
+  ``optimizer.step()`` (every ``every``-th; a global torch.optim post-step hook) and after
+  ``load_state_dict``, or explicitly with :func:`retract`. The forward is the plain layer's.
 """
 
 from __future__ import annotations
