@@ -121,6 +121,54 @@ def test_training_and_frozen_forms_compile_whole_without_recompiling(case):
     assert_one_graph(f"{case}, frozen form")
 
 
+class SmallCNN(nn.Module):
+    """Zero-padded 'same' convs (gpn's frozen form adds b/a before each), a conv block roaf
+    filters (channels mixed by the structured filter), pooling and a readout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.c2(torch.tanh(self.c1(x))))
+        return self.fc(h.mean((2, 3)))
+
+
+CNN_CASES = {
+    "gpn": (["gpn"], {}),
+    "arp+gpn": (["arp", "gpn"], {}),
+    "bsnn": (["bsnn"], {}),
+    "roaf hadamard": (["roaf"], {"roaf": {"filter": "hadamard"}}),
+}
+
+
+@pytest.mark.parametrize("case", list(CNN_CASES))
+def test_conv_models_compile_whole_too(case):
+    passes, options = CNN_CASES[case]
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, 4, (4,), generator=g)
+    model = vgpcompile.vgpcompile(SmallCNN(), passes=passes, options=options, example_inputs=(x,))
+    if "roaf" in passes:
+        assert any(getattr(m, "structured", False) for m in model.modules())  # c2's block is filtered
+    fresh_counters()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(10):
+        loss = F.cross_entropy(compiled(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert_one_graph(f"{case} CNN, training form")
+    frozen = freeze(model).eval()
+    fresh_counters()
+    with torch.no_grad():
+        assert torch.allclose(torch.compile(frozen, fullgraph=True, backend="aot_eager")(x), frozen(x), atol=1e-5)
+    assert_one_graph(f"{case} CNN, frozen form")
+
+
 def test_rai_frozen_form_compiles_whole():
     """The lifted training form does not compile yet (above); its frozen form, the plain network, does."""
     frozen = freeze(build(["rai"], CASES["rai"][1])).eval()
