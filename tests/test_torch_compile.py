@@ -169,6 +169,35 @@ def test_conv_models_compile_whole_too(case):
     assert_one_graph(f"{case} CNN, frozen form")
 
 
+def test_roaf_rnn_compiles_whole():
+    """ROAFRNN's Python time loop unrolls into one graph (per sequence length)."""
+
+    class Seq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(3, 8, num_layers=2, batch_first=True)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = vgpcompile.vgpcompile(Seq(), passes=["roaf"], options={"roaf": {"horizon": 10}})
+    assert type(model.rnn).__name__ == "ROAFRNN"
+    x, y = torch.randn(4, 6, 3), torch.randint(0, 2, (4,))
+    fresh_counters()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(10):
+        loss = F.cross_entropy(compiled(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert_one_graph("roaf RNN")
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-6)
+
+
 def test_rai_frozen_form_compiles_whole():
     """The lifted training form does not compile yet (above); its frozen form, the plain network, does."""
     frozen = freeze(build(["rai"], CASES["rai"][1])).eval()
