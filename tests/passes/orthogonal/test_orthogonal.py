@@ -439,6 +439,8 @@ def test_layers_the_pass_cannot_take_are_skipped_with_a_reason():
         ({"map": "qr"}, "must be one of"),
         ({"init": "xavier"}, "must be one of"),
         ({"seed": 1.5}, "must be int"),
+        ({"every": 0}, "option 'every' of pass 'orthogonal' must be a number of steps >= 1"),
+        ({"every": 2.5}, "must be int"),
     ],
 )
 def test_bad_options_are_usage_errors(options, message):
