@@ -106,9 +106,10 @@ def arm(name: str, depth: int, args, data: dict) -> dict:
     if name == "plain-xavier":
         net = xavier_tanh(net)
     out: dict = {"name": name}
-    if name == "roaf":
+    if name.startswith("roaf"):  # roaf-hadamard: the structured filter
         start, cpu = time.perf_counter(), time.process_time()
-        net = vgpcompile(net, passes=["roaf"], inplace=True)
+        options = {"roaf": {"filter": "hadamard"}} if name == "roaf-hadamard" else None
+        net = vgpcompile(net, passes=["roaf"], options=options, inplace=True)
         out["compile_s"], out["compile_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
         out["stats"] = net.vgp_report.stats["roaf"]
     names = block_names(depth)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arms", nargs="+", choices=["plain", "plain-xavier", "roaf"], default=None,
+    parser.add_argument("--arms", nargs="+", choices=["plain", "plain-xavier", "roaf", "roaf-hadamard"], default=None,
                         help="default: plain and roaf up to depth 20 000, roaf alone above; plain-xavier is the "
                         "plain net with tanh's standard init (Glorot, gain 5/3)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="depth 200, 8 steps: a smoke test")

@@ -732,8 +732,6 @@ def test_torch_compile_fullgraph_captures_compiled_models(spec, passes):
 FULLGRAPH_REPRO = Spec(conv=False, blocks=(Dense(4, 0),), seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="orthogonal's default keep='retraction' compares weight.data_ptr() in a "
-                   "forward pre-hook: torch.compile(fullgraph=True) refuses it (Unsupported data pointer comparison)")
 @KNOWN_BUG
 @given(spec=TRACED)
 @example(spec=FULLGRAPH_REPRO)

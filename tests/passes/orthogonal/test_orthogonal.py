@@ -16,7 +16,16 @@ from torch.nn.utils import parametrize
 import vgpcompile
 from vgpcompile import UsageError, freeze, plan
 from vgpcompile import vgpcompile as compile_
-from vgpcompile.orthogonal import Layout, gram_error, layers, orthogonality_error, polar, retract, retract_after
+from vgpcompile.orthogonal import (
+    Layout,
+    drift,
+    gram_error,
+    layers,
+    orthogonality_error,
+    polar,
+    retract,
+    retract_after,
+)
 
 TOL = 1e-4
 
@@ -218,12 +227,17 @@ def test_init_mode_drifts_and_rownorm_keeps_unit_fan_in_only():
     assert torch.allclose(tall.norm(dim=-2), torch.ones(1, 8), atol=1e-5)
 
 
-def test_retraction_explicit_and_after_optimizer_hooks():
+def test_retraction_happens_in_the_optimizer_step_and_explicitly():
     model = compiled_zoo()
     assert sorted(model.state_dict()) == sorted(Zoo().state_dict())  # plain parameters, original names
+    assert all(not m._forward_pre_hooks for m in layers(model))  # the forward is the plain layer's
     train(model, 1)
-    stale = max_error(model)
-    assert stale > TOL  # the step moved the stored weight; the next forward would retract it
+    moved = drift(model)
+    assert moved > TOL  # the step moved the weight by more than tol ...
+    assert max_error(model) < TOL  # ... and step() pulled it back, before any forward
+    with torch.no_grad():
+        model.square.weight.add_(1e-2 * torch.randn(16, 16))  # an edit by hand is not an optimizer step
+    assert max_error(model) > TOL
     assert retract(model) == 8
     assert max_error(model) < TOL
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
@@ -231,9 +245,46 @@ def test_retraction_explicit_and_after_optimizer_hooks():
     loss = model(*zoo_inputs()).pow(2).mean()
     loss.backward()
     opt.step()
-    assert max_error(model) < TOL  # right after step(), before any forward
+    assert max_error(model) < TOL
     handle.remove()
-    print(f"\n  retraction: error after one step {stale:.1e}, after retract() {max_error(model):.1e}")
+    print(f"\n  retraction: error bound before the step's retraction {moved:.1e}, after {max_error(model):.1e}")
+
+
+def test_every_k_steps_retracts_on_the_kth_and_reports_the_drift():
+    model = compiled_zoo(every=4)
+    errors = []
+    for _ in range(8):
+        train(model, 1)
+        errors.append(max_error(model))
+    assert max(errors[0:3]) > TOL and max(errors[4:7]) > TOL  # drifting between retractions
+    assert errors[3] < TOL and errors[7] < TOL  # retracted at steps 4 and 8
+    assert max(errors) <= drift(model) * 1.01  # the reported drift bounds what any forward saw
+    print(f"\n  every=4: errors after each step {[f'{e:.1e}' for e in errors]}, reported drift {drift(model):.1e}")
+
+
+def test_a_weight_read_without_calling_its_module_is_orthogonal_after_a_step():
+    """The stored parameter is retracted, not the layer's input at its next call: code that
+    reads ``layer.weight`` itself (transformers' Mamba reads its conv1d's) sees it too."""
+
+    class ReadsWeight(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(4, 4, 3, groups=4, padding=2)
+            self.out = nn.Linear(4, 4)
+
+        def forward(self, x):  # like MambaMixer.slow_forward: the conv's weight, not conv(x)
+            w = self.conv.weight.view(4, 3)
+            h = F.conv1d(x, w.unsqueeze(1), self.conv.bias, padding=2, groups=4)[..., : x.shape[-1]]
+            return self.out(torch.tanh(h).mean(-1))
+
+    torch.manual_seed(0)
+    model = compile_(ReadsWeight(), passes=["orthogonal"])
+    x = torch.randn(3, 4, 7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x).pow(2).sum().backward()
+    opt.step()
+    assert max_error(model) < TOL
+    assert max_abs(freeze(model)(x), model(x)) == 0.0
 
 
 def test_retraction_sees_fused_optimizer_steps():
@@ -248,7 +299,7 @@ def test_retraction_from_far_away_uses_the_polar_factor():
     model = compiled_zoo()
     with torch.no_grad():
         model.square.weight.add_(torch.randn(16, 16))  # far outside Newton-Schulz's basin
-    model(*zoo_inputs())
+    retract(model)
     assert orthogonality_error(model.square) < TOL
 
 
@@ -335,7 +386,11 @@ def test_deepcopy_keeps_marks_and_freezing_a_copy_leaves_the_original_training()
     train(model, 2)
     retracting = compiled_zoo()
     frozen = freeze(copy.deepcopy(retracting))
-    assert retracting.square._forward_pre_hooks and not frozen.square._forward_pre_hooks
+    twin = copy.deepcopy(retracting)  # a copy retracts after its own optimizer's steps
+    for m in (retracting, twin, frozen):
+        train(m, 1)
+    assert max_error(retracting) < TOL and max_error(twin) < TOL
+    assert max(orthogonality_error(frozen.square, 1.0), orthogonality_error(frozen.wide, 1.0)) > TOL  # plain now
 
 
 def test_second_application_is_refused_per_layer():
@@ -384,6 +439,8 @@ def test_layers_the_pass_cannot_take_are_skipped_with_a_reason():
         ({"map": "qr"}, "must be one of"),
         ({"init": "xavier"}, "must be one of"),
         ({"seed": 1.5}, "must be int"),
+        ({"every": 0}, "option 'every' of pass 'orthogonal' must be a number of steps >= 1"),
+        ({"every": 2.5}, "must be int"),
     ],
 )
 def test_bad_options_are_usage_errors(options, message):
@@ -476,3 +533,23 @@ def test_tied_weights_are_left_alone_unless_selected_by_name():
     assert model.vgp_report.site("fc").changed["orthogonal"]
     chosen = vgpcompile.vgpcompile(net, passes=["orthogonal"], select=["head", "fc"])
     assert chosen.vgp_report.site("head").changed["orthogonal"]
+
+
+def test_transformers_mamba_conv_weight_read_in_eager_code_stays_orthogonal():
+    """MambaMixer reads ``conv1d.weight`` in eager code without calling the conv: after one
+    SGD step the frozen model used to differ by 5.6e-3 (the conv was never retracted)."""
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = T.MambaConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, state_size=8, intermediate_size=64, use_cache=False
+    )
+    model = compile_(T.MambaModel(cfg), passes=["orthogonal"])
+    convs = [m for n, m in model.named_modules() if n.endswith("conv1d")]
+    assert convs and all(m in set(layers(model)) for m in convs)
+    ids = torch.randint(0, 50, (2, 9))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(ids).last_hidden_state.pow(2).sum().backward()
+    opt.step()
+    assert drift(model) > TOL and max_error(model) < TOL  # the step moved the weights and retracted them
+    out = model(ids).last_hidden_state
+    assert max_abs(freeze(model)(ids).last_hidden_state, out) == 0.0

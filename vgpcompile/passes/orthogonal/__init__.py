@@ -5,9 +5,9 @@ input module, and the lowering (baking). The helpers below are public:
     import vgpcompile
     model = vgpcompile.vgpcompile(net, passes=["bsnn"])       # gpn + orthogonal
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.5)
-    vgpcompile.orthogonal.retract_after(opt, model)            # optional, see retract()
-    ...
+    ...                                                        # opt.step() retracts
     print(max(vgpcompile.orthogonal.orthogonality_error(m) for m in vgpcompile.orthogonal.layers(model)))
+    print(vgpcompile.orthogonal.drift(model))                  # the largest error seen at a retraction
 """
 
 from collections.abc import Iterator
@@ -20,6 +20,7 @@ from .modules import (
     Layout,
     RowNorm,
     ThinShell,
+    drift,
     gram_error,
     haar,
     keep_orthogonal,
@@ -43,6 +44,7 @@ __all__ = [
     "RowNorm",
     "ThinShell",
     "bake_parametrizations",
+    "drift",
     "gram_error",
     "haar",
     "keep_orthogonal",

@@ -1,4 +1,4 @@
-"""orthogonal's lowering: bake every parametrization and drop the retraction hooks.
+"""orthogonal's lowering: bake every parametrization and drop the retraction.
 
 Each rewritten layer becomes a plain layer holding its current (orthogonal) weight, before
 anything folds into it: no linalg op or normalization reaches the inference graph.
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .modules import STATE, OrthogonalState, retract_layer, stamp
+from .modules import STATE, OrthogonalState, retract_layer
 
 
 def lower(model: nn.Module) -> None:
@@ -21,16 +21,17 @@ def lower(model: nn.Module) -> None:
 
 def unhook(module: nn.Module) -> None:
     """Drop what keeps ``module`` orthogonal (hooks; freeze bakes parametrizations itself),
-    retracting a stale weight first so that the plain layer is the one training would use."""
+    retracting the weight first: the plain layer holds an orthogonal weight however it was
+    last changed."""
     state: OrthogonalState | None = getattr(module, STATE, None)
     if state is None or state.keep == "frozen":
         return
-    if state.keep == "retraction" and state.stamp != stamp(module.weight):
+    if state.keep == "retraction":  # a no-op within tol; an edited or drifted (every > 1) weight is pulled back
         retract_layer(module)
     for handle in state.handles:
         handle.remove()
     state.handles.clear()
-    state.keep = "frozen"
+    state.keep, state.module = "frozen", None
 
 
 @torch.no_grad()

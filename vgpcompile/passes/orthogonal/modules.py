@@ -8,15 +8,15 @@ orthonormal columns, of each such matrix, times ``gain``. How it stays so in tra
   to a fixed length on every forward pass. Keeps unit rows, not orthogonality.
 - torch's ``parametrizations.orthogonal`` on the flattened matrix (``MatrixView`` turns it
   back into the layer's weight): exact, but a linalg solve/exp in every forward and backward.
-- retraction: the weight stays a plain parameter; Newton–Schulz pulls it back after each
-  optimizer step. Runs lazily at the next forward of the layer (a forward pre-hook that sees
-  that the weight or an optimizer step changed since the last retraction), or explicitly
-  with :func:`retract` / :func:`retract_after`.
+- retraction: the weight stays a plain parameter; Newton–Schulz pulls it back inside each
+  ``optimizer.step()`` (every ``every``-th; a global torch.optim post-step hook) and after
+  ``load_state_dict``, or explicitly with :func:`retract`. The forward is the plain layer's.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,8 +206,17 @@ class OrthogonalState:
     keep: str
     gain: float = 1.0
     tol: float = DEFAULT_TOL
-    stamp: tuple | None = None  # retraction: (data_ptr, version, optimizer steps) at the last retraction
+    every: int = 1  # retraction: retract after every ``every``-th optimizer step
+    steps: int = 0  # retraction: optimizer steps since the last retraction
+    drift: float = 0.0  # retraction: the largest error bound seen when retracting (see drift())
     handles: list[Any] = field(default_factory=list)
+    module: Any = field(default=None, repr=False, compare=False)  # retraction: the layer, to register copies
+
+    def __setstate__(self, state: dict) -> None:
+        """A deep copy or an unpickled layer retracts after optimizer steps like the original."""
+        self.__dict__.update(state)
+        if self.keep == "retraction" and self.module is not None:
+            _Retraction.add(self.module)
 
 
 # ---- parametrizations ---------------------------------------------------------------------
@@ -320,29 +329,41 @@ def _load_plain_weight(module: nn.Module, state_dict: dict, prefix: str, *args: 
         state_dict[f"{prefix}parametrizations.weight.{name}"] = tensor
 
 
-# ---- retraction ---------------------------------------------------------------------------
+# ---- retraction ----------------------------------------------------------------------------
 
 
-class _StepCounter:
-    """Counts optimizer steps process-wide (a global torch.optim post-step hook): fused
-    optimizers update weights without bumping their version counter, so the version alone
-    cannot tell a retraction-kept layer that it moved."""
+class _Retraction:
+    """Retracts after optimizer steps, process-wide: a global torch.optim post-step hook
+    retracts each ``keep="retraction"`` layer whose weight the stepping optimizer holds.
 
-    steps = 0
+    Why after the step and not before the layer's forward (the former design): the stored
+    parameter is then orthogonal whoever reads it — eager code that reads ``conv1d.weight``
+    without calling the module (transformers' Mamba) included — and the forward is the plain
+    layer's, so torch.compile(fullgraph=True) sees no hook, no Python-side stamp and no
+    data-dependent branch. Layers are found through a WeakSet (a deep copy or an unpickled
+    layer registers itself again: OrthogonalState.__setstate__)."""
+
+    layers: weakref.WeakSet = weakref.WeakSet()
     handle: Any = None
 
     @classmethod
-    def install(cls) -> None:
+    def add(cls, module: nn.Module) -> None:
+        cls.layers.add(module)
         if cls.handle is None:
-            cls.handle = register_optimizer_step_post_hook(cls._count)
+            cls.handle = register_optimizer_step_post_hook(cls._after_step)
 
     @classmethod
-    def _count(cls, optimizer: Any, args: Any, kwargs: Any) -> None:
-        cls.steps += 1
-
-
-def stamp(weight: torch.Tensor) -> tuple[int, int, int]:
-    return weight.data_ptr(), weight._version, _StepCounter.steps
+    def _after_step(cls, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not cls.layers:
+            return
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for module in list(cls.layers):
+            state = getattr(module, STATE, None)
+            if state is None or state.keep != "retraction" or id(module.weight) not in stepped:
+                continue
+            state.steps += 1
+            if state.steps >= state.every:
+                retract_layer(module)
 
 
 def newton_schulz(mat: torch.Tensor, tol: float = DEFAULT_TOL, max_iter: int = 8) -> tuple[torch.Tensor, float, bool]:
@@ -357,14 +378,21 @@ def newton_schulz(mat: torch.Tensor, tol: float = DEFAULT_TOL, max_iter: int = 8
     ‖XᵀX − I‖₂ <= tol. Far from the manifold (error > 1/2, e.g. a freshly loaded weight)
     Newton–Schulz may diverge, so the SVD polar factor is taken instead.
     """
+    x, err, changed, _ = _newton_schulz(mat, tol, max_iter)
+    return x, err, changed
+
+
+def _newton_schulz(mat: torch.Tensor, tol: float, max_iter: int = 8) -> tuple[torch.Tensor, float, bool, float]:
+    """:func:`newton_schulz`, plus the error bound of ``mat`` itself (before any step)."""
     wide = mat.shape[-2] < mat.shape[-1]
     x = mat.mT if wide else mat
     floor = 4 * torch.finfo(torch.float32).eps * math.sqrt(x.shape[-1])
-    changed, err = False, math.inf
+    changed, err, first = False, math.inf, None
     for _ in range(max_iter):
         e = x.mT @ x
         e.diagonal(dim1=-2, dim2=-1).sub_(1.0)
         err = float(torch.linalg.matrix_norm(e).max()) + floor
+        first = err if first is None else first
         if err <= tol:
             break
         changed = True
@@ -375,7 +403,7 @@ def newton_schulz(mat: torch.Tensor, tol: float = DEFAULT_TOL, max_iter: int = 8
         err = 0.75 * err**2 + 0.25 * err**3 + floor
         if err <= tol:
             break
-    return (x.mT if wide else x), err, changed
+    return (x.mT if wide else x), err, changed, first
 
 
 @torch.no_grad()
@@ -384,27 +412,29 @@ def retract_layer(module: nn.Module) -> float:
     state: OrthogonalState = getattr(module, STATE)
     weight = module.weight
     mat = state.layout.to_matrix(weight.float()) / state.gain
-    mat, err, changed = newton_schulz(mat, state.tol)
+    mat, err, changed, before = _newton_schulz(mat, state.tol)
     if changed:
         weight.copy_(state.layout.from_matrix(mat * state.gain))
-    state.stamp = stamp(weight)
+    state.steps = 0
+    state.drift = max(state.drift, before)
     return err
 
 
-def _retract_hook(module: nn.Module, args: Any) -> None:
-    """Forward pre-hook: retract if the weight or any optimizer moved since the last retraction."""
-    weight = module.weight
-    # a functional_call substitutes plain tensors for parameters: those are not ours to edit
-    if isinstance(weight, nn.Parameter) and getattr(module, STATE).stamp != stamp(weight):
+def _retract_loaded(module: nn.Module, incompatible_keys: Any) -> None:
+    """Load-state-dict post-hook: a loaded weight (an original checkpoint's, say) is retracted
+    at once, the polar factor when it is far from orthogonal."""
+    state = getattr(module, STATE, None)
+    if state is not None and state.keep == "retraction":
         retract_layer(module)
+        state.drift = 0.0  # a load is not training drift
 
 
 def retract(model: nn.Module) -> int:
     """Retract every ``keep="retraction"`` layer of ``model`` now; returns how many there are.
 
-    Not needed for correctness — each layer retracts itself at its next forward — but
-    call it after ``optimizer.step()`` (or use :func:`retract_after`) to make the stored
-    parameters themselves orthogonal, e.g. before saving a checkpoint.
+    Optimizer steps retract by themselves (and loading a state_dict does); call this after
+    changing a weight by other means (an in-place edit, a hand-written update without a
+    torch.optim optimizer), or with ``every > 1`` before saving a checkpoint.
     """
     layers = [m for m in model.modules() if getattr(getattr(m, STATE, None), "keep", None) == "retraction"]
     for layer in layers:
@@ -413,8 +443,18 @@ def retract(model: nn.Module) -> int:
 
 
 def retract_after(optimizer: torch.optim.Optimizer, model: nn.Module):
-    """Retract ``model`` after every ``optimizer.step()``; returns the hook's removable handle."""
+    """Retract ``model`` after every ``optimizer.step()``, whatever ``every`` says; returns the
+    hook's removable handle. (Each step of a torch.optim optimizer retracts already.)"""
     return optimizer.register_step_post_hook(lambda opt, args, kwargs: retract(model))
+
+
+def drift(model: nn.Module) -> float:
+    """The largest orthogonality error bound (‖WᵀW − I‖₂, by Frobenius) any ``keep="retraction"``
+    layer of ``model`` had when it was retracted: with ``every=k`` the error a forward may see
+    between retractions (drift grows with the steps taken, so the end of each interval is
+    its worst point); with ``every=1`` the drift of one optimizer step."""
+    states = (getattr(m, STATE, None) for m in model.modules())
+    return max((s.drift for s in states if s is not None and s.keep == "retraction"), default=0.0)
 
 
 # ---- installing and baking ----------------------------------------------------------------
@@ -428,8 +468,11 @@ def keep_orthogonal(
     gain: float = 1.0,
     tol: float = DEFAULT_TOL,
     seed: int = 0,
+    every: int = 1,
 ) -> OrthogonalState:
     """Install ``keep`` on ``module``, whose weight must already be gain x (semi-)orthogonal."""
+    if not (isinstance(every, int) and every >= 1):
+        raise UsageError(f"every must be a whole number of optimizer steps >= 1, got {every!r}")
     if keep not in KEEPS:
         raise UsageError(f"keep must be one of {KEEPS}, got {keep!r}")
     if orthogonal_map not in MAPS:
@@ -438,9 +481,9 @@ def keep_orthogonal(
     state = OrthogonalState(layout, keep, gain, tol)
     setattr(module, STATE, state)
     if keep == "retraction":
-        _StepCounter.install()
-        state.handles.append(module.register_forward_pre_hook(_retract_hook))
-        state.stamp = stamp(module.weight)
+        state.every, state.module = every, module
+        _Retraction.add(module)
+        state.handles.append(module.register_load_state_dict_post_hook(_retract_loaded))
     elif keep == "rownorm":
         parametrize.register_parametrization(module, "weight", RowNorm(layout, gain))
     elif keep == "parametrization":

@@ -15,18 +15,16 @@ Options:
   decomposition, for pretrained models; the report gives each layer's step-0 output change).
 - keep: how orthogonality survives training.
   - "retraction" (default): the weight stays a plain parameter and Newton–Schulz pulls it
-    back after each optimizer step (lazily, at the layer's next forward; or call
-    ``vgpcompile.orthogonal.retract(model)``). Every forward sees ‖WᵀW − I‖₂ <= ``tol``;
-    between ``optimizer.step()`` and the next forward the stored parameter is one step
-    off, which ``retract(model)``, ``retract_after(optimizer, model)`` and ``freeze`` fix.
-    Chosen as default because it is the cheapest mode that keeps orthogonality and it
-    keeps parameter names, so original state_dicts load and the unfrozen model exports.
-    Measured (benchmarks/step_overhead_orthogonal.py, depth 20, width 256, 2 CPU
-    threads): 2.25x a plain training step at batch 64 and 1.57x at batch 256, against
-    8.6x / 4.2x for cayley, 23x / 11x matrix_exp, 79x / 36x householder. It costs two
-    n³ matmuls per layer and step, so it misses the 1.3x target below batch ~400 at
-    width 256; keep="rownorm" (1.50x / 1.15x) and "init" (1.0x) are cheaper but do not
-    keep orthogonality.
+    back inside every ``optimizer.step()`` of a torch.optim optimizer that holds it (a
+    global post-step hook), and after ``load_state_dict``; ``freeze`` and
+    ``vgpcompile.orthogonal.retract(model)`` retract too (call it after editing a weight by
+    other means). The stored parameter is orthogonal however it is read, and the forward is
+    the plain layer's (torch.compile(fullgraph=True) compiles it whole). After each step
+    ‖WᵀW − I‖₂ <= ``tol``. Chosen as default because it is the cheapest mode that keeps
+    orthogonality and it keeps parameter names, so original state_dicts load and the
+    unfrozen model exports. It costs two n³ matmuls per layer and step, about
+    1 + n / (3·batch) x a plain step in flops (DESIGN.md has the measurements); keep="rownorm"
+    and "init" are cheaper but do not keep orthogonality.
   - "rownorm": the BSNN authors' code (research/bsnn.md §2.2): orthogonal init, then each
     output unit's fan-in vector rescaled to unit length on every forward. **This is the
     mode that reproduces the paper.** It keeps unit rows, not orthogonality.
@@ -41,6 +39,9 @@ Options:
 - gain: scale, W = gain * Q, for activations that need it (GPN activations need 1).
 - seed: Haar draws are seeded per layer by (seed, layer name), so independent of order.
 - tol: the bound on ‖WᵀW − I‖₂ that keep="retraction" maintains.
+- every: keep="retraction" retracts after every ``every``-th optimizer step (default 1):
+  k times less retraction work, while the weight drifts for up to k steps;
+  ``vgpcompile.orthogonal.drift(model)`` reports the largest error seen at a retraction.
 - thin_shell: rescale the model input to ‖x‖² = n per sample, as the paper's theory
   assumes (its code does not); needs a traced top-level forward.
 """
@@ -96,12 +97,15 @@ class Orthogonal(Pass):
     seed: int = 0
     tol: float = DEFAULT_TOL
     thin_shell: bool = False
+    every: int = 1
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.gain) and self.gain > 0):
             raise UsageError(f"option 'gain' of pass 'orthogonal' must be a positive number, got {self.gain!r}")
         if not 0 < self.tol < 0.5:
             raise UsageError(f"option 'tol' of pass 'orthogonal' must be in (0, 0.5), got {self.tol!r}")
+        if not self.every >= 1:
+            raise UsageError(f"option 'every' of pass 'orthogonal' must be a number of steps >= 1, got {self.every!r}")
 
     @property
     def matches(self) -> tuple[str, ...]:
@@ -160,7 +164,9 @@ class Orthogonal(Pass):
                 target = layout.from_matrix(polar(before)) * self.gain
                 change = output_change(before, layout.to_matrix(target))
             module.weight.copy_(target)
-        keep_orthogonal(module, self.keep, orthogonal_map=self.map, gain=self.gain, tol=self.tol, seed=self.seed)
+        keep_orthogonal(
+            module, self.keep, orthogonal_map=self.map, gain=self.gain, tol=self.tol, seed=self.seed, every=self.every
+        )
         mark_applied_module(module, self.name)
         return self._describe(layout, change)
 

@@ -3,7 +3,7 @@ ROAF RNN it inserts (usable by hand), and its constants. Lowering is the default
 modules are their own inference form (the filter is part of the function)."""
 
 from .constants import DEFAULT_C, DEFAULT_HORIZON, DEFAULT_MAX_BUFFER_MB
-from .modules import ROAFRNN, ROAFFilter, ROAFMatrix, haar_orthogonal, seed_for
+from .modules import ROAFRNN, ROAFFilter, ROAFHadamard, ROAFMatrix, haar_orthogonal, seed_for
 from .rewrite import ROAF
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "ROAF",
     "ROAFRNN",
     "ROAFFilter",
+    "ROAFHadamard",
     "ROAFMatrix",
     "haar_orthogonal",
     "seed_for",

@@ -30,6 +30,12 @@ Options:
 - shared: True, one O for all blocks (per size); False, one O per block and per RNN
   layer; None (default), per block unless that needs more than ``max_buffer_mb``, then
   shared, with a warning. Per-block O at 50 000 layers of width 64 is 800 MB.
+- filter: "haar" (default, the paper's: a dense Haar-random O, one n x n matmul per block)
+  or "hadamard" (a randomized Hadamard transform: the Kronecker product of normalized
+  Hadamard matrices of at most 32 x 32 with random column signs, and a Haar factor for the
+  odd part of n; exactly orthogonal, n * sum(factor sizes) multiply-adds per vector, 32
+  instead of 256 at width 256; §5's bounds need only orthogonality). nn.RNN layers keep a
+  dense Haar O.
 - seed: O of a block is drawn from (seed, the block's site name): independent of order,
   and drawn again identically when ``load`` rebuilds the model. O is a non-persistent
   buffer, so checkpoints hold only the original parameters.
@@ -49,7 +55,7 @@ import dataclasses
 import math
 import types
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import fx, nn
@@ -61,7 +67,7 @@ from ...core.rewriter import active
 from ...core.targets import Block, Layer
 from ...errors import UsageError
 from .constants import DEFAULT_C, DEFAULT_HORIZON, DEFAULT_MAX_BUFFER_MB
-from .modules import ROAFRNN, ROAFFilter, ROAFMatrix, haar_orthogonal, seed_for
+from .modules import ROAFRNN, ROAFFilter, ROAFHadamard, ROAFMatrix, haar_orthogonal, hadamard_radices, seed_for
 
 MB = 2.0**20
 
@@ -73,7 +79,7 @@ class _Run:
     block_beta: float
     rnn_beta: float
     shared: bool
-    matrices: dict[tuple, ROAFMatrix] = field(default_factory=dict)  # shared O by (n, dtype, device)
+    matrices: dict[tuple, nn.Module] = field(default_factory=dict)  # shared O by (n, dtype, device, filter)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class ROAF(Pass):
     shared: bool | None = None
     seed: int = 0
     max_buffer_mb: float = DEFAULT_MAX_BUFFER_MB
+    filter: Literal["haar", "hadamard"] = "haar"
 
     def __post_init__(self) -> None:
         if self.beta is not None and not (math.isfinite(self.beta) and 0 < self.beta):
@@ -120,10 +127,12 @@ class ROAF(Pass):
         rnns = [t for t in targets if isinstance(t, Layer) and self.check(t, env) is None]
         block_beta = self.beta if self.beta is not None else min(1.0, self.c / max(len(blocks), 1))
         rnn_beta = self.beta if self.beta is not None else min(1.0, self.c / (self.horizon or DEFAULT_HORIZON))
-        sizes = [_features(b.affine) for b in blocks]
-        sizes += [(t.module.hidden_size, t.module.weight_hh_l0) for t in rnns for _ in range(t.module.num_layers)]
-        kinds = {(n, w.dtype, w.device): n * n * w.element_size() for n, w in sizes}
-        own, once = sum(n * n * w.element_size() for n, w in sizes), sum(kinds.values())
+        sizes = [(*_features(b.affine), self.filter) for b in blocks]
+        sizes += [
+            (t.module.hidden_size, t.module.weight_hh_l0, "haar") for t in rnns for _ in range(t.module.num_layers)
+        ]
+        kinds = {(n, w.dtype, w.device, f): _bytes(n, w, f) for n, w, f in sizes}
+        own, once = sum(_bytes(n, w, f) for n, w, f in sizes), sum(kinds.values())
         shared = self._choose_sharing(own, once, len(sizes), result)
         if self.shared is None:  # the recipe records the decision: load must not decide again from the limit
             result.resolved["shared"] = shared
@@ -213,13 +222,12 @@ class ROAF(Pass):
             return self._swap_rnn(target, run)
         return self._filter_block(target, run)
 
-    def _matrix(self, n: int, key: str, like: torch.Tensor, run: _Run) -> ROAFMatrix:
+    def _matrix(self, n: int, key: str, like: torch.Tensor, run: _Run, kind: str = "haar") -> nn.Module:
         if not run.shared:
-            return ROAFMatrix(haar_orthogonal(n, seed_for(self.seed, key), like.dtype, like.device))
-        slot = (n, like.dtype, like.device)
+            return _draw(n, seed_for(self.seed, key), like, kind)
+        slot = (n, like.dtype, like.device, kind)
         if slot not in run.matrices:
-            o = haar_orthogonal(n, seed_for(self.seed, f"shared:{n}"), like.dtype, like.device)
-            run.matrices[slot] = ROAFMatrix(o)
+            run.matrices[slot] = _draw(n, seed_for(self.seed, f"shared:{n}"), like, kind)
         return run.matrices[slot]
 
     def _filter_block(self, block: Block, run: _Run) -> str:
@@ -228,7 +236,7 @@ class ROAF(Pass):
         beta = run.block_beta
         alpha = self._alpha(beta)
         spatial = 0 if isinstance(block.affine, nn.Linear) else len(block.affine.kernel_size)
-        o = self._matrix(n, site.name, weight, run)
+        o = self._matrix(n, site.name, weight, run, self.filter)
         filt = ROAFFilter(n, alpha=alpha, beta=beta, spatial=spatial, O=o)
         y, x = site.node, _input_of(site.producer)
         rewriter = active()
@@ -243,7 +251,8 @@ class ROAF(Pass):
         rewriter.mark_applied(y, site)
         rewriter.record(site.name, filt)
         on = "channels (1x1)" if spatial else "features"
-        return f"alpha={alpha:.4g} beta={beta:.4g}, O {n}x{n} on {on}" + (", shared" if run.shared else "")
+        kind = f" ({self.filter}: {' x '.join(map(str, o.radices))})" if filt.structured else ""
+        return f"alpha={alpha:.4g} beta={beta:.4g}, O {n}x{n}{kind} on {on}" + (", shared" if run.shared else "")
 
     def _swap_rnn(self, layer: Layer, run: _Run) -> str:
         rnn = layer.module
@@ -260,6 +269,18 @@ def _keep(env: Env, run: _Run) -> None:
     """The compile's roaf state: in the pass run's namespace (the frozen pass is not written)."""
     if env.state is not None:
         env.state.roaf = run
+
+
+def _draw(n: int, seed: int, like: torch.Tensor, kind: str) -> nn.Module:
+    if kind == "hadamard":
+        return ROAFHadamard(n, seed, like.dtype, like.device)
+    return ROAFMatrix(haar_orthogonal(n, seed, like.dtype, like.device))
+
+
+def _bytes(n: int, like: torch.Tensor, kind: str) -> int:
+    """The memory of one O: n² numbers dense, the factors structured."""
+    count = sum(r * r for r in hadamard_radices(n)) if kind == "hadamard" else n * n
+    return count * like.element_size()
 
 
 def _features(affine: nn.Module) -> tuple[int, torch.Tensor]:
