@@ -141,3 +141,15 @@ def test_rotated_linear_compiles_whole():
             opt.step()
     torch.testing.assert_close(lin.weight, eager.weight)
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"] and not counters["recompiles"]
+
+
+def test_torch_func_transforms_use_the_composed_form():
+    x, w, b = _tensors(True)
+    lin = AutoRotLinear(4, 5, L=2.0, xQ=3.0, floor=0.5, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    jac = torch.func.jacrev(lin)(x[0])
+    expected = torch.autograd.functional.jacobian(lambda t: reference(t, w, b, 3.0, 2.0, 1e-5, 0.5), x[0])
+    torch.testing.assert_close(jac, expected)
+    torch.testing.assert_close(torch.func.vmap(lin)(x), lin(x))

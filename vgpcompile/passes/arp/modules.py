@@ -178,12 +178,18 @@ def rotated_linear(
     """rho * (input @ W^T + b), rho per output unit as :func:`unit_rho`: ``AutoRotLinear``'s forward.
 
     float32/float64 run :class:`_RotatedLinear` (one autograd node, backward written out);
-    float16/bfloat16 the composed ops, which keep rho in float32.
+    float16/bfloat16 the composed ops, which keep rho in float32, and so does a call under a
+    torch.func transform (vmap, jacrev, jvp, ...): those refuse a Function without vmap/jvp rules.
     """
-    if weight.dtype in _LOW_PRECISION:
+    if weight.dtype in _LOW_PRECISION or _under_functorch():
         z = F.linear(input, weight, bias)
         return z * unit_rho(weight, bias, q=q, L=L, eps=eps, floor=floor).to(z.dtype)
     return _RotatedLinear.apply(input, weight, bias, float(q), float(L), float(eps), float(floor))
+
+
+def _under_functorch() -> bool:
+    # dynamo traces the Function itself (and its own functorch handling): no check while compiling
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
 
 
 class _RotatedLinear(torch.autograd.Function):
