@@ -227,6 +227,23 @@ def test_functional_spellings_and_in_place_activations():
     assert torch.equal(out, net(x))
     (out.sum() + rai.loss(lifted)).backward()  # the in-place ReLU works on a copy of Z
     assert torch.equal(freeze(lifted)(x), net(x))
+    # only the cut feeding the in-place ReLU, and the one feeding the model output, copy Z[idx]
+    assert [c.copy_out for c in rai.cuts(lifted)] == [False, True, True]
+
+
+def test_cuts_copy_only_what_may_be_mutated():
+    lifted = lift(mlp((2, 8, 8, 1)), 6)
+    assert [c.copy_out for c in rai.cuts(lifted)] == [False, False, True]  # sigmoid, sigmoid, the output
+    x, ids = torch.randn(6, 2), torch.arange(6)
+    lifted.train()(x, ids)
+    copied = copy.deepcopy(lifted)
+    for c in rai.cuts(copied):
+        c.copy_out = True
+    for model in (lifted, copied):
+        model.zero_grad()
+        (model(x, ids).square().sum() + rai.loss(model)).backward()
+    for a, b in zip(lifted.parameters(), copied.parameters()):
+        assert torch.equal(a.grad.to_dense(), b.grad.to_dense())
 
 
 def test_conv_shapes_come_from_example_inputs_and_are_recorded(tmp_path):

@@ -171,6 +171,97 @@ def rotate_parameters(
     return w, None if bias is None else _scaled(bias, rho, (-1,))
 
 
+def rotated_linear(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, q: float, L: float, eps: float,
+    floor: float = 0.0,
+) -> torch.Tensor:
+    """rho * (input @ W^T + b), rho per output unit as :func:`unit_rho`: ``AutoRotLinear``'s forward.
+
+    float32/float64 run :class:`_RotatedLinear` (one autograd node, backward written out);
+    float16/bfloat16 the composed ops, which keep rho in float32, and so does a call under a
+    torch.func transform (vmap, jacrev, jvp, ...): those refuse a Function without vmap/jvp rules.
+    """
+    if weight.dtype in _LOW_PRECISION or _under_functorch():
+        z = F.linear(input, weight, bias)
+        return z * unit_rho(weight, bias, q=q, L=L, eps=eps, floor=floor).to(z.dtype)
+    return _RotatedLinear.apply(input, weight, bias, float(q), float(L), float(eps), float(floor))
+
+
+def _under_functorch() -> bool:
+    # dynamo traces the Function itself (and its own functorch handling): no check while compiling
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
+
+
+class _RotatedLinear(torch.autograd.Function):
+    """The rotated Linear as one autograd node.
+
+    Composed, the same math records about a dozen small ops per layer (each with its
+    backward node, ~5 us apiece on a CPU) and saves z = x W^T + b for the product's
+    backward. Here the forward is the plain Linear's matmul plus per-unit vectors, and the
+    backward needs t_j = rho_j * dL/drho_j = sum_b g_bj * y_bj, which it gets either
+
+    - from the output y, saved when it is no larger than the weight (rows <= in_features,
+      the usual training batch); then dW's rank-1 term from the pivot folds into dW's matmul;
+    - or, for larger batches, from the weight gradient without y:
+      t_j = W_j . dW_j + b_j * db_j, with dW = (g * rho)^T x, db = sum_b g * rho,
+
+    whichever touches fewer elements. rho's own derivative is per unit: through
+    |z_Q| = |q * sum(W_j) + b_j| where that term wins the max, else through the floor
+    floor * |q| * ||W_j|| (``rotation``); a tie counts as |z_Q| (torch.maximum would split it).
+    Not twice differentiable (``once_differentiable``): the saved per-unit vectors carry no graph.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, q, L, eps, floor):  # type: ignore[override]
+        zq = weight.sum(1) * q if bias is None else torch.add(bias, weight.sum(1), alpha=q)
+        den = zq.abs()
+        norms = torch.linalg.vector_norm(weight, dim=1) if floor else None
+        if norms is not None:
+            den = torch.maximum(den, norms * (floor * abs(q)))
+        rho = den.add_(eps).reciprocal_().mul_(L)  # den is a fresh tensor: in place is safe
+        y = F.linear(x, weight, bias).mul_(rho)
+        keep_y = y.numel() <= weight.numel()  # batch rows <= in_features
+        ctx.save_for_backward(x, weight, bias, rho, zq, norms, y if keep_y else None)
+        ctx.constants = (q, L, floor)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, bias, rho, zq, norms, y = ctx.saved_tensors
+        q, L, floor = ctx.constants
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gz = grad * rho
+        gx = gz.matmul(weight) if need_x else None
+        if not (need_w or need_b):
+            return gx, None, None, None, None, None, None
+        gz2, x2 = gz.reshape(-1, gz.shape[-1]), x.reshape(-1, x.shape[-1])
+        gb = gz2.sum(0) if bias is not None else None
+        gw = None
+        if y is not None:
+            t = (grad * y).reshape(-1, grad.shape[-1]).sum(0)
+        else:
+            gw = gz2.t().mm(x2)
+            t = torch.linalg.vecdot(weight, gw) if gb is None else torch.linalg.vecdot(weight, gw).addcmul_(bias, gb)
+        gden = t.mul_(rho).mul_(-1.0 / L)  # dL/dden = dL/drho * (-rho^2 / L)
+        gzq = gden * zq.sign()
+        gnorm = None
+        if norms is not None:
+            spread = norms * (floor * abs(q))
+            on_pivot = zq.abs() >= spread
+            gzq = torch.where(on_pivot, gzq, 0.0)
+            gnorm = torch.where(on_pivot, 0.0, gden * (floor * abs(q)) / norms)  # per unit of W_ji
+        if gw is None:
+            gw = torch.addmm(gzq.unsqueeze(1), gz2.t(), x2, beta=q)  # q * dL/dzq_j, every i: rank 1
+        else:
+            gw = gw.add_(gzq.unsqueeze(1), alpha=q)
+        if gnorm is not None:
+            gw = gw.addcmul_(weight, gnorm.unsqueeze(1))
+        if gb is not None:
+            gb = gb.add_(gzq)
+        return gx, gw if need_w else None, gb if need_b else None, None, None, None, None
+
+
 class _AutoRot:
     """What every rotated affine layer shares: the options, rho, fold()."""
 
@@ -299,10 +390,9 @@ class AutoRotLinear(_AutoRot, nn.Linear):
         )  # fmt: skip
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        z = F.linear(input, self.weight, self.bias)
         if not self.rotate:
-            return z
-        return z * self.rho().to(z.dtype)
+            return F.linear(input, self.weight, self.bias)
+        return rotated_linear(input, self.weight, self.bias, q=self.q, L=self.L, eps=self.eps, floor=self.floor)
 
 
 class _AutoRotConv(_AutoRot):
@@ -419,8 +509,7 @@ def groups_of(args: tuple, kwargs: dict) -> int:
 def _rotated_function(fn: Callable[..., torch.Tensor], name: str, transposed: bool) -> Callable[..., torch.Tensor]:
     def rotated(input, weight, bias=None, *args, L: float, q: float, eps: float = EPS, floor: float = 0.0, **kwargs):
         if fn is F.linear:  # as AutoRotLinear: scale the output
-            z = F.linear(input, weight, bias)
-            return z * unit_rho(weight, bias, q=q, L=L, eps=eps, floor=floor).to(z.dtype)
+            return rotated_linear(input, weight, bias, q=q, L=L, eps=eps, floor=floor)
         groups = groups_of(args, kwargs) if transposed else 1
         w, b = rotate_parameters(weight, bias, q=q, L=L, eps=eps, floor=floor, transposed=transposed, groups=groups)
         return fn(input, w, b, *args, **kwargs)

@@ -45,8 +45,10 @@ class Settings:
     table_lr_scale: float = 1.0
     resync_every: int = 0
     lam_growth: float = 1.0
-    # the ids tensor the first cut of the current forward validated: the others skip the check
+    # the ids tensor the first cut of the current forward validated, and its int64 form: the
+    # other cuts of that forward skip the check and the conversion
     checked: Any = field(default=None, repr=False, compare=False)
+    checked_ids: Any = field(default=None, repr=False, compare=False)
 
 
 class RAICut(nn.Module):
@@ -81,6 +83,9 @@ class RAICut(nn.Module):
         self.register_buffer("seen", torch.zeros(num_examples, dtype=torch.bool, device=device))
         self.syncing = False  # set by train.resync: eval forwards write the chained value into the rows
         self.all_seen = False  # every row initialised: the lazy-init check can be skipped
+        # hand back a copy of Z[idx] (the local loss keeps its own), unless the pass found that
+        # nothing downstream works in place on it (``rewrite.mutation_free``)
+        self.copy_out = True
         self.local: torch.Tensor | None = None  # lam * mse of the last training forward
 
     @property
@@ -102,14 +107,18 @@ class RAICut(nn.Module):
                 f"rai cut at {self.label!r}: in training mode the lifted model takes (x, idx), idx being the "
                 f"batch's example ids in [0, {self.num_examples}); call model.eval() for the plain chained network"
             )
-        idx = self._check(h, idx)
+        shared = self.settings
+        if idx is shared.checked and h.shape[1:] == self.shape and h.shape[0] == idx.shape[0]:
+            idx = shared.checked_ids  # validated by an earlier cut of this forward
+        else:
+            idx = self._check(h, idx)
         if not self.all_seen:
             self._write(idx, h, everywhere=False)
         z = F.embedding(idx, self.table, sparse=self.sparse).view(h.shape)
         local = F.mse_loss(z, h)
         self.local = local if self.lam == 1.0 else self.lam * local  # one kernel less per cut and step
-        # the next block may work in place on what it gets; the loss keeps its own z
-        return z.clone()
+        # a block downstream that works in place on what it gets would break the loss's saved z
+        return z.clone() if self.copy_out else z
 
     def _check(self, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         idx = torch.as_tensor(idx, device=self.table.device)
@@ -128,7 +137,7 @@ class RAICut(nn.Module):
                     f"rai cut at {self.label!r}: idx holds ids outside [0, {self.num_examples}) "
                     "(option 'num_examples' of pass 'rai')"
                 )
-            self.settings.checked = idx
+            self.settings.checked, self.settings.checked_ids = idx, idx.long()
         return idx.long()
 
     @torch.no_grad()

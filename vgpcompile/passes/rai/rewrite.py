@@ -177,7 +177,9 @@ class RAI(Pass):
             module = RAICut(n, cut.shape, lam=self.lam, sparse=self.sparse, label=cut.name, position=i,
                             settings=shared, dtype=cut.dtype, device=device)  # fmt: skip
             name = rewriter.add_module(gm, f"rai_cut_{i}", module)
-            rewriter.replace_uses(cut.node, rewriter.insert_after(cut.node, "call_module", name, (cut.node, idx)))
+            new = rewriter.insert_after(cut.node, "call_module", name, (cut.node, idx))
+            rewriter.replace_uses(cut.node, new)
+            module.copy_out = not mutation_free(new, gm)
         per_example = sum(c.size for c in kept)
         return (
             f"lifted {len(kept)} boundaries ({per_example} floats per example, {self.num_examples or 'n'} examples); "
@@ -377,3 +379,30 @@ def parse_shapes(text: str) -> list[tuple[int, ...]]:
 
 def format_shapes(shapes: list[tuple[int, ...]]) -> str:
     return ";".join("x".join(str(v) for v in s) or "()" for s in shapes)
+
+
+def mutation_free(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """No user of ``node`` can change it in place: each is a torch.nn module or a module a pass
+    inserted, without ``inplace=True``, or a call whose name does not end in ``_`` and that has no
+    ``inplace=True``. A view, a model output or anything else (an eager module) may be mutated
+    later, so a cut feeding it keeps its copy."""
+    for user in node.users:
+        if user.op == "call_module":
+            module = gm.get_submodule(str(user.target))
+            leaf = next(module.children(), None) is None  # a container's children could work in place
+            trusted = leaf and (type(module).__module__.startswith("torch.nn.") or hasattr(module, "vgp_pass"))
+            if not trusted or getattr(module, "inplace", False) or isinstance(module, nn.Identity):
+                return False
+        elif user.op in ("call_function", "call_method"):
+            name = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", "")
+            if not name or name.endswith("_") or user.kwargs.get("inplace") or name in _VIEWS:
+                return False
+        else:
+            return False
+    return True
+
+
+# calls that return a view of their input: the view may be mutated later, which mutates the cut's output
+_VIEWS = frozenset({"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "permute", "t",
+                    "narrow", "select", "expand", "getitem", "split", "chunk", "unbind", "movedim", "view_as",
+                    "as_strided", "diagonal", "unfold", "contiguous", "detach", "real", "imag", "T", "mT"})  # fmt: skip
