@@ -164,7 +164,12 @@ class RAI(Pass):
         taken = {p.target for p in placeholders} | {node.name for node in gm.graph.nodes}
         idx_name = next(c for c in ("idx", "rai_idx", *(f"rai_idx{i}" for i in range(1, 100))) if c not in taken)
         shared = Settings(idx_name, self.table_lr_scale, self.resync_every, self.lam_growth)
-        with gm.graph.inserting_after(placeholders[-1]):
+        # idx goes right after the required inputs, so lifted(x, idx) works when forward has optional
+        # arguments too (timm's ViT: forward(x, attn_mask=None)); after a *args, at the end
+        required = [p for p in placeholders if not p.args and not str(p.target).startswith("*")]
+        starred = any(str(p.target).startswith("*") for p in placeholders)
+        anchor = required[-1] if required and not starred else placeholders[-1]
+        with gm.graph.inserting_after(anchor):
             idx = gm.graph.placeholder(idx_name, default_value=None)
         for i, cut in enumerate(kept):
             device = torch.device("meta") if env.planning else _device(cut, gm)
