@@ -135,37 +135,52 @@ def export_onnx(
     _check_outputs(check_runs(call, inputs))
     seq_dim = _sequence_dim(frozen) if seq_dim is None else seq_dim
     axes = _axes(inputs, dynamic_batch, seq_dim)
+    # A token-id sequence axis is dynamic where the exporter can keep it so: when the export or
+    # the check at a second length fails with it (T5's attention reshape in the exporter, a
+    # Python loop over the length unrolled at the example's), the length is fixed and it is
+    # exported again.
+    attempts = [axes, _without_token_sequence(axes, seq_dim)]
+    if attempts[1] == axes:
+        attempts.pop()
     stage = files.stage_for(target)
     try:
         staged = stage / target.name
-        try:
-            _export(frozen, inputs, stage / "export.onnx", exporter, opset, axes, kwargs)
-        except ExportError:
-            fixed = _without_token_sequence(axes, seq_dim)
-            if fixed == axes:
+        for k, tried in enumerate(attempts):
+            try:
+                report = _export_checked(onnx, ort, frozen, call, inputs, stage, tried, exporter, opset, kwargs,
+                                         seq_dim is not None, atol, rtol, target)  # fmt: skip
+                break
+            except (ExportError, ParityError) as err:
+                if k < len(attempts) - 1:
+                    continue
+                if isinstance(err, ParityError) and staged.exists():
+                    kept = _publish(onnx, staged, _failed_name(target))
+                    raise ParityError(
+                        f"{err}; the new file is kept for inspection as {kept} ({target} not written)"
+                    ) from None
                 raise
-            # a token-id sequence axis is asked for where the exporter can keep it: T5's attention
-            # reshape fails on a symbolic length in the exporter (uncompiled too), so its length is fixed
-            axes = fixed
-            _export(frozen, inputs, stage / "export.onnx", exporter, opset, axes, kwargs)
-        proto = _normalize(onnx, stage / "export.onnx", staged)
-        session = _session(ort, staged)
-        ops: dict[str, int] = {}
-        for node in proto.graph.node:
-            ops[node.op_type] = ops.get(node.op_type, 0) + 1
-        side = str(target) + ".data" if _data_file(staged) else None
-        report = ExportReport(str(target), exporter, len(proto.graph.node), ops, data_file=side)
-        report.dynamic_axes = _symbolic_axes(proto)
-        checked = _checked_axes(axes, report.dynamic_axes, seq_dim is not None)
-        try:
-            for i, probe in enumerate(_probes(inputs, checked)):
-                report.checks += _compare(call, session, probe, atol, rtol, first=i == 0)
-        except ParityError as err:
-            kept = _publish(onnx, staged, _failed_name(target))
-            raise ParityError(f"{err}; the new file is kept for inspection as {kept} ({target} not written)") from None
         _publish(onnx, staged, target)
     finally:
         files.remove(stage)
+    return report
+
+
+def _export_checked(onnx, ort, frozen, call, inputs, stage, axes, exporter, opset, kwargs, strict_sequence: bool,
+                    atol: float, rtol: float, target) -> ExportReport:  # fmt: skip
+    """Export into ``stage``, normalise to ``stage/<target name>``, check it in onnxruntime."""
+    staged = stage / target.name
+    _export(frozen, inputs, stage / "export.onnx", exporter, opset, axes, kwargs)
+    proto = _normalize(onnx, stage / "export.onnx", staged)
+    session = _session(ort, staged)
+    ops: dict[str, int] = {}
+    for node in proto.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    side = str(target) + ".data" if _data_file(staged) else None
+    report = ExportReport(str(target), exporter, len(proto.graph.node), ops, data_file=side)
+    report.dynamic_axes = _symbolic_axes(proto)
+    checked = _checked_axes(axes, report.dynamic_axes, strict_sequence)
+    for i, probe in enumerate(_probes(inputs, checked)):
+        report.checks += _compare(call, session, probe, atol, rtol, first=i == 0)
     return report
 
 
@@ -357,7 +372,7 @@ def _run_exporter(model, inputs, file, exporter, opset, axes: Axes, kwargs: dict
         dims += (None,) * len(kwargs)  # torch.export wants an entry for every argument, constants too
         torch.onnx.export(
             model, inputs, str(file), kwargs=kwargs or None, dynamo=True, opset_version=opset, input_names=names,
-            dynamic_shapes=dims, verbose=False,
+            dynamic_shapes=dims, verbose=False, custom_translation_table=_translations(model),
         )  # fmt: skip
     else:
         bare = _Bare(model, kwargs).eval()  # the exporter restores the wrapper's mode onto the model afterwards
@@ -365,6 +380,16 @@ def _run_exporter(model, inputs, file, exporter, opset, axes: Axes, kwargs: dict
             bare, inputs, str(file), dynamo=False, opset_version=opset, input_names=names,
             dynamic_axes={n: dict(ax) for n, ax in zip(_input_names(axes), axes) if ax is not None},
         )  # fmt: skip
+
+
+def _translations(model: nn.Module) -> dict | None:
+    """ONNX's RNN op for nn.RNN (io/onnx_rnn.py), which the exporter would unroll at the
+    example's length; only for models that have one."""
+    if not any(isinstance(m, nn.RNN) for m in model.modules()):
+        return None
+    from .onnx_rnn import TABLE
+
+    return TABLE
 
 
 @contextlib.contextmanager
