@@ -35,8 +35,9 @@ EXPORTS: dict[str, HowToExport] = {
     "bert": HowToExport(),
     "distilbert": HowToExport(),
     "gpt2": HowToExport(NO_CACHE),
-    "mamba": HowToExport(),
-    "rwkv": HowToExport(),
+    # their CPU reference paths loop over time in Python: the length is fixed (uncompiled too)
+    "mamba": HowToExport(sequence=False),
+    "rwkv": HowToExport(sequence=False),
     "resnet": HowToExport(sequence=False),
     "mobilenetv3": HowToExport(sequence=False),
     "stochastic_depth": HowToExport(sequence=False),
