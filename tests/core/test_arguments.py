@@ -77,6 +77,29 @@ def test_a_call_with_another_value_raises_naming_the_module_and_the_fix():
         compiled.c(x, torch.ones(4))
 
 
+class LibraryChild(Child):
+    """A module of a mask-building library (transformers): its eager caller passes None or a
+    tensor depending on data and context, so a None guard would fail on other calls."""
+
+    def forward(self, x, bias=None):
+        return super().forward(x, bias)
+
+    forward.__module__ = "transformers.models.fake"
+
+
+def test_a_library_module_given_none_by_eager_code_is_not_guarded_to_none():
+    x = torch.randn(3, 4)
+    net = _factory(False)()
+    net.c = LibraryChild()
+    net.c.load_state_dict(_factory(False)().c.state_dict())
+    compiled = vgpcompile(net, ["gpn"], example_inputs=(x,))  # the examples pass bias=None
+    eager = {e.name: e.reason for e in compiled.vgp_report.eager}
+    assert "its eager caller may pass a tensor there" in eager["c"]  # its graph depends on bias: eager
+    plain = vgpcompile(net, example_inputs=(x,))
+    assert torch.equal(plain.c(x, torch.ones(4)), net.c(x, torch.ones(4)))  # no guard to fail
+    # (a block that only hands the argument on is traced without the guard: test_zoo_onnx's DistilBERT)
+
+
 def test_an_unused_or_required_default_does_not_prevent_tracing():
     class Layer(nn.Module):
         def __init__(self):

@@ -237,3 +237,47 @@ def test_load_rebuilds_arp_without_example_inputs(tmp_path):
     assert model.vgp_recipe["input_range"] == [pytest.approx(x.min().item()), pytest.approx(x.max().item())]
     save(model, tmp_path / "ck")
     assert torch.equal(load(mlp, tmp_path / "ck").eval()(x), model(x))
+
+
+class RNNLanguageModel(nn.Module):
+    """The issue's case: token ids -> embedding -> nn.RNN -> per-step logits (batch, length, vocab)."""
+
+    def __init__(self, cell=nn.RNN):
+        super().__init__()
+        self.emb = nn.Embedding(100, 16)
+        self.rnn = cell(16, 32, num_layers=2, batch_first=True)
+        self.head = nn.Linear(32, 100)
+
+    def forward(self, ids):
+        out, _ = self.rnn(self.emb(ids))
+        return self.head(torch.tanh(out))
+
+
+@pytest.mark.parametrize(
+    "cell,passes",
+    [(nn.RNN, ["gpn"]), pytest.param(nn.RNN, ["arp"], marks=pytest.mark.slow),
+     pytest.param(nn.LSTM, ["gpn"], marks=pytest.mark.slow)],
+    ids=["rnn-gpn", "rnn-arp", "lstm-gpn"],
+)  # fmt: skip
+def test_recurrent_language_model_exports_with_a_dynamic_length(cell, passes, tmp_path):
+    """The dynamo exporter unrolled nn.RNN at the example's length (8 steps out for 11 in, the
+    uncompiled model too); io/onnx_rnn.py hands it ONNX's RNN op."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (2, 8))
+    model = vgpcompile(RNNLanguageModel(cell), passes, example_inputs=(ids,))
+    report = export_onnx(model, tmp_path / "lm.onnx", (ids,))
+    assert {c["shape"][0] for c in report.checks} >= {(1, 8), (7, 8), (2, 11)}
+    assert report.dynamic_axes["input_0"].keys() == {0, 1}
+    assert ("RNN" if cell is nn.RNN else "LSTM") in report.op_types
+
+
+@pytest.mark.slow
+def test_a_length_the_exporter_unrolls_is_fixed_not_failed(tmp_path):
+    """roaf's RNN is a Python loop over time: exported at the example's length (the report says
+    which axes are dynamic) instead of failing the check at a second length."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (2, 8))
+    model = vgpcompile(RNNLanguageModel(), ["roaf"], example_inputs=(ids,))
+    report = export_onnx(model, tmp_path / "lm.onnx", (ids,))
+    assert report.dynamic_axes["input_0"] == {0: report.dynamic_axes["input_0"][0]}  # batch only
+    assert {c["shape"][0][1] for c in report.checks} == {8}

@@ -6,7 +6,10 @@ traced module's arguments are decided by the first rule that applies:
 
 1. a previous compile's decision (a checkpoint's recipe; ``load`` passes it back);
 2. the calls the example inputs made (core/verify.py records them): an argument that was
-   always None, or always the same bool/int/float/str, is traced as that constant; one
+   always None, or always the same bool/int/float/str, is traced as that constant (a None
+   given to a module of a MASK_BUILDING_LIBRARIES package by eager code only if the graph
+   does not depend on it: else the module stays eager, since that caller passes a tensor
+   on other data or under torch.export); one
    that received tensors stays a Proxy; one that received None and tensors, or keyword
    arguments through ``**kwargs``, cannot be one graph and the module stays eager;
 3. the model itself (the root): its ``None`` and ``bool`` defaults, as ``model(x)`` calls it;
@@ -76,6 +79,8 @@ def decide(
         return Decision(concrete, unguarded, record=dict(planned))
     if calls:
         decision = _observed(forward, params, calls)
+        if not decision.reason and name != "" and _mask_building_library(forward):
+            decision = _none_may_be_a_tensor(decision, trace)
     elif name == "":
         decision = Decision(_defaults(params))
     else:
@@ -145,6 +150,45 @@ def _observed(forward: Callable, params: list[inspect.Parameter], calls: list) -
         else:
             concrete[key] = constants[0]
     return Decision(concrete)
+
+
+# Libraries whose eager code passes None or a tensor to a module depending on data or context
+# (transformers' attention masks: None for an unpadded batch, a tensor under torch.export).
+MASK_BUILDING_LIBRARIES = ("transformers",)
+
+
+def _mask_building_library(forward: Callable) -> bool:
+    module = getattr(inspect.unwrap(forward), "__module__", None) or ""
+    return module.split(".")[0] in MASK_BUILDING_LIBRARIES
+
+
+def _none_may_be_a_tensor(decision: Decision, trace: Callable[[dict[str, Any]], fx.Graph]) -> Decision:
+    """Rule 2 for a module called from eager code: an argument the examples passed as None is
+    traced as a Proxy when the graph does not depend on it being None (so the caller may pass a
+    tensor too), and keeps the module eager when it does: eager callers decide such arguments
+    from data or context (transformers builds an attention mask only under torch.export or
+    when a sequence is padded), so a None guard would fail on calls the examples did not make."""
+    nones = [k for k, v in decision.concrete.items() if v is None and not k.startswith("**")]
+    if not nones:
+        return decision
+    try:
+        base = trace(decision.concrete)
+    except Exception:
+        return decision  # the trace itself fails: capture reports it as before
+    concrete = dict(decision.concrete)
+    for key in nones:
+        variant = {k: v for k, v in concrete.items() if k != key}
+        try:
+            graph = trace(variant)
+        except Exception:
+            graph = None
+        if graph is None or not same_graph(base, graph, as_none={key}):
+            return Decision(reason=(
+                f"the example inputs call it with {key}=None, its graph depends on that, and its eager caller "
+                f"may pass a tensor there (transformers does under torch.export and for padded batches)"
+            ))
+        concrete = variant
+    return Decision(concrete, decision.unguarded)
 
 
 def _probe(params: list[inspect.Parameter], trace: Callable[[dict[str, Any]], fx.Graph]) -> Decision:

@@ -79,10 +79,11 @@ class Rewriter:
         with anchor.graph.inserting_after(anchor):
             return self._stamp(anchor.graph.create_node(op, target, args, kwargs or {}))
 
-    def insert_placeholder(self, gm: fx.GraphModule, name: str, default: Any = None) -> fx.Node:
-        """A new last input of ``gm``'s graph."""
+    def insert_placeholder(self, gm: fx.GraphModule, name: str, default: Any = None,
+                           after: fx.Node | None = None) -> fx.Node:
+        """A new input of ``gm``'s graph, right after the input ``after`` (default: the last)."""
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        with gm.graph.inserting_after(placeholders[-1]):
+        with gm.graph.inserting_after(after or placeholders[-1]):
             return self._stamp(gm.graph.placeholder(name, default_value=default))
 
     def replace_uses(self, old: fx.Node, new: fx.Node, keep: Callable[[fx.Node], bool] | None = None) -> list[fx.Node]:

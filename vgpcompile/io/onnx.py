@@ -63,6 +63,7 @@ class ExportReport:
     op_types: dict[str, int]
     checks: list[dict] = field(default_factory=list)  # shape, output, max_abs, max_rel, ref_max
     data_file: str | None = None  # the side file, for models above the 2 GB limit
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)  # per file input: its symbolic axes
 
     @property
     def max_abs(self) -> float:
@@ -73,6 +74,9 @@ class ExportReport:
         lines = [
             f"ONNX {self.path}: {self.nodes} nodes ({self.exporter} exporter{side}), onnx.checker full check passed"
         ]
+        if self.dynamic_axes:
+            axes = (f"{k}: " + ", ".join(f"{d} {n}" for d, n in v.items()) for k, v in self.dynamic_axes.items())
+            lines.append(f"  dynamic axes: {'; '.join(axes)}")
         lines += [
             f"  onnxruntime vs torch at input {c['shape']}: output {c['output']} max abs {c['max_abs']:.2e}, "
             f"max rel {c['max_rel']:.2e}"
@@ -101,11 +105,23 @@ def export_onnx(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     seq_dim: int | None = None,
+    kwargs: dict | None = None,
 ) -> ExportReport:
     """Freeze ``model``, export it to ``path``, check it, and compare onnxruntime with torch.
 
-    ``example_inputs`` is a tuple of tensors, or one tensor. ``path`` is replaced only by a
-    file that passed every check (see the module docstring for tolerances and file layout).
+    ``example_inputs`` is a tuple of tensors, or one tensor; a ``None`` in the tuple is passed
+    to the model as is and is no input of the file (T5's ``attention_mask=None``). ``path`` is
+    replaced only by a file that passed every check (see the module docstring for tolerances
+    and file layout).
+
+    Dynamic axes: the batch (``dynamic_batch``), the sequence of a recurrent model or of
+    ``seq_dim``, both checked at other sizes; and dim 1 of each integer input of rank 2 (token
+    ids, attention masks), which is dynamic where the exporter keeps it so (a model that
+    needs a fixed length gets one) and then checked at another length. ``report.dynamic_axes``
+    lists what the file has.
+
+    ``kwargs``: constant keyword arguments given to every call, e.g. ``{"use_cache": False}``
+    for a transformers model whose cache ONNX cannot return.
     """
     from ..freeze import freeze
 
@@ -113,29 +129,58 @@ def export_onnx(
     _check_options(exporter, opset, atol, rtol)
     target = files.output_path(path, "export_onnx(path)", "file")
     inputs = _inputs(example_inputs)
+    kwargs = _kwargs(kwargs)
     frozen = freeze(model).eval()
-    _check_outputs(check_runs(frozen, inputs))
+    call = _Bare(frozen, kwargs).eval() if kwargs else frozen  # what the file is compared with
+    _check_outputs(check_runs(call, inputs))
     seq_dim = _sequence_dim(frozen) if seq_dim is None else seq_dim
+    axes = _axes(inputs, dynamic_batch, seq_dim)
+    # A token-id sequence axis is dynamic where the exporter can keep it so: when the export or
+    # the check at a second length fails with it (T5's attention reshape in the exporter, a
+    # Python loop over the length unrolled at the example's), the length is fixed and it is
+    # exported again.
+    attempts = [axes, _without_token_sequence(axes, seq_dim)]
+    if attempts[1] == axes:
+        attempts.pop()
     stage = files.stage_for(target)
     try:
         staged = stage / target.name
-        _export(frozen, inputs, stage / "export.onnx", exporter, opset, dynamic_batch, seq_dim)
-        proto = _normalize(onnx, stage / "export.onnx", staged)
-        session = _session(ort, staged)
-        ops: dict[str, int] = {}
-        for node in proto.graph.node:
-            ops[node.op_type] = ops.get(node.op_type, 0) + 1
-        side = str(target) + ".data" if _data_file(staged) else None
-        report = ExportReport(str(target), exporter, len(proto.graph.node), ops, data_file=side)
-        try:
-            for i, probe in enumerate(_probes(inputs, dynamic_batch, seq_dim)):
-                report.checks += _compare(frozen, session, probe, atol, rtol, first=i == 0)
-        except ParityError as err:
-            kept = _publish(onnx, staged, _failed_name(target))
-            raise ParityError(f"{err}; the new file is kept for inspection as {kept} ({target} not written)") from None
+        for k, tried in enumerate(attempts):
+            try:
+                report = _export_checked(onnx, ort, frozen, call, inputs, stage, tried, exporter, opset, kwargs,
+                                         seq_dim is not None, atol, rtol, target)  # fmt: skip
+                break
+            except (ExportError, ParityError) as err:
+                if k < len(attempts) - 1:
+                    continue
+                if isinstance(err, ParityError) and staged.exists():
+                    kept = _publish(onnx, staged, _failed_name(target))
+                    raise ParityError(
+                        f"{err}; the new file is kept for inspection as {kept} ({target} not written)"
+                    ) from None
+                raise
         _publish(onnx, staged, target)
     finally:
         files.remove(stage)
+    return report
+
+
+def _export_checked(onnx, ort, frozen, call, inputs, stage, axes, exporter, opset, kwargs, strict_sequence: bool,
+                    atol: float, rtol: float, target) -> ExportReport:  # fmt: skip
+    """Export into ``stage``, normalise to ``stage/<target name>``, check it in onnxruntime."""
+    staged = stage / target.name
+    _export(frozen, inputs, stage / "export.onnx", exporter, opset, axes, kwargs)
+    proto = _normalize(onnx, stage / "export.onnx", staged)
+    session = _session(ort, staged)
+    ops: dict[str, int] = {}
+    for node in proto.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    side = str(target) + ".data" if _data_file(staged) else None
+    report = ExportReport(str(target), exporter, len(proto.graph.node), ops, data_file=side)
+    report.dynamic_axes = _symbolic_axes(proto)
+    checked = _checked_axes(axes, report.dynamic_axes, strict_sequence)
+    for i, probe in enumerate(_probes(inputs, checked)):
+        report.checks += _compare(call, session, probe, atol, rtol, first=i == 0)
     return report
 
 
@@ -153,17 +198,87 @@ def _inputs(example_inputs) -> tuple[torch.Tensor, ...]:
     """The example inputs as a tuple of non-empty tensors (a bare tensor is one input)."""
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     for i, t in enumerate(inputs):
+        if t is None:
+            continue  # an optional argument left out (T5's attention_mask=None): no input of the file
         if not isinstance(t, torch.Tensor):
             raise UsageError(
                 f"export_onnx(example_inputs=...): input {i} is {type(t).__name__}; ONNX inputs are tensors "
-                "(give a tuple of tensors, or one tensor)"
+                "(give a tuple of tensors or None, or one tensor)"
             )
         if t.numel() == 0:
             raise ExportError(
                 f"example input {i} has shape {tuple(t.shape)}, with no elements: an empty batch cannot be "
                 "exported and checked; give at least one sample"
             )
+    if all(t is None for t in inputs):
+        raise UsageError("export_onnx(example_inputs=...): no tensor among them; ONNX inputs are tensors")
     return tuple(inputs)
+
+
+Axes = list  # per example input: {dim: "batch" | "sequence"}, or None for a None input
+
+
+def _axes(inputs: tuple, dynamic_batch: bool, seq_dim: int | None) -> Axes:
+    """Per input, the axes to export as dynamic: the batch, and the sequence (``seq_dim`` for
+    every input, else dim 1 of integer inputs of rank 2: token ids and masks)."""
+    out: Axes = []
+    for t in inputs:
+        if t is None:
+            out.append(None)
+            continue
+        seq = seq_dim if seq_dim is not None else (1 if _token_ids(t) else None)
+        batch_dim = 0 if seq != 0 else 1
+        axes: dict[int, str] = {}
+        if dynamic_batch and batch_dim < t.dim():
+            axes[batch_dim] = "batch"
+        if seq is not None and seq < t.dim():
+            axes[seq] = "sequence"
+        out.append(axes)
+    return out
+
+
+def _without_token_sequence(axes: Axes, seq_dim: int | None) -> Axes:
+    if seq_dim is not None:
+        return axes
+    return [None if ax is None else {d: n for d, n in ax.items() if n != "sequence"} for ax in axes]
+
+
+def _token_ids(t: torch.Tensor) -> bool:
+    return t.dim() == 2 and not t.dtype.is_floating_point and not t.dtype.is_complex
+
+
+def _symbolic_axes(proto) -> dict[str, dict[int, str]]:
+    """The file's inputs and, for each, the axes with a symbolic size."""
+    out = {}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        symbolic = {d: dim.dim_param for d, dim in enumerate(dims) if dim.dim_param}
+        if symbolic:
+            out[value.name] = symbolic
+    return out
+
+
+def _checked_axes(axes: Axes, symbolic: dict[str, dict[int, str]], strict_sequence: bool) -> Axes:
+    """The axes to check at other sizes: the batch always (a fixed one fails the check), the
+    sequence of an RNN or of ``seq_dim`` always, a token-id sequence where the file kept it."""
+    names = _input_names(axes)
+    out: Axes = []
+    for ax, name in zip(axes, names):
+        if ax is None:
+            out.append(None)
+            continue
+        keep = symbolic.get(name, {})
+        out.append({d: n for d, n in ax.items() if n == "batch" or strict_sequence or d in keep})
+    return out
+
+
+def _input_names(axes: Axes) -> list[str | None]:
+    """The file's input names, one per tensor input (None for a None input)."""
+    names, k = [], 0
+    for ax in axes:
+        names.append(None if ax is None else f"input_{k}")
+        k += ax is not None
+    return names
 
 
 def check_runs(model: nn.Module, inputs: tuple):
@@ -185,6 +300,13 @@ def _check_outputs(output) -> None:
     if not any(isinstance(leaf, torch.Tensor) for leaf in leaves):
         raise ExportError(f"the model returns {_kind(output)}, no tensor: an ONNX model's outputs are tensors")
     other = next((leaf for leaf in leaves if not isinstance(leaf, torch.Tensor)), None)
+    if other is not None and type(other).__name__.endswith("Cache"):
+        raise ExportError(
+            f"the model returns a transformers {type(other).__name__} (its key/value cache) besides tensors, which "
+            "ONNX cannot hold: export it without the cache, export_onnx(..., kwargs={'use_cache': False}) (the "
+            "logits are the same); for generation with a cache, freeze it, save_pretrained, and export that with "
+            "transformers' own ONNX tooling (optimum)"
+        )
     if other is not None:
         raise ExportError(
             f"the model's output holds a {type(other).__name__} ({other!r:.40}) besides tensors: an ONNX "
@@ -204,20 +326,36 @@ def _sequence_dim(model: nn.Module) -> int | None:
 
 
 class _Bare(nn.Module):
-    """Hides GraphModule.graph, which the TorchScript exporter mistakes for its own graph."""
+    """Hides GraphModule.graph, which the TorchScript exporter mistakes for its own graph; binds
+    the constant keyword arguments of every call."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, kwargs: dict | None = None) -> None:
         super().__init__()
         self.model = model
+        self.kwargs = dict(kwargs or {})
 
     def forward(self, *args):
-        return self.model(*args)
+        return self.model(*args, **self.kwargs)
 
 
-def _export(model, inputs, file, exporter, opset, dynamic_batch, seq_dim) -> None:
+def _kwargs(kwargs) -> dict:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise UsageError(f"export_onnx(kwargs={kwargs!r:.60}): give a dict of keywords, e.g. {{'use_cache': False}}")
+    for key, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            raise UsageError(
+                f"export_onnx(kwargs={{{key!r}: tensor}}): kwargs are constants of every call; tensors are inputs "
+                "of the file: give them in example_inputs, in the forward's order"
+            )
+    return kwargs
+
+
+def _export(model, inputs, file, exporter, opset, axes: Axes, kwargs: dict) -> None:
     with _captured() as log:
         try:
-            _run_exporter(model, inputs, file, exporter, opset, dynamic_batch, seq_dim)
+            _run_exporter(model, inputs, file, exporter, opset, axes, kwargs)
             failure = None
         except Exception as err:
             failure = err
@@ -227,26 +365,31 @@ def _export(model, inputs, file, exporter, opset, dynamic_batch, seq_dim) -> Non
         raise error from failure
 
 
-def _run_exporter(model, inputs, file, exporter, opset, dynamic_batch, seq_dim) -> None:
-    names = [f"input_{i}" for i in range(len(inputs))]
-    batch_dim = 0 if seq_dim != 0 else 1
-    axes = {}
-    if dynamic_batch:
-        axes[batch_dim] = "batch"
-    if seq_dim is not None:
-        axes[seq_dim] = "sequence"
+def _run_exporter(model, inputs, file, exporter, opset, axes: Axes, kwargs: dict) -> None:
+    names = [n for n in _input_names(axes) if n is not None]
     if exporter == "dynamo":
-        dims = {d: torch.export.Dim.AUTO for d in axes}
+        dims = tuple(None if ax is None else {d: torch.export.Dim.AUTO for d in ax} for ax in axes)
+        dims += (None,) * len(kwargs)  # torch.export wants an entry for every argument, constants too
         torch.onnx.export(
-            model, inputs, str(file), dynamo=True, opset_version=opset, input_names=names,
-            dynamic_shapes=tuple(dict(dims) for _ in inputs), verbose=False,
+            model, inputs, str(file), kwargs=kwargs or None, dynamo=True, opset_version=opset, input_names=names,
+            dynamic_shapes=dims, verbose=False, custom_translation_table=_translations(model),
         )  # fmt: skip
     else:
-        bare = _Bare(model).eval()  # the exporter restores the wrapper's mode onto the model afterwards
+        bare = _Bare(model, kwargs).eval()  # the exporter restores the wrapper's mode onto the model afterwards
         torch.onnx.export(
             bare, inputs, str(file), dynamo=False, opset_version=opset, input_names=names,
-            dynamic_axes={n: dict(axes) for n in names},
+            dynamic_axes={n: dict(ax) for n, ax in zip(_input_names(axes), axes) if ax is not None},
         )  # fmt: skip
+
+
+def _translations(model: nn.Module) -> dict | None:
+    """ONNX's RNN op for nn.RNN (io/onnx_rnn.py), which the exporter would unroll at the
+    example's length; only for models that have one."""
+    if not any(isinstance(m, nn.RNN) for m in model.modules()):
+        return None
+    from .onnx_rnn import TABLE
+
+    return TABLE
 
 
 @contextlib.contextmanager
@@ -330,7 +473,7 @@ def _data_file(staged: Path) -> Path | None:
 
 def _session(ort, staged: Path):
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: its warnings would break the one-line contract
+    options.log_severity_level = 4  # fatal only: warnings and errors (raised too) would break the one-line contract
     try:
         return ort.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
     except Exception as err:
@@ -369,25 +512,28 @@ def _external_tensors(proto):
     return [t for t in _get_all_tensors(proto) if t.data_location == 1]  # TensorProto.EXTERNAL
 
 
-def _probes(inputs: tuple, dynamic_batch: bool, seq_dim: int | None) -> list[tuple]:
-    """The user's inputs, then fresh seeded ones at batch 1, 2, 7 and a second sequence length."""
+def _probes(inputs: tuple, axes: Axes) -> list[tuple]:
+    """The user's inputs, then fresh seeded ones at batch 1, 2, 7 and a second sequence length
+    (3 longer than the first input's), on the axes given."""
     g = torch.Generator().manual_seed(0)
-    batch_dim = 0 if seq_dim != 0 else 1
     probes = [inputs]
-    sizes = [(b, None) for b in (1, 2, 7)] if dynamic_batch else []
-    if seq_dim is not None:
-        sizes.append((None, inputs[0].shape[seq_dim] + 3))
-    for batch, seq in sizes:
-        probes.append(tuple(_resized(t, batch_dim, batch, seq_dim, seq, g) for t in inputs))
+    found = [n for ax in axes if ax for n in ax.values()]
+    lengths = [t.shape[d] for t, ax in zip(inputs, axes) if ax for d, n in ax.items() if n == "sequence"]
+    sizes = [{"batch": b} for b in (1, 2, 7)] if "batch" in found else []
+    if lengths:
+        sizes.append({"sequence": lengths[0] + 3})
+    for size in sizes:
+        probes.append(tuple(
+            t if ax is None else _resized(t, {d: size[n] for d, n in ax.items() if n in size}, g)
+            for t, ax in zip(inputs, axes)
+        ))  # fmt: skip
     return probes
 
 
-def _resized(t: torch.Tensor, batch_dim: int, batch: int | None, seq_dim: int | None, seq: int | None, g):
+def _resized(t: torch.Tensor, sizes: dict[int, int], g):
     shape = list(t.shape)
-    if batch is not None and batch_dim < len(shape):
-        shape[batch_dim] = batch
-    if seq is not None and seq_dim is not None and seq_dim < len(shape):
-        shape[seq_dim] = seq
+    for d, size in sizes.items():
+        shape[d] = size
     if t.dtype.is_floating_point:
         return torch.randn(shape, generator=g, dtype=t.dtype)
     if t.dtype == torch.bool:
@@ -397,10 +543,12 @@ def _resized(t: torch.Tensor, batch_dim: int, batch: int | None, seq_dim: int | 
 
 def _compare(model, session, probe: tuple, atol: float, rtol: float, first: bool = False) -> list[dict]:
     """Per output: shapes equal, NaN/Inf in the same places, max |ort - torch| <= atol + rtol * max |torch|."""
-    shape = [tuple(t.shape) for t in probe]
+    shape = [None if t is None else tuple(t.shape) for t in probe]
     with torch.no_grad():
         refs = [t for t in pytree.tree_leaves(model(*probe)) if isinstance(t, torch.Tensor)]
-    feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), probe)}
+    wanted = {i.name for i in session.get_inputs()}  # the exporter drops an input the graph does not use
+    names = [f"input_{k}" for k in range(sum(t is not None for t in probe))]
+    feed = {n: t.numpy() for n, t in zip(names, [t for t in probe if t is not None]) if n in wanted}
     try:
         outs = session.run(None, feed)
     except Exception as err:

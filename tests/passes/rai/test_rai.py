@@ -189,6 +189,29 @@ def test_freeze_after_a_forward_without_backward():
     assert torch.equal(frozen(torch.ones(1, 2)), lifted.eval()(torch.ones(1, 2)))
 
 
+class WithOptionalArgs(nn.Module):
+    """A forward with optional arguments after the input, as timm's ViT (forward(x, attn_mask=None))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = mlp()
+
+    def forward(self, x, mask=None, scale: float = 1.0):
+        return self.body(x) * scale
+
+
+def test_idx_follows_the_required_inputs_so_fit_can_pass_it_positionally():
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 2), torch.randint(0, 2, (6, 1)).float()
+    net = WithOptionalArgs()
+    lifted = vgpcompile(net, passes=["rai"], options={"rai": {"num_examples": 6}}, example_inputs=(x,))
+    assert list(inspect.signature(lifted.forward).parameters)[:2] == ["x", "idx"]
+    assert torch.equal(lifted.train()(x, torch.arange(6)), net(x))  # ids in idx's place, not in mask's
+    rai.fit(lifted, x, y, epochs=1, batch_size=3, lr=1e-2)  # fit calls model(x, ids)
+    frozen = freeze(lifted)
+    assert list(inspect.signature(frozen.forward).parameters)[:1] == ["x"] and "idx" not in str(frozen.code)
+
+
 def test_every_k_keeps_every_kth_cut_from_the_output():
     net = mlp((2, 4, 4, 4, 4, 4, 1))  # 6 cuts: 0 2 4 6 8 10
     lifted = lift(net, 3, every=2)

@@ -169,7 +169,12 @@ class RAI(Pass):
         taken = {p.target for p in placeholders} | {node.name for node in gm.graph.nodes}
         idx_name = next(c for c in ("idx", "rai_idx", *(f"rai_idx{i}" for i in range(1, 100))) if c not in taken)
         shared = Settings(idx_name, self.table_lr_scale, self.resync_every, self.lam_growth)
-        placeholder = rewriter.insert_placeholder(gm, idx_name)
+        # idx goes right after the required inputs, so lifted(x, idx) works when forward has optional
+        # arguments too (timm's ViT: forward(x, attn_mask=None)); after a *args, at the end
+        required = [p for p in placeholders if not p.args and not str(p.target).startswith("*")]
+        starred = any(str(p.target).startswith("*") for p in placeholders)
+        anchor = required[-1] if required and not starred else placeholders[-1]
+        placeholder = rewriter.insert_placeholder(gm, idx_name, after=anchor)
         guard = rewriter.add_module(gm, "rai_guard", RAIGuard(n))
         idx = rewriter.insert_after(placeholder, "call_module", guard, (placeholder,))  # nothing runs before it
         for i, cut in enumerate(kept):

@@ -275,6 +275,22 @@ def ddp(model: nn.Module, **kwargs) -> nn.parallel.DistributedDataParallel:
     return nn.parallel.DistributedDataParallel(inner, **kwargs)
 
 
+def fsdp(model: nn.Module, **kwargs) -> nn.Module:
+    """``torch.distributed.fsdp.fully_shard(model, **kwargs)`` (FSDP2) with the rai tables left
+    out (``ignored_params``): each process keeps its own full tables and owns the rows of the
+    ids it sees, as with :func:`ddp`; the weights are sharded and their gradients averaged.
+    Without this, FSDP2 fails on the tables' row-sparse gradients ("Could not run
+    'fsdp::chunk_cat' with arguments from the 'SparseCPU' backend", torch 2.13), and dense
+    tables would be sharded by rows and all-gathered whole at every forward. Shard the
+    submodules first with ``fully_shard`` yourself if you want per-layer units."""
+    from torch.distributed.fsdp import fully_shard
+
+    inner = unwrap(model)
+    tables = {c.table for c in cuts(inner)}
+    ignored = set(kwargs.pop("ignored_params", None) or ()) | tables
+    return fully_shard(inner, ignored_params=ignored, **kwargs)
+
+
 def _is_table(model: nn.Module, name: str) -> bool:
     owner = name.rsplit(".", 1)[0] if "." in name else ""
     return isinstance(model.get_submodule(owner), RAICut)
