@@ -109,9 +109,12 @@ STEP_ARMS: dict[str, tuple[Callable[[int, int, torch.Tensor], nn.Module], bool]]
     "arp+gpn": (_compiled(["arp", "gpn"]), True),
     "orthogonal": (_compiled(["orthogonal"]), True),
     "roaf": (_compiled(["roaf"]), True),
+    "roaf{filter=hadamard}": (_compiled(["roaf{filter=hadamard}"]), True),
+    "orthogonal{every=8}": (_compiled(["orthogonal{every=8}"]), True),  # drift between retractions: README
 }
 STEP_SIZES = [(64, 32), (256, 32), (256, 128), (1024, 32), (1024, 128)]  # (width, batch)
-STEP_TARGETS = {"gpn": 1.03, "arp": 1.10, "arp+gpn": 1.12, "orthogonal": 1.5, "roaf": 1.25}
+STEP_TARGETS = {"gpn": 1.03, "arp": 1.10, "arp+gpn": 1.12, "orthogonal": 1.5, "roaf": 1.25,
+                "roaf{filter=hadamard}": 1.25, "orthogonal{every=8}": 1.5}
 MEMORY_ARMS = ["gpn", "arp", "arp, before (main's composed Linear)", "arp+gpn", "orthogonal", "roaf"]
 MEMORY_TARGETS = {"gpn": 1.03, "arp": 1.03}
 
@@ -355,6 +358,7 @@ def section_inference(cfg: argparse.Namespace) -> list[dict]:
         "MLP gpn": (lambda: mlp(cfg.depth, width), ["gpn"], x, (64, width)),
         "MLP arp": (lambda: mlp(cfg.depth, width), ["arp"], x, (64, width)),
         "MLP roaf": (lambda: mlp(cfg.depth, width), ["roaf"], x, (64, width)),
+        "MLP roaf{filter=hadamard}": (lambda: mlp(cfg.depth, width), ["roaf{filter=hadamard}"], x, (64, width)),
         "CNN gpn": (lambda: inference_cnn.cnn(8 if cfg.quick else 32), ["gpn"], img, (16, 3, 16, 16)),
     }
     rows = []
