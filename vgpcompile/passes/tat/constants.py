@@ -117,7 +117,8 @@ def solve(
             warnings.simplefilter("ignore", RuntimeWarning)  # overflow in the solver's far tails
             acts = at.get_transformed_activations(list(names), method=method, subnet_max_func=subnet_max_func, **kwargs)
     except ValueError as err:  # unreachable targets (a shallow leaky-ReLU net cannot reach C(0) = 0.9)
-        raise UsageError(f"pass 'tat' (method {method}): dks found no constants: {err}") from None
+        hint = " (a smaller target: option c_val_0_target, c_curve_target or c_slope_1_target)"
+        raise UsageError(f"pass 'tat' (method {method}): dks found no constants{hint}: {err}") from None
     _SOLVED[key] = {name: _read(name, fn) for name, fn in acts.items()}
     return dict(_SOLVED[key])
 

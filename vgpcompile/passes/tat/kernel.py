@@ -62,7 +62,9 @@ _MAX_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1
                   torch.amax, torch.max}  # fmt: skip
 _ADDS = {operator.add, torch.add, operator.sub, torch.sub, operator.iadd, operator.isub}
 _SHAPE_READS = {"size", "dim"}
-SCALE_TOL = 1e-6
+_SAME_SHAPE = {operator.mul, torch.mul, operator.truediv, torch.div, operator.neg, torch.neg, F.dropout, torch.clone,
+               "mul", "div", "neg", "clone", "contiguous"}  # fmt: skip
+_SAME_SHAPE_MODULES = (nn.Identity, nn.Dropout, nn.AlphaDropout)
 
 
 class Refusal(Exception):
@@ -87,6 +89,8 @@ class Structure:
     site_scale: dict[str, float] = field(default_factory=dict)  # site name -> s of its input
     sums: list[str] = field(default_factory=list)  # "add_3: w = 0.707, 0.707" for the report
     layers: list[str] = field(default_factory=list)  # names of the affine modules on the signal path
+    width: dict[fx.Node, int] = field(default_factory=dict)  # feature width where a layer fixes it
+    ndim: dict[fx.Node, int] = field(default_factory=dict)
 
     def subnet_max(self, x: float, r: Callable[[float], float]) -> float:
         """M(x, r): the largest value over the outputs and every branch as its own network."""
@@ -140,6 +144,7 @@ def derive(gm: fx.GraphModule, sites: list[Site], rewritten: set[str], shapes: d
         value = _value(node, gm, by_node, rewritten, out, shapes)
         if value is not None:
             out.values[node] = value
+            _track_width(node, gm, value, out)
             graph.add_node(node)
             for kid in _kids(value):
                 graph.add_edge(kid, node)
@@ -147,6 +152,23 @@ def derive(gm: fx.GraphModule, sites: list[Site], rewritten: set[str], shapes: d
         raise Refusal("no model output depends on the input")
     _check_sums(out, graph)
     return out
+
+
+def _track_width(node: fx.Node, gm: fx.GraphModule, value: _Value, out: Structure) -> None:
+    """Feature width and rank: set by an affine layer, kept by activations and elementwise ops."""
+    if node.op == "call_module":
+        module = gm.get_submodule(str(node.target))
+        if type(module) in AFFINE:
+            linear = isinstance(module, nn.Linear)
+            out.width[node] = module.out_features if linear else module.out_channels
+            out.ndim[node] = 2 if linear else 2 + len(module.kernel_size)
+            return
+        same = isinstance(module, _SAME_SHAPE_MODULES)
+    else:
+        same = node.target in _SAME_SHAPE or node.target in _ADDS
+    kids = _kids(value)
+    if (value.op == "r" or same) and kids and kids[0] in out.width:
+        out.width[node], out.ndim[node] = out.width[kids[0]], out.ndim[kids[0]]
 
 
 def _kids(value: _Value) -> list[fx.Node]:
@@ -285,18 +307,21 @@ def _concat_value(node: fx.Node, signal: list, out: Structure, shapes) -> _Value
     where = f"torch.cat at node {node.name!r}"
     parts = node.args[0] if node.args else node.kwargs.get("tensors")
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    if shapes is None:
-        raise Refusal(f"{where}: the branch widths need example_inputs")
     if not isinstance(parts, (list, tuple)) or any(p not in out.values for p in parts):
         raise Refusal(f"{where} joins the signal with a tensor that does not depend on the input")
-    dims = [shapes[p] for p in parts]
-    ndim = len(dims[0])
+    if shapes is not None:
+        ndim = len(shapes[parts[0]])
+        widths = [shapes[p][1] for p in parts]
+    else:  # without example inputs: from the layers that produce each branch
+        ndim = out.ndim.get(parts[0])
+        widths = [out.width.get(p) for p in parts]
+    if ndim is None or None in widths:
+        raise Refusal(f"{where}: the branch widths are unknown (pass example_inputs)")
     if dim % ndim != 1:
         raise Refusal(f"{where} joins along dim {dim}, not the feature dimension 1")
     scales = {round(out.values[p].scale, 9) for p in parts}
     if len(scales) != 1:
         raise Refusal(f"{where} joins branches of different scales {sorted(scales)}")
-    widths = [d[1] for d in dims]
     total = sum(widths)
     out.sums.append(f"{node.name}: concat widths {widths}")
     pooled = next((out.values[n].pooled for n in parts if out.values[n].pooled), "")
@@ -327,4 +352,6 @@ def _check_sums(out: Structure, graph: nx.DiGraph) -> None:
                 f"{getattr(fork, 'name', 'the input')!r} without a weight layer, so they are correlated at init"
             )
         start = None if fork == source else fork
-        out.branches += [(start, n) for n in operands]
+        for n in operands:  # a branch without a nonlinear layer (the shortcut) is no subnetwork of interest
+            if n is not fork and out._evaluate(0.0, lambda y: y + 1.0, start, n) > 0:
+                out.branches.append((start, n))

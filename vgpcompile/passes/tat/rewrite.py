@@ -69,7 +69,7 @@ class _Run:
 @dataclass(frozen=True)
 class TAT(Pass):
     name: ClassVar[str] = "tat"
-    summary: ClassVar[str] = "activation phi -> gamma*(phi(alpha*x+beta)+delta) by DKS/TAT from the graph, orthogonal init"
+    summary: ClassVar[str] = "phi -> gamma*(phi(alpha*x+beta)+delta), DKS/TAT derived from the graph; orthogonal init"
     matches: ClassVar[tuple[str, ...]] = (SITE, LAYER)
     layer_types: ClassVar[tuple[type, ...]] = AFFINE
     writes: ClassVar[frozenset[str]] = frozenset({"ranges"})
