@@ -197,11 +197,12 @@ class TAT(Pass):
         module = TATActivation(site.activation, params, alpha=k.alpha / scale, beta=k.beta, gamma=k.gamma,
                                delta=k.delta)  # fmt: skip
         replace_activation(site, module, self.name, "tat")
-        text = f"alpha={module.alpha:.6g} beta={module.beta:+.6g} gamma={module.gamma:.6g} delta={module.delta:+.6g}"
+        # short enough for the report's 48-character column: α β γ δ, the slope, the input scale s
+        text = f"α={module.alpha:.4g} β={module.beta:+.4g} γ={module.gamma:.4g} δ={module.delta:+.4g}"
         if k.slope is not None:
-            text += f" negative_slope={k.slope:.6g}"
+            text += f" slope={k.slope:.4g}"
         if abs(scale - 1.0) > 1e-9:
-            text += f" (input scale {scale:.6g} divided out)"
+            text += f" s={scale:.4g}"
         return text
 
     def lower(self, model: nn.Module) -> None:
