@@ -1,6 +1,7 @@
 """Evidence for the ``tat`` pass (issue 22), three experiments, each written as a Comparison JSON:
 
     python examples/tat_evidence.py demo --merge docs/results/demo_sgd.json   # tat as one more demo arm
+    python examples/tat_evidence.py bsnn --merge docs/results/bsnn_table.json # and in the bsnn table
     python examples/tat_evidence.py conv --quick --json docs/results/tat_conv.json
     python examples/tat_evidence.py gpn --quick --json docs/results/tat_gpn_robustness.json
 
@@ -76,6 +77,31 @@ def demo(path: Path, rival: str = "tat") -> dict:
     saved.arms = [a for a in saved.arms if a.name != rival] + [arm]
     data["comparison"] = saved.to_dict()
     data.setdefault("added", {})[rival] = {"command": f"python examples/tat_evidence.py demo --merge {path}",
+                                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return data
+
+
+def bsnn_table(path: Path) -> dict:
+    """The tat arm for each activation of examples/bsnn_table.py's saved comparisons, with its
+    loop, data, sweep and seeds (TAT refuses ReLU: that row's arm uses method DKS)."""
+    import bsnn_table as bt
+
+    data = json.loads(path.read_text())
+    cfg = data["config"]
+    start = time.perf_counter()
+    for act, raw in data["comparisons"].items():
+        saved = Comparison.from_dict(raw)
+        splits = {seed: bt.digits(seed) for seed in saved.sweep.seeds}
+        method = "DKS" if act == "relu" else "TAT"
+        name = "tat" if method == "TAT" else "tat (method DKS: TAT refuses ReLU)"
+        build = lambda seed, act=act, method=method: quietly(  # noqa: E731
+            vgpcompile, bt.paper_mlp(act, cfg["width"], cfg["depth"], seed), passes=[f"tat{{method={method}}}"])
+        loop = lambda m, lr, seed, splits=splits: bt.train(m, lr, seed, splits[seed], cfg["epochs"], "cpu")  # noqa: E731
+        print(f"{act}:", flush=True)
+        (arm,) = run_arms({name: ("compiled", build)}, loop, saved.sweep, progress=print)
+        saved.arms = [a for a in saved.arms if not a.name.startswith("tat")] + [arm]
+        data["comparisons"][act] = saved.to_dict()
+    data.setdefault("added", {})["tat"] = {"command": f"python examples/tat_evidence.py bsnn --merge {path}",
                                            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     return data
 
@@ -250,16 +276,16 @@ def fits(arm: ArmResult, lr: float, level: float = 0.9) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["demo", "conv", "gpn"])
+    ap.add_argument("experiment", choices=["demo", "bsnn", "conv", "gpn"])
     ap.add_argument("--quick", action="store_true", help="the small committed size")
     ap.add_argument("--json", type=Path, help="write the comparison here")
     ap.add_argument("--merge", type=Path, help="demo: the demo JSON to add the tat arm to (rewritten in place)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.experiment == "demo":
+    if args.experiment in ("demo", "bsnn"):
         if not args.merge:
-            ap.error("demo needs --merge docs/results/demo_sgd.json (or demo_adam.json)")
-        write_json(args.merge, demo(args.merge))
+            ap.error(f"{args.experiment} needs --merge with the saved JSON to add the tat arm to")
+        write_json(args.merge, (demo if args.experiment == "demo" else bsnn_table)(args.merge))
         return 0
     data = conv(args.quick) if args.experiment == "conv" else gpn_robustness(args.quick)
     comparison = Comparison.from_dict(data["comparison"])
