@@ -219,6 +219,9 @@ def _value(node, gm, by_node, rewritten, out: Structure, shapes) -> _Value | Non
         return _Value("id", (signal[0],), first.scale, f"{getattr(target, '__name__', target)} at {where}")
     if target in _MAX_FUNCTIONS or (node.op == "call_method" and target in ("max", "amax")):
         raise Refusal(f"max-pooling at {where}: not covered by the DKS/TAT kernel maps")
+    if target in (F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm):
+        raise Refusal(f"{target.__name__} at {where}: DKS/TAT assume no normalisation layers (the dks package "
+                      "refuses BatchNorm); remove it, or use gpn/bsnn")  # fmt: skip
     if target in (F.linear, F.conv1d, F.conv2d, F.conv3d):
         raise Refusal(f"functional {target.__name__} at {where}: tat initialises and folds module layers only")
     name = getattr(target, "__name__", str(target))
