@@ -172,7 +172,7 @@ def conv_train(model: nn.Module, lr: float, seed: int, steps: int) -> dict[str, 
 
 
 def conv(quick: bool) -> dict:
-    depth, channels, steps = (50, 8, 200) if quick else (60, 16, 600)
+    depth, channels, steps = (50, 8, 120) if quick else (60, 16, 600)
     sweep = Sweep((1e-3, 1e-2, 1e-1), (0, 1) if quick else (0, 1, 2))
     plain = lambda arm: partial(deep_cnn, depth, channels, arm)  # noqa: E731
     compiled = lambda passes: lambda seed: quietly(vgpcompile, deep_cnn(depth, channels, Arm(ORTHOGONAL1), seed),  # noqa: E731
