@@ -2,6 +2,8 @@
 
     python examples/tat_evidence.py demo --merge docs/results/demo_sgd.json   # tat as one more demo arm
     python examples/tat_evidence.py bsnn --merge docs/results/bsnn_table.json # and in the bsnn table
+    python examples/tat_evidence.py arp --merge docs/results/arp_rastrigin.json # and on Rastrigin
+    python examples/tat_evidence.py rai --merge docs/results/rai_ladder.json   # and in rai's ladder
     python examples/tat_evidence.py conv --quick --json docs/results/tat_conv.json
     python examples/tat_evidence.py gpn --quick --json docs/results/tat_gpn_robustness.json
 
@@ -102,6 +104,55 @@ def bsnn_table(path: Path) -> dict:
         saved.arms = [a for a in saved.arms if not a.name.startswith("tat")] + [arm]
         data["comparisons"][act] = saved.to_dict()
     data.setdefault("added", {})["tat"] = {"command": f"python examples/tat_evidence.py bsnn --merge {path}",
+                                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return data
+
+
+def arp_table(path: Path) -> dict:
+    """The tat arm in examples/arp_rastrigin.py's saved comparison (its 3-layer sigmoid MLP, loop,
+    data, sweep and seeds)."""
+    import arp_rastrigin as ar
+
+    data = json.loads(path.read_text())
+    saved = Comparison.from_dict(data["comparison"])
+    splits = {seed: ar.split(seed) for seed in saved.sweep.seeds}
+    start = time.perf_counter()
+    (arm,) = run_arms({"tat": ("compiled", lambda seed: quietly(vgpcompile, ar.build_classic(seed), passes=["tat"]))},
+                      lambda m, lr, seed: ar.train(m, lr, seed, splits[seed], data["config"]["epochs"]),
+                      saved.sweep, progress=print)  # fmt: skip
+    saved.arms = [a for a in saved.arms if a.name != "tat"] + [arm]
+    data["comparison"] = saved.to_dict()
+    data.setdefault("added", {})["tat"] = {"command": f"python examples/tat_evidence.py arp --merge {path}",
+                                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return data
+
+
+def rai_ladder(path: Path) -> dict:
+    """The tat arm in examples/rai_moons.py's ladder comparison (the 101-layer sigmoid net,
+    full-batch Adam, its data, sweep and seeds)."""
+    import rai_moons as rm
+
+    from vgpcompile import rai
+
+    data = json.loads(path.read_text())
+    saved = Comparison.from_dict(data["comparison"])
+    cfg = data["config"]
+    x, y = rm.moons(100, 42)
+    xv, yv = rm.moons(200, rm.VAL_SEED)
+    xt, yt = rm.moons(1000, rm.TEST_SEED)
+
+    def train(net: nn.Module, lr: float, seed: int) -> dict:
+        rm.train_plain(net, x, y, xt, yt, epochs=cfg["steps"], batch=len(x), optimizer="adam", lr=lr, seed=seed)
+        val = rai.evaluate(net, xv, yv)
+        return {"val_loss": val[0], "val_acc": val[1], **rm._chained(net, x, y, xt, yt)}
+
+    build = lambda seed: quietly(vgpcompile, plain_mlp("sigmoid", cfg["depth"] - 1, cfg["width"], 2, 1,  # noqa: E731
+                                                         Arm("default"), seed=seed), passes=["tat"])  # fmt: skip
+    start = time.perf_counter()
+    (arm,) = run_arms({"tat": ("compiled", build)}, train, saved.sweep, progress=print)
+    saved.arms = [a for a in saved.arms if a.name != "tat"] + [arm]
+    data["comparison"] = saved.to_dict()
+    data.setdefault("added", {})["tat"] = {"command": f"python examples/tat_evidence.py rai --merge {path}",
                                            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     return data
 
@@ -276,16 +327,17 @@ def fits(arm: ArmResult, lr: float, level: float = 0.9) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["demo", "bsnn", "conv", "gpn"])
+    ap.add_argument("experiment", choices=["demo", "bsnn", "arp", "rai", "conv", "gpn"])
     ap.add_argument("--quick", action="store_true", help="the small committed size")
     ap.add_argument("--json", type=Path, help="write the comparison here")
     ap.add_argument("--merge", type=Path, help="demo: the demo JSON to add the tat arm to (rewritten in place)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.experiment in ("demo", "bsnn"):
+    merges = {"demo": demo, "bsnn": bsnn_table, "arp": arp_table, "rai": rai_ladder}
+    if args.experiment in merges:
         if not args.merge:
             ap.error(f"{args.experiment} needs --merge with the saved JSON to add the tat arm to")
-        write_json(args.merge, (demo if args.experiment == "demo" else bsnn_table)(args.merge))
+        write_json(args.merge, merges[args.experiment](args.merge))
         return 0
     data = conv(args.quick) if args.experiment == "conv" else gpn_robustness(args.quick)
     comparison = Comparison.from_dict(data["comparison"])

@@ -275,7 +275,11 @@ def init_layer(module: nn.Module, seed: int, name: str) -> str:
     gain = max(math.sqrt(fan_out / fan_in), 1.0) / max(math.sqrt(fan_in / fan_out), 1.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-        scaled_uniform_orthogonal_(weight, gain=gain, delta=True)
+        # the dense draw for the (out, in) centre tap; dks's own delta branch indexes with a
+        # list, which torch deprecates, so the tap is placed here
+        centre = scaled_uniform_orthogonal_(weight.new_empty(fan_out, fan_in), gain=gain, delta=False)
+    weight.zero_()
+    weight[(slice(None), slice(None), *((k - 1) // 2 for k in weight.shape[2:]))] = centre
     if getattr(module, "bias", None) is not None:
         module.bias.zero_()
     mark_applied_module(module, "tat")
