@@ -53,6 +53,7 @@ RUNS = {
 QUICK_RUNS = {
     "tat_conv": "python examples/tat_evidence.py conv --quick --json docs/results/tat_conv.json",
     "tat_gpn_robustness": "python examples/tat_evidence.py gpn --quick --json docs/results/tat_gpn_robustness.json",
+    "tat_conv_kernel": "python examples/tat_evidence.py kernel --json docs/results/tat_conv_kernel.json",
 }
 KIND_LABEL = {"plain": "best plain rung (same architecture)", "architectural": "best architectural fix",
               "paper": "the paper's plain row"}  # fmt: skip
@@ -213,6 +214,16 @@ def tat_section() -> list[str]:
         comparison = Comparison.from_dict(data["comparison"])
         out += ["## tat: a deep vanilla CNN (no normalisation, no skips)", "", describe("tat_conv", data), "",
                 *comparison_section(comparison, "test_acc"), *fit_rates(comparison), ""]  # fmt: skip
+    data = load("tat_conv_kernel")
+    if data:
+        lines = [f"The tat-compiled CNN ({data['config']['depth'] + 2} layers) at init, per channel count: q, the "
+                 "mean square of an activation's input (DKS/TAT keep it at 1 in a wide net), every 10th layer on 64 "
+                 f"digits. Command: `{QUICK_RUNS['tat_conv_kernel']}`.", "",
+                 "| channels | q at layers 1, 11, 21, ... | min .. max |", "|---|---|---|"]  # fmt: skip
+        for width, row in data["rows"].items():
+            qs = " ".join(f"{q:.2f}" for q in row["q_every_10"])
+            lines.append(f"| {width} | {qs} | {row['q_min']:.2f} .. {row['q_max']:.2f} |")
+        out += [*lines, ""]
     data = load("tat_gpn_robustness")
     if data:
         comparison = Comparison.from_dict(data["comparison"])

@@ -5,6 +5,7 @@
     python examples/tat_evidence.py arp --merge docs/results/arp_rastrigin.json # and on Rastrigin
     python examples/tat_evidence.py rai --merge docs/results/rai_ladder.json   # and in rai's ladder
     python examples/tat_evidence.py conv --quick --json docs/results/tat_conv.json
+    python examples/tat_evidence.py kernel --json docs/results/tat_conv_kernel.json
     python examples/tat_evidence.py gpn --quick --json docs/results/tat_gpn_robustness.json
 
 - demo: the demo's loop, data, sweep and seeds (vgpcompile.tools.demo) for the ``tat`` arm only;
@@ -223,7 +224,7 @@ def conv_train(model: nn.Module, lr: float, seed: int, steps: int) -> dict[str, 
 
 
 def conv(quick: bool) -> dict:
-    depth, channels, steps = (50, 8, 120) if quick else (60, 16, 600)
+    depth, channels, steps = (50, 8, 120) if quick else (60, 32, 600)
     sweep = Sweep((1e-3, 1e-2, 1e-1), (0, 1) if quick else (0, 1, 2))
     plain = lambda arm: partial(deep_cnn, depth, channels, arm)  # noqa: E731
     compiled = lambda passes: lambda seed: quietly(vgpcompile, deep_cnn(depth, channels, Arm(ORTHOGONAL1), seed),  # noqa: E731
@@ -247,6 +248,26 @@ def conv(quick: bool) -> dict:
     return {"example": "tat_conv", "config": {"quick": quick, "depth": depth, "channels": channels, "steps": steps},
             "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
             "comparison": comparison.to_dict()}  # fmt: skip
+
+
+def conv_kernel(depth: int = 50, widths: tuple[int, ...] = (8, 16, 32, 64)) -> dict:
+    """The conv net compiled with tat at init, per channel count: q (mean square of each
+    activation's input) every 10th layer, on 64 digits. DKS/TAT's kernel maps are a wide-net
+    approximation; a narrow net drifts from them."""
+    from vgpcompile.passes.tat import TATActivation
+
+    x = digits(0)["x_train"][:64]
+    rows = {}
+    for width in widths:
+        model = quietly(vgpcompile, deep_cnn(depth, width, Arm(ORTHOGONAL1), 0), passes=["tat"])
+        qs: list[float] = []
+        for mod in model.modules():
+            if isinstance(mod, TATActivation):
+                mod.register_forward_hook(lambda m, inp, out, qs=qs: qs.append(float(inp[0].pow(2).mean())))
+        with torch.no_grad():
+            model(x)
+        rows[str(width)] = {"q_every_10": [round(q, 3) for q in qs[::10]], "q_min": min(qs), "q_max": max(qs)}
+    return {"example": "tat_conv_kernel", "config": {"depth": depth, "widths": list(widths)}, "rows": rows}
 
 
 # ---- gpn: robustness of the demo's headline -------------------------------------------------------
@@ -327,7 +348,7 @@ def fits(arm: ArmResult, lr: float, level: float = 0.9) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["demo", "bsnn", "arp", "rai", "conv", "gpn"])
+    ap.add_argument("experiment", choices=["demo", "bsnn", "arp", "rai", "conv", "kernel", "gpn"])
     ap.add_argument("--quick", action="store_true", help="the small committed size")
     ap.add_argument("--json", type=Path, help="write the comparison here")
     ap.add_argument("--merge", type=Path, help="demo: the demo JSON to add the tat arm to (rewritten in place)")
@@ -338,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.merge:
             ap.error(f"{args.experiment} needs --merge with the saved JSON to add the tat arm to")
         write_json(args.merge, merges[args.experiment](args.merge))
+        return 0
+    if args.experiment == "kernel":
+        data = conv_kernel()
+        print(json.dumps(data["rows"], indent=1))
+        if args.json:
+            write_json(args.json, data)
         return 0
     data = conv(args.quick) if args.experiment == "conv" else gpn_robustness(args.quick)
     comparison = Comparison.from_dict(data["comparison"])
