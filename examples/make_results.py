@@ -48,6 +48,13 @@ RUNS = {
     "rai_ladder": "python examples/rai_moons.py ladder --seeds 0,1,2 --log docs/results/rai_moons.jsonl "
     "--json docs/results/rai_ladder.json",
 }
+# Quick-size runs (fewer seeds than RUNS' three where the CPU budget said so; the full size is the
+# `experiment` test's): the tat pass's evidence (examples/tat_evidence.py)
+QUICK_RUNS = {
+    "tat_conv": "python examples/tat_evidence.py conv --quick --json docs/results/tat_conv.json",
+    "tat_gpn_robustness": "python examples/tat_evidence.py gpn --quick --json docs/results/tat_gpn_robustness.json",
+    "tat_conv_kernel": "python examples/tat_evidence.py kernel --json docs/results/tat_conv_kernel.json",
+}
 KIND_LABEL = {"plain": "best plain rung (same architecture)", "architectural": "best architectural fix",
               "paper": "the paper's plain row"}  # fmt: skip
 
@@ -100,6 +107,11 @@ def headline() -> str:
     if data:
         for act, comp in data["comparisons"].items():
             lines.append(headline_row(f"bsnn, digits, {act} (test acc. %)", Comparison.from_dict(comp), "test_acc", 1))
+    data = load("tat_conv")
+    if data:
+        cfg = data["config"]
+        label = f"tat, deep vanilla CNN ({cfg['depth'] + 2} layers), digits (test accuracy)"
+        lines.append(headline_row(label, Comparison.from_dict(data["comparison"]), "test_acc", 3))
     return "\n".join(lines)
 
 
@@ -108,7 +120,11 @@ def describe(name: str, data: dict) -> str:
     threads = data.get("threads", cfg.get("threads"))
     seconds = data.get("seconds")
     when = f"; wall time {seconds / 60:.0f} min" if seconds else ""
-    return f"Command: `{RUNS[name]}` (threads: {threads or 'torch default'}{when}; JSON: `docs/results/{name}.json`)."
+    command = RUNS.get(name) or QUICK_RUNS[name]
+    added = "".join(f" The `{arm}` arm was added by `{a['command']}` (the same loop, sweep and seeds)."
+                    for arm, a in data.get("added", {}).items())  # fmt: skip
+    return (f"Command: `{command}` (threads: {threads or 'torch default'}{when}; JSON: "
+            f"`docs/results/{name}.json`).{added}")
 
 
 def gradient_section(data: dict) -> list[str]:
@@ -155,6 +171,7 @@ def page() -> str:
         for act, rows in data["tables"].items():
             out += [f"### {act}, every init", "", *gradient_section({"gradients": rows})]
     out += rai_section()
+    out += tat_section()
     data = load("bsnn_table")
     if data:
         out += ["## bsnn: the BSNN paper's table on digits", "", describe("bsnn_table", data), ""]
@@ -164,6 +181,56 @@ def page() -> str:
             out += [f"### {act}", "", *comparison_section(Comparison.from_dict(comp), "test_acc"), paper_line, ""]
         out += ["![test accuracy per arm and activation](results/bsnn_table.png)", ""]
     return "\n".join(out)
+
+
+def fit_rates(comparison: Comparison, level: float = 0.9) -> list[str]:
+    """Per arm: the rates at which every seed ends above ``level`` test accuracy, and diverged runs."""
+    lines = [f"| arm | rates where every seed reaches test accuracy > {level} | diverged runs (of "
+             f"{len(comparison.sweep.lrs) * len(comparison.sweep.seeds)}) |", "|---|---|---|"]  # fmt: skip
+    for arm in comparison.arms:
+        ok = [f"{lr:g}" for lr in comparison.sweep.lrs
+              if all(math.isfinite(v) and v > level for v in arm.values("test_acc", lr))]  # fmt: skip
+        bad = sum(not math.isfinite(v) for lr in comparison.sweep.lrs for v in arm.values("test_acc", lr))
+        lines.append(f"| {arm.name} | {', '.join(ok) or 'none'} | {bad} |")
+    return lines
+
+
+def divergence_lines(data: dict) -> list[str]:
+    """Where each run of the robustness experiment diverged, and the largest spectral norm of a
+    hidden weight at its last finite step: what the cause analysis reads."""
+    lines = ["| arm | lr | diverged at step (per seed) | largest hidden ‖W‖₂ (per seed) |", "|---|---|---|---|"]
+    for arm in data["comparison"]["arms"]:
+        for lr, runs in arm["runs"].items():
+            steps = " ".join("—" if r.get("diverged_at") is None else str(r["diverged_at"]) for r in runs)
+            sigma = " ".join(f"{r['max_sigma']:.2f}" for r in runs)
+            lines.append(f"| {arm['name']} | {float(lr):g} | {steps} | {sigma} |")
+    return lines
+
+
+def tat_section() -> list[str]:
+    out = []
+    data = load("tat_conv")
+    if data:
+        comparison = Comparison.from_dict(data["comparison"])
+        out += ["## tat: a deep vanilla CNN (no normalisation, no skips)", "", describe("tat_conv", data), "",
+                *comparison_section(comparison, "test_acc"), *fit_rates(comparison), ""]  # fmt: skip
+    data = load("tat_conv_kernel")
+    if data:
+        lines = [f"The tat-compiled CNN ({data['config']['depth'] + 2} layers) at init, per channel count: q, the "
+                 "mean square of an activation's input (DKS/TAT keep it at 1 in a wide net), every 10th layer on 64 "
+                 f"digits. Command: `{QUICK_RUNS['tat_conv_kernel']}`.", "",
+                 "| channels | q at layers 1, 11, 21, ... | min .. max |", "|---|---|---|"]  # fmt: skip
+        for width, row in data["rows"].items():
+            qs = " ".join(f"{q:.2f}" for q in row["q_every_10"])
+            lines.append(f"| {width} | {qs} | {row['q_min']:.2f} .. {row['q_max']:.2f} |")
+        out += [*lines, ""]
+    data = load("tat_gpn_robustness")
+    if data:
+        comparison = Comparison.from_dict(data["comparison"])
+        out += ["## Robustness of the demo's headline: gpn on a variation of the demo", "",
+                describe("tat_gpn_robustness", data), "", *comparison_section(comparison, "test_acc"),
+                *fit_rates(comparison), "", *divergence_lines(data), ""]  # fmt: skip
+    return out
 
 
 @functools.cache

@@ -1,5 +1,6 @@
 """The command line: subcommands, messages and exit codes, through a real subprocess."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -100,7 +101,8 @@ def test_demo_small_run_shows_the_ladder_next_to_chance(capsys, tmp_path):
     assert "max/min over hidden layers" in out and "| orthogonal1 |" in out  # like-with-like gradient row
     kinds = (" | plain | ", " | architectural | ", " | compiled | ")
     rows = [line.split(" | ")[0].strip("| ") for line in out.splitlines() if any(k in line for k in kinds)]
-    assert rows == ["kaiming", "orthogonal", "orthogonal1", "kaiming+layernorm+residual", "gpn"]
+    tat = ["tat"] if importlib.util.find_spec("dks") else []  # the tat arm needs the extra
+    assert rows == ["kaiming", "orthogonal", "orthogonal1", "kaiming+layernorm+residual", "gpn", *tat]
     assert "chance accuracy 0.5" in out and "the best plain init of the same architecture" in out
     saved = json.loads((tmp_path / "d.json").read_text())
     assert saved["comparison"]["reference"]["chance accuracy"] == 0.5 and len(saved["gradients"]) == 7

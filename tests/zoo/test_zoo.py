@@ -21,29 +21,30 @@ from vgpcompile import freeze, load, save, vgpcompile
 pytestmark = pytest.mark.zoo
 
 # One line per pass list.
-PASSES: tuple[tuple[str, ...], ...] = ((), ("gpn",), ("orthogonal",), ("bsnn",), ("arp",), ("roaf",))
+PASSES: tuple[tuple[str, ...], ...] = ((), ("gpn",), ("orthogonal",), ("bsnn",), ("arp",), ("roaf",), ("tat",))
 
 # model -> activation sites found, and per pass (changed, of which in eager code); orthogonal
 # counts layers. arp leaves Conv -> BatchNorm -> activation (resnet, functional_bn) and eager
 # code alone, each with its reason, and rotates GPT-2's Conv1D under its written-out GELU; roaf finds one
-# shape-preserving block in these models (BERT's pooler, dense 32 -> 32 + tanh). Checked by
+# shape-preserving block in these models (BERT's pooler, dense 32 -> 32 + tanh); tat refuses every
+# one of these models (normalisation layers, attention, eager parts), each site with its reason. Checked by
 # hand once: e.g. t5 has a ReLU per feed-forward (4) and 32
 # Linear layers, the 24 of its attention modules (which fx cannot trace) in eager code.
 EXPECTED: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
-    "bert": (3, {"gpn": (3, 0), "orthogonal": (13, 6), "arp": (3, 0), "roaf": (1, 0)}),
-    "distilbert": (2, {"gpn": (2, 0), "orthogonal": (12, 8), "arp": (2, 0), "roaf": (0, 0)}),
+    "bert": (3, {"gpn": (3, 0), "orthogonal": (13, 6), "arp": (3, 0), "roaf": (1, 0), "tat": (0, 0)}),
+    "distilbert": (2, {"gpn": (2, 0), "orthogonal": (12, 8), "arp": (2, 0), "roaf": (0, 0), "tat": (0, 0)}),
     # GELU written out; Conv1D layers; lm_head tied to the token embedding
-    "gpt2": (2, {"gpn": (2, 0), "orthogonal": (8, 4), "arp": (2, 0), "roaf": (0, 0)}),
-    "t5": (4, {"gpn": (4, 0), "orthogonal": (32, 24), "arp": (4, 0), "roaf": (0, 0)}),
-    "mamba": (2, {"gpn": (2, 0), "orthogonal": (10, 10), "arp": (0, 0), "roaf": (0, 0)}),
-    "rwkv": (6, {"gpn": (6, 6), "orthogonal": (14, 14), "arp": (0, 0), "roaf": (0, 0)}),
-    "resnet": (5, {"gpn": (5, 0), "orthogonal": (7, 0), "arp": (0, 0), "roaf": (0, 0)}),
+    "gpt2": (2, {"gpn": (2, 0), "orthogonal": (8, 4), "arp": (2, 0), "roaf": (0, 0), "tat": (0, 0)}),
+    "t5": (4, {"gpn": (4, 0), "orthogonal": (32, 24), "arp": (4, 0), "roaf": (0, 0), "tat": (0, 0)}),
+    "mamba": (2, {"gpn": (2, 0), "orthogonal": (10, 10), "arp": (0, 0), "roaf": (0, 0), "tat": (0, 0)}),
+    "rwkv": (6, {"gpn": (6, 6), "orthogonal": (14, 14), "arp": (0, 0), "roaf": (0, 0), "tat": (0, 0)}),
+    "resnet": (5, {"gpn": (5, 0), "orthogonal": (7, 0), "arp": (0, 0), "roaf": (0, 0), "tat": (0, 0)}),
     # 2 hardswish formulas among the sites
-    "mobilenetv3": (10, {"gpn": (10, 0), "orthogonal": (13, 0), "arp": (5, 0), "roaf": (0, 0)}),
-    "stochastic_depth": (2, {"gpn": (2, 0), "orthogonal": (8, 0), "arp": (2, 0), "roaf": (0, 0)}),
-    "functional_bn": (2, {"gpn": (2, 0), "orthogonal": (3, 0), "arp": (0, 0), "roaf": (0, 0)}),
-    "torch_transformer": (2, {"gpn": (2, 0), "orthogonal": (6, 2), "arp": (2, 0), "roaf": (0, 0)}),
-    "rwkv_style": (6, {"gpn": (6, 6), "orthogonal": (15, 15), "arp": (0, 0), "roaf": (0, 0)}),
+    "mobilenetv3": (10, {"gpn": (10, 0), "orthogonal": (13, 0), "arp": (5, 0), "roaf": (0, 0), "tat": (0, 0)}),
+    "stochastic_depth": (2, {"gpn": (2, 0), "orthogonal": (8, 0), "arp": (2, 0), "roaf": (0, 0), "tat": (0, 0)}),
+    "functional_bn": (2, {"gpn": (2, 0), "orthogonal": (3, 0), "arp": (0, 0), "roaf": (0, 0), "tat": (0, 0)}),
+    "torch_transformer": (2, {"gpn": (2, 0), "orthogonal": (6, 2), "arp": (2, 0), "roaf": (0, 0), "tat": (0, 0)}),
+    "rwkv_style": (6, {"gpn": (6, 6), "orthogonal": (15, 15), "arp": (0, 0), "roaf": (0, 0), "tat": (0, 0)}),
 }
 
 # (model, pass) whose report claims a change that does not run on the example inputs

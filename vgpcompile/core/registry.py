@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "orthogonal": "vgpcompile.passes.orthogonal:Orthogonal",
     "roaf": "vgpcompile.passes.roaf:ROAF",
     "rai": "vgpcompile.passes.rai:RAI",
+    "tat": "vgpcompile.passes.tat:TAT",
 }
 # Named combinations, expanded in place.
 PRESETS: dict[str, tuple[str, ...]] = {

@@ -17,6 +17,7 @@ from ..passes.gpn import GPNActivation
 from ..passes.orthogonal import RowNorm, ThinShell, retract, retract_after
 from ..passes.rai import RAICut
 from ..passes.roaf import ROAFRNN, ROAFFilter, ROAFMatrix
+from ..passes.tat import TATActivation
 
 __all__ = [
     "AutoRotConv1d",
@@ -35,6 +36,7 @@ __all__ = [
     "ROAFRNN",
     "RAICut",
     "RowNorm",
+    "TATActivation",
     "ThinShell",
     "retract",
     "retract_after",

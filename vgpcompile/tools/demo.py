@@ -1,4 +1,4 @@
-"""``vgpcompile demo``: a deep MLP compiled with ``gpn``, against the plain baseline ladder.
+"""``vgpcompile demo``: a deep MLP compiled with ``gpn`` (and ``tat``), against the plain baseline ladder.
 
 The regime was found by measurement (docs/results.md): a 52-layer GELU MLP trained with SGD
 and momentum. GELU shrinks the signal at every layer under every standard initialisation
@@ -46,6 +46,9 @@ class DemoConfig:
     seeds: int = 1
     full: bool = False  # the whole ladder (every init and every architectural fix), not the short one
     passes: tuple[str, ...] = ("gpn",)
+    # other compiled arms, each a pass list compiled from PyTorch's default init (tat sets its own init);
+    # an arm whose extra is not installed is left out with a line saying which
+    rivals: tuple[str, ...] = ("tat",)
     plot: str | None = None  # write the step-0 before/after plot (diagnose's gradients figure) here
 
     @property
@@ -125,7 +128,26 @@ def arms(cfg: DemoConfig) -> dict[str, tuple[str, Callable[[int], nn.Module]]]:
         kind = "architectural" if arm.norm or arm.residual else "plain"
         out[arm.name] = (kind, partial(plain_mlp, cfg.activation, cfg.depth, cfg.width, 2, 2, arm))
     out["+".join(cfg.passes)] = ("compiled", partial(compiled, cfg=cfg))
+    for rival in available(cfg.rivals):
+        out[rival] = ("compiled", partial(compiled_rival, cfg=cfg, passes=rival))
     return {name: (kind, _seeded(build)) for name, (kind, build) in out.items()}
+
+
+def available(rivals: Sequence[str]) -> list[str]:
+    """The rival arms whose extras are installed (tat needs the dks package)."""
+    import importlib.util
+
+    return [r for r in rivals if r != "tat" or importlib.util.find_spec("dks") is not None]
+
+
+def compiled_rival(seed: int, cfg: DemoConfig, passes: str) -> nn.Module:
+    """A rival compiled arm: the plain architecture (PyTorch's default init) compiled with ``passes``."""
+    from ..api import vgpcompile
+
+    net = plain_mlp(cfg.activation, cfg.depth, cfg.width, 2, 2, Arm("default"), seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VgpWarning)
+        return vgpcompile(net, passes=passes)
 
 
 def _seeded(build):
@@ -213,6 +235,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out=print) -> DemoResult:
     opt = "SGD momentum 0.9" if cfg.optimizer == "sgd" else "Adam"
     budget = f"{opt}, batch {cfg.batch}, {cfg.steps} steps"
     out(f"\ntraining every arm: {budget}, lrs {list(sweep.lrs)}, seeds {list(sweep.seeds)}")
+    for rival in sorted(set(cfg.rivals) - set(available(cfg.rivals))):
+        out(f"  ({rival} arm left out: pip install 'vgpcompile[{rival}]')")
     results = run_arms(arms(cfg), lambda m, lr, seed: train(m, lr, seed, cfg), sweep, progress=out)
     comparison = Comparison(
         f"demo: {cfg.depth + 2}-layer {cfg.activation} MLP, width {cfg.width}, two moons", budget, sweep, results,

@@ -58,26 +58,38 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), GPNActivation):
             continue
         gpn = gm.get_submodule(node.target)
-        a, b = gpn.a.item(), gpn.b.item()
-        found = _consuming_layer(node, gm, calls, a) if calls[node.target] == 1 and a != 0 else None
         plain = catalogue.plain_call(gpn.activation.name, gpn.params)
-        if found is None or plain is None:
+        if plain is None:
             continue
-        last, layer_node = found
-        layer = gm.get_submodule(layer_node.target)
-        shift_input = b != 0 and _pads_with_zeros(layer)
-        rewriter.swap_module(gm, layer_node.target, absorb(layer, a, 0.0 if shift_input else b))
         target, kwargs = plain
-        phi = rewriter.replace_node(node, "call_function", target, node.args, kwargs, meta_keys=tuple(node.meta))
-        if shift_input:  # after the pools and reshapes, where the tensor is smallest
-            last = phi if last is node else last
-            shifted = rewriter.insert_after(last, "call_function", operator.add, (last, b / a))
-            shifted.meta.update({k: v for k, v in layer_node.meta.items() if k == "nn_module_stack"})
-            rewriter.replace_input(layer_node, last, shifted)
-        folded += 1
+        replace = lambda n=node, t=target, k=kwargs: rewriter.replace_node(  # noqa: E731
+            n, "call_function", t, n.args, k, meta_keys=tuple(n.meta))
+        folded += fold_into_consumer(node, gm, calls, gpn.a.item(), gpn.b.item(), replace)
     if folded:
         gm.delete_all_unused_submodules()
     return folded
+
+
+def fold_into_consumer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int], a: float, b: float, replace) -> bool:
+    """Fold ``y -> a * y + b`` at ``node`` (a module called once) into the one Linear/Conv
+    its value reaches through shift-equivariant ops; ``replace()`` puts the node's plain
+    form (without a, b) in its place and returns it. False (nothing changed) when no such
+    layer exists. Used by gpn and by tat (its output scale and shift)."""
+    found = _consuming_layer(node, gm, calls, a) if calls[node.target] == 1 and a != 0 else None
+    if found is None:
+        return False
+    last, layer_node = found
+    layer = gm.get_submodule(layer_node.target)
+    shift_input = b != 0 and _pads_with_zeros(layer)
+    rewriter = active()
+    rewriter.swap_module(gm, layer_node.target, absorb(layer, a, 0.0 if shift_input else b))
+    phi = replace()
+    if shift_input:  # after the pools and reshapes, where the tensor is smallest
+        last = phi if last is node else last
+        shifted = rewriter.insert_after(last, "call_function", operator.add, (last, b / a))
+        shifted.meta.update({k: v for k, v in layer_node.meta.items() if k == "nn_module_stack"})
+        rewriter.replace_input(layer_node, last, shifted)
+    return True
 
 
 def _consuming_layer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int], a: float):

@@ -1,0 +1,378 @@
+"""Evidence for the ``tat`` pass (issue 22), three experiments, each written as a Comparison JSON:
+
+    python examples/tat_evidence.py demo --merge docs/results/demo_sgd.json   # tat as one more demo arm
+    python examples/tat_evidence.py bsnn --merge docs/results/bsnn_table.json # and in the bsnn table
+    python examples/tat_evidence.py arp --merge docs/results/arp_rastrigin.json # and on Rastrigin
+    python examples/tat_evidence.py rai --merge docs/results/rai_ladder.json   # and in rai's ladder
+    python examples/tat_evidence.py conv --quick --json docs/results/tat_conv.json
+    python examples/tat_evidence.py kernel --json docs/results/tat_conv_kernel.json
+    python examples/tat_evidence.py gpn --quick --json docs/results/tat_gpn_robustness.json
+
+- demo: the demo's loop, data, sweep and seeds (vgpcompile.tools.demo) for the ``tat`` arm only;
+  the arm is added to the demo's saved comparison (the other arms are not rerun).
+- conv: where DKS/TAT are strongest, a deep vanilla convolutional net (no normalisation, no
+  skips; 3x3 convs, leaky ReLU, global average pooling, a Linear readout) on sklearn's digits
+  (8x8, standardised), against tat, bsnn (gpn + orthogonal), the plain ladder (Kaiming,
+  orthogonal with the activation's gain), BatchNorm, a residual connection, and BatchNorm +
+  residual (ResNet-style), all at equal steps, SGD with momentum 0.9.
+- gpn: the demo's net on the issue's variation (1 000 training points, SGD momentum 0.9,
+  batch 64, 300 steps, lr 1e-3/1e-2/1e-1, seeds 0-2): gpn as the demo compiles it, gpn from
+  orthogonal gain-1 weights without the demo's input-layer scaling, bsnn (gpn with weights kept
+  orthogonal), gpn with gradient clipping, tat, and the plain reference arms; each run records
+  the step it diverged at and the largest spectral norm of a hidden weight at its last finite
+  step, which is what the cause analysis reads.
+
+``--quick`` keeps the CPU small (the committed JSONs); without it the runs are the full size
+(the ``experiment`` marker's test runs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vgpcompile import vgpcompile
+from vgpcompile.core.report import VgpWarning
+from vgpcompile.tools.baselines import (
+    ORTHOGONAL1,
+    Arm,
+    ArmResult,
+    Comparison,
+    Residual,
+    Sweep,
+    gain,
+    plain_mlp,
+    run_arms,
+    write_json,
+)
+from vgpcompile.tools.demo import DemoConfig, compiled_rival, moons
+from vgpcompile.tools.demo import train as demo_train
+
+
+def quietly(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VgpWarning)
+        return fn(*args, **kwargs)
+
+
+# ---- demo: one more arm -------------------------------------------------------------------------
+
+
+def demo(path: Path, rival: str = "tat") -> dict:
+    data = json.loads(path.read_text())
+    saved = Comparison.from_dict(data["comparison"])
+    cfg_in = data["config"]
+    cfg = DemoConfig(cfg_in["activation"], cfg_in["depth"], cfg_in["width"], cfg_in["steps"],
+                     optimizer=cfg_in["optimizer"], lrs=tuple(saved.sweep.lrs),
+                     seeds=len(saved.sweep.seeds))  # fmt: skip
+    start = time.perf_counter()
+    (arm,) = run_arms({rival: ("compiled", lambda seed: quietly(compiled_rival, seed, cfg, rival))},
+                      lambda m, lr, seed: demo_train(m, lr, seed, cfg), saved.sweep, progress=print)  # fmt: skip
+    saved.arms = [a for a in saved.arms if a.name != rival] + [arm]
+    data["comparison"] = saved.to_dict()
+    data.setdefault("added", {})[rival] = {"command": f"python examples/tat_evidence.py demo --merge {path}",
+                                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return data
+
+
+def bsnn_table(path: Path) -> dict:
+    """The tat arm for each activation of examples/bsnn_table.py's saved comparisons, with its
+    loop, data, sweep and seeds (TAT refuses ReLU: that row's arm uses method DKS)."""
+    import bsnn_table as bt
+
+    data = json.loads(path.read_text())
+    cfg = data["config"]
+    start = time.perf_counter()
+    for act, raw in data["comparisons"].items():
+        saved = Comparison.from_dict(raw)
+        splits = {seed: bt.digits(seed) for seed in saved.sweep.seeds}
+        method = "DKS" if act == "relu" else "TAT"
+        name = "tat" if method == "TAT" else "tat (method DKS: TAT refuses ReLU)"
+        build = lambda seed, act=act, method=method: quietly(  # noqa: E731
+            vgpcompile, bt.paper_mlp(act, cfg["width"], cfg["depth"], seed), passes=[f"tat{{method={method}}}"])
+        loop = lambda m, lr, seed, splits=splits: bt.train(m, lr, seed, splits[seed], cfg["epochs"], "cpu")  # noqa: E731
+        print(f"{act}:", flush=True)
+        (arm,) = run_arms({name: ("compiled", build)}, loop, saved.sweep, progress=print)
+        saved.arms = [a for a in saved.arms if not a.name.startswith("tat")] + [arm]
+        data["comparisons"][act] = saved.to_dict()
+    data.setdefault("added", {})["tat"] = {"command": f"python examples/tat_evidence.py bsnn --merge {path}",
+                                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return data
+
+
+def arp_table(path: Path) -> dict:
+    """The tat arm in examples/arp_rastrigin.py's saved comparison (its 3-layer sigmoid MLP, loop,
+    data, sweep and seeds)."""
+    import arp_rastrigin as ar
+
+    data = json.loads(path.read_text())
+    saved = Comparison.from_dict(data["comparison"])
+    splits = {seed: ar.split(seed) for seed in saved.sweep.seeds}
+    start = time.perf_counter()
+    (arm,) = run_arms({"tat": ("compiled", lambda seed: quietly(vgpcompile, ar.build_classic(seed), passes=["tat"]))},
+                      lambda m, lr, seed: ar.train(m, lr, seed, splits[seed], data["config"]["epochs"]),
+                      saved.sweep, progress=print)  # fmt: skip
+    saved.arms = [a for a in saved.arms if a.name != "tat"] + [arm]
+    data["comparison"] = saved.to_dict()
+    data.setdefault("added", {})["tat"] = {"command": f"python examples/tat_evidence.py arp --merge {path}",
+                                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return data
+
+
+def rai_ladder(path: Path) -> dict:
+    """The tat arm in examples/rai_moons.py's ladder comparison (the 101-layer sigmoid net,
+    full-batch Adam, its data, sweep and seeds)."""
+    import rai_moons as rm
+
+    from vgpcompile import rai
+
+    data = json.loads(path.read_text())
+    saved = Comparison.from_dict(data["comparison"])
+    cfg = data["config"]
+    x, y = rm.moons(100, 42)
+    xv, yv = rm.moons(200, rm.VAL_SEED)
+    xt, yt = rm.moons(1000, rm.TEST_SEED)
+
+    def train(net: nn.Module, lr: float, seed: int) -> dict:
+        rm.train_plain(net, x, y, xt, yt, epochs=cfg["steps"], batch=len(x), optimizer="adam", lr=lr, seed=seed)
+        val = rai.evaluate(net, xv, yv)
+        return {"val_loss": val[0], "val_acc": val[1], **rm._chained(net, x, y, xt, yt)}
+
+    build = lambda seed: quietly(vgpcompile, plain_mlp("sigmoid", cfg["depth"] - 1, cfg["width"], 2, 1,  # noqa: E731
+                                                         Arm("default"), seed=seed), passes=["tat"])  # fmt: skip
+    start = time.perf_counter()
+    (arm,) = run_arms({"tat": ("compiled", build)}, train, saved.sweep, progress=print)
+    saved.arms = [a for a in saved.arms if a.name != "tat"] + [arm]
+    data["comparison"] = saved.to_dict()
+    data.setdefault("added", {})["tat"] = {"command": f"python examples/tat_evidence.py rai --merge {path}",
+                                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return data
+
+
+# ---- conv: a deep vanilla CNN -------------------------------------------------------------------
+
+
+def digits(seed: int) -> dict[str, torch.Tensor]:
+    """sklearn's 8x8 digits, standardised over all pixels (q = 1 per location, as DKS assumes),
+    split 1 197 / 300 / 300 by a seeded permutation."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None]
+    x = (x - x.mean()) / x.std()
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1000 + seed))
+    x, y = x[perm], y[perm]
+    return {"x_train": x[:1197], "y_train": y[:1197], "x_val": x[1197:1497], "y_val": y[1197:1497],
+            "x_test": x[1497:], "y_test": y[1497:]}  # fmt: skip
+
+
+def deep_cnn(depth: int, channels: int, arm: Arm, seed: int, act: str = "leaky_relu") -> nn.Sequential:
+    """Conv(1, C) + act, ``depth`` blocks Conv(C, C, 3x3) [+ BatchNorm] + act [as x + block],
+    global average pooling, Linear(C, 10): ``depth + 2`` weight layers."""
+    torch.manual_seed(seed)
+    act_cls = nn.LeakyReLU if act == "leaky_relu" else nn.Tanh
+    layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1), act_cls()]
+    for _ in range(depth):
+        block: list[nn.Module] = [nn.Conv2d(channels, channels, 3, padding=1)]
+        if arm.norm == "batch":
+            block.append(nn.BatchNorm2d(channels))
+        block.append(act_cls())
+        layers.append(Residual(nn.Sequential(*block)) if arm.residual else nn.Sequential(*block))
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if arm.init == "kaiming":
+                    nn.init.kaiming_normal_(m.weight, a=0.01, nonlinearity="leaky_relu")
+                elif arm.init == "orthogonal":
+                    nn.init.orthogonal_(m.weight, gain=gain(act))
+                elif arm.init == ORTHOGONAL1:
+                    nn.init.orthogonal_(m.weight)
+                m.bias.zero_()
+    return net
+
+
+def conv_train(model: nn.Module, lr: float, seed: int, steps: int) -> dict[str, float]:
+    d = digits(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(d["x_train"]), (64,), generator=g)
+        loss = nn.functional.cross_entropy(model(d["x_train"][idx]), d["y_train"][idx])
+        if not torch.isfinite(loss):
+            return {"val_loss": math.nan, "test_acc": math.nan, "train_loss": math.nan}
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = {f"{s}_loss": nn.functional.cross_entropy(model(d[f"x_{s}"]), d[f"y_{s}"]).item()
+               for s in ("val", "train")}  # fmt: skip
+        out["test_acc"] = (model(d["x_test"]).argmax(1) == d["y_test"]).float().mean().item()
+    return out
+
+
+def conv(quick: bool) -> dict:
+    depth, channels, steps = (50, 8, 120) if quick else (60, 32, 600)
+    sweep = Sweep((1e-3, 1e-2, 1e-1), (0, 1) if quick else (0, 1, 2))
+    plain = lambda arm: partial(deep_cnn, depth, channels, arm)  # noqa: E731
+    compiled = lambda passes: lambda seed: quietly(vgpcompile, deep_cnn(depth, channels, Arm(ORTHOGONAL1), seed),  # noqa: E731
+                                                   passes=passes)  # fmt: skip
+    builders = {
+        "kaiming": ("plain", lambda seed: plain(Arm("kaiming"))(seed)),
+        "orthogonal": ("plain", lambda seed: plain(Arm("orthogonal"))(seed)),
+        "kaiming+batchnorm": ("architectural", lambda seed: plain(Arm("kaiming", norm="batch"))(seed)),
+        "kaiming+residual": ("architectural", lambda seed: plain(Arm("kaiming", residual=True))(seed)),
+        "kaiming+batchnorm+residual": ("architectural",
+                                       lambda seed: plain(Arm("kaiming", norm="batch", residual=True))(seed)),
+        "bsnn": ("compiled", compiled(["gpn", "orthogonal"])),
+        "tat": ("compiled", compiled(["tat"])),
+    }  # fmt: skip
+    start = time.perf_counter()
+    arms = run_arms(builders, lambda m, lr, seed: conv_train(m, lr, seed, steps), sweep, progress=print)
+    title = f"deep vanilla CNN: {depth + 2} weight layers, {channels} channels, leaky ReLU, digits 8x8"
+    comparison = Comparison(title, f"SGD momentum 0.9, batch 64, {steps} steps", sweep, arms,
+                            {"chance accuracy": 0.1}, ("test_acc", "val_loss", "train_loss"), {"test_acc": True},
+                            digits=3)  # fmt: skip
+    return {"example": "tat_conv", "config": {"quick": quick, "depth": depth, "channels": channels, "steps": steps},
+            "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
+            "comparison": comparison.to_dict()}  # fmt: skip
+
+
+def conv_kernel(depth: int = 50, widths: tuple[int, ...] = (8, 16, 32, 64)) -> dict:
+    """The conv net compiled with tat at init, per channel count: q (mean square of each
+    activation's input) every 10th layer, on 64 digits. DKS/TAT's kernel maps are a wide-net
+    approximation; a narrow net drifts from them."""
+    from vgpcompile.passes.tat import TATActivation
+
+    x = digits(0)["x_train"][:64]
+    rows = {}
+    for width in widths:
+        model = quietly(vgpcompile, deep_cnn(depth, width, Arm(ORTHOGONAL1), 0), passes=["tat"])
+        qs: list[float] = []
+        for mod in model.modules():
+            if isinstance(mod, TATActivation):
+                mod.register_forward_hook(lambda m, inp, out, qs=qs: qs.append(float(inp[0].pow(2).mean())))
+        with torch.no_grad():
+            model(x)
+        rows[str(width)] = {"q_every_10": [round(q, 3) for q in qs[::10]], "q_min": min(qs), "q_max": max(qs)}
+    return {"example": "tat_conv_kernel", "config": {"depth": depth, "widths": list(widths)}, "rows": rows}
+
+
+# ---- gpn: robustness of the demo's headline -------------------------------------------------------
+
+
+def gpn_net(seed: int, passes: list[str], scaled_input: bool = True) -> nn.Module:
+    net = plain_mlp("gelu", 50, 64, 2, 2, Arm(ORTHOGONAL1), seed=seed)
+    if not scaled_input:  # orthogonal gain-1 everywhere, as a user would write it
+        with torch.no_grad():
+            net[0].weight.div_(math.sqrt(64 / 2))
+    return quietly(vgpcompile, net, passes=passes)
+
+
+def moons_train(model: nn.Module, lr: float, seed: int, steps: int, n_train: int, clip: float | None) -> dict:
+    """The demo's loop on n_train points; records where a run diverged and the largest
+    spectral norm of a hidden weight at its last finite step."""
+    x, y = moons(n_train + 1024, 100 + seed)
+    d = {"x_train": x[:n_train], "y_train": y[:n_train], "x_val": x[n_train:n_train + 512],
+         "y_val": y[n_train:n_train + 512], "x_test": x[n_train + 512:], "y_test": y[n_train + 512:]}  # fmt: skip
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    diverged = None
+    for step in range(steps):
+        idx = torch.randint(0, n_train, (64,), generator=g)
+        loss = nn.functional.cross_entropy(model(d["x_train"][idx]), d["y_train"][idx])
+        if not torch.isfinite(loss):
+            diverged = step
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+    hidden = [m.weight for m in model.modules() if isinstance(m, nn.Linear) and m.weight.shape == (64, 64)]
+    with torch.no_grad():
+        sigma = max(float(torch.linalg.matrix_norm(w.detach(), 2)) for w in hidden)
+    if diverged is not None:
+        return {"val_loss": math.nan, "test_acc": math.nan, "diverged_at": diverged, "max_sigma": sigma}
+    model.eval()
+    with torch.no_grad():
+        out = {"val_loss": nn.functional.cross_entropy(model(d["x_val"]), d["y_val"]).item(),
+               "test_acc": (model(d["x_test"]).argmax(1) == d["y_test"]).float().mean().item()}  # fmt: skip
+    return {**out, "diverged_at": None, "max_sigma": sigma}
+
+
+def gpn_robustness(quick: bool) -> dict:
+    sweep = Sweep((1e-3, 1e-2, 1e-1), (0, 1, 2))
+    steps, n_train = 300, 1000
+    plain = lambda arm: lambda seed: plain_mlp("gelu", 50, 64, 2, 2, arm, seed=seed)  # noqa: E731
+    builders = {
+        "kaiming": ("plain", plain(Arm("kaiming"))),
+        "kaiming+layernorm+residual": ("architectural", plain(Arm("kaiming", norm="layer", residual=True))),
+        "gpn (demo: orthogonal1, input layer scaled)": ("compiled", partial(gpn_net, passes=["gpn"])),
+        "gpn (orthogonal gain 1, input not scaled)": ("compiled", partial(gpn_net, passes=["gpn"],
+                                                                          scaled_input=False)),
+        "bsnn (gpn + weights kept orthogonal)": ("compiled", partial(gpn_net, passes=["gpn", "orthogonal"])),
+        "tat": ("compiled", lambda seed: quietly(vgpcompile, plain_mlp("gelu", 50, 64, 2, 2, Arm("default"),
+                                                                       seed=seed), passes=["tat"])),
+    }  # fmt: skip
+    start = time.perf_counter()
+    arms = run_arms(builders, lambda m, lr, seed: moons_train(m, lr, seed, steps, n_train, None), sweep, print)
+    clipped = run_arms({"gpn + gradient clipping (norm 1)": ("compiled", partial(gpn_net, passes=["gpn"]))},
+                       lambda m, lr, seed: moons_train(m, lr, seed, steps, n_train, 1.0), sweep, print)  # fmt: skip
+    comparison = Comparison("demo net (52-layer GELU MLP, width 64) on 1 000 two-moons points",
+                            f"SGD momentum 0.9, batch 64, {steps} steps", sweep, arms + clipped,
+                            {"chance accuracy": 0.5}, ("test_acc", "val_loss", "max_sigma"), {"test_acc": True},
+                            digits=3)  # fmt: skip
+    return {"example": "tat_gpn_robustness", "config": {"quick": quick, "steps": steps, "n_train": n_train},
+            "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
+            "comparison": comparison.to_dict()}  # fmt: skip
+
+
+def fits(arm: ArmResult, lr: float, level: float = 0.9) -> bool:
+    """Every seed at ``lr`` finished with test accuracy above ``level``."""
+    return all(math.isfinite(v) and v > level for v in arm.values("test_acc", lr))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", choices=["demo", "bsnn", "arp", "rai", "conv", "kernel", "gpn"])
+    ap.add_argument("--quick", action="store_true", help="the small committed size")
+    ap.add_argument("--json", type=Path, help="write the comparison here")
+    ap.add_argument("--merge", type=Path, help="demo: the demo JSON to add the tat arm to (rewritten in place)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    merges = {"demo": demo, "bsnn": bsnn_table, "arp": arp_table, "rai": rai_ladder}
+    if args.experiment in merges:
+        if not args.merge:
+            ap.error(f"{args.experiment} needs --merge with the saved JSON to add the tat arm to")
+        write_json(args.merge, merges[args.experiment](args.merge))
+        return 0
+    if args.experiment == "kernel":
+        data = conv_kernel()
+        print(json.dumps(data["rows"], indent=1))
+        if args.json:
+            write_json(args.json, data)
+        return 0
+    data = conv(args.quick) if args.experiment == "conv" else gpn_robustness(args.quick)
+    comparison = Comparison.from_dict(data["comparison"])
+    print(comparison.table() + "\n\n" + comparison.lr_table("test_acc"))
+    if args.json:
+        write_json(args.json, data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Freeze step for ``tat``: fold the transformed activation's constants into its neighbours.
+
+    Linear/Conv(W, c) -> gamma * (phi(alpha x + beta) + delta) -> Linear/Conv(V, e)
+      ==>  Linear/Conv(alpha W, alpha c + beta) -> phi -> Linear/Conv(gamma V, e + gamma delta V 1)
+
+alpha and beta go into the producing layer when the activation is its only user (exact,
+zero padding included: it scales the layer's output); gamma and gamma * delta go into the
+consuming layer through reshapes and pools with gpn's lowering (``fold_into_consumer``: the
+same exactness rules, one Add before a zero-padded conv). What cannot fold stays in one
+TATActivation holding only the constants left, so the frozen model equals the training form.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from ...core.catalogue import DEFAULT, Catalogue
+from ...core.rewrite import replace_node
+from ...core.targets import call_counts
+from ..gpn.lower import fold_into_consumer
+from .kernel import AFFINE
+from .modules import TATActivation
+
+
+def fold_tat(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
+    """Fold every TATActivation of ``gm`` as far as exact; return how many became plain calls."""
+    calls = call_counts(gm)
+    plain_calls = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), TATActivation):
+            continue
+        if calls[node.target] != 1:
+            continue
+        act = gm.get_submodule(node.target)
+        if _fold_into_producer(node, gm, calls, act):
+            act = _with(act, alpha=1.0, beta=0.0)
+            gm.set_submodule(node.target, act)
+        plain = catalogue.plain_call(act.activation.name, act.params)
+        replace = lambda n=node, m=act, p=plain: _remainder(n, gm, m, p)
+        if fold_into_consumer(node, gm, calls, act.gamma, act.gamma * act.delta, replace):
+            plain_calls += plain is not None and act.alpha == 1.0 and act.beta == 0.0
+    gm.delete_all_unused_submodules()
+    return plain_calls
+
+
+def _with(act: TATActivation, **values: float) -> TATActivation:
+    constants = {k: getattr(act, k) for k in ("alpha", "beta", "gamma", "delta")}
+    return TATActivation(act.activation, act.params, **{**constants, **values})
+
+
+def _remainder(node: fx.Node, gm: fx.GraphModule, act: TATActivation, plain) -> fx.Node:
+    """The activation without its output constants: a plain call when its input ones are gone too."""
+    if plain is not None and act.alpha == 1.0 and act.beta == 0.0:
+        target, kwargs = plain
+        return replace_node(node, "call_function", target, node.args, kwargs, tuple(node.meta))
+    gm.set_submodule(node.target, _with(act, gamma=1.0, delta=0.0))
+    return node
+
+
+def _fold_into_producer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int], act: TATActivation) -> bool:
+    """alpha * (W x + c) + beta as one layer, when the layer feeds only this activation."""
+    if act.alpha == 1.0 and act.beta == 0.0:
+        return True
+    src = node.args[0] if node.args else None
+    if not isinstance(src, fx.Node) or src.op != "call_module" or calls.get(src.target) != 1 or len(src.users) != 1:
+        return False
+    layer = gm.get_submodule(str(src.target))
+    if type(layer) not in AFFINE:
+        return False
+    gm.set_submodule(str(src.target), scale_output(layer, act.alpha, act.beta))
+    return True
+
+
+@torch.no_grad()
+def scale_output(layer: nn.Module, a: float, b: float) -> nn.Module:
+    """``a * layer(x) + b`` as one layer of the same type."""
+    out = copy.deepcopy(layer)
+    out.weight.mul_(a)
+    if out.bias is None:
+        if b != 0:
+            out.bias = nn.Parameter(torch.full((layer.weight.shape[0],), b, dtype=layer.weight.dtype,
+                                               device=layer.weight.device))  # fmt: skip
+    else:
+        out.bias.mul_(a).add_(b)
+    return out
