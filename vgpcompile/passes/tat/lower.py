@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 
 from ...core.catalogue import DEFAULT, Catalogue
-from ...core.rewrite import replace_node
+from ...core.rewriter import active
 from ...core.targets import call_counts
 from ..gpn.lower import fold_into_consumer
 from .kernel import AFFINE
@@ -37,7 +37,7 @@ def fold_tat(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
         act = gm.get_submodule(node.target)
         if _fold_into_producer(node, gm, calls, act):
             act = _with(act, alpha=1.0, beta=0.0)
-            gm.set_submodule(node.target, act)
+            active().swap_module(gm, node.target, act)
         plain = catalogue.plain_call(act.activation.name, act.params)
         replace = lambda n=node, m=act, p=plain: _remainder(n, gm, m, p)
         if fold_into_consumer(node, gm, calls, act.gamma, act.gamma * act.delta, replace):
@@ -55,8 +55,8 @@ def _remainder(node: fx.Node, gm: fx.GraphModule, act: TATActivation, plain) -> 
     """The activation without its output constants: a plain call when its input ones are gone too."""
     if plain is not None and act.alpha == 1.0 and act.beta == 0.0:
         target, kwargs = plain
-        return replace_node(node, "call_function", target, node.args, kwargs, tuple(node.meta))
-    gm.set_submodule(node.target, _with(act, gamma=1.0, delta=0.0))
+        return active().replace_node(node, "call_function", target, node.args, kwargs, meta_keys=tuple(node.meta))
+    active().swap_module(gm, node.target, _with(act, gamma=1.0, delta=0.0))
     return node
 
 
@@ -70,7 +70,7 @@ def _fold_into_producer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int]
     layer = gm.get_submodule(str(src.target))
     if type(layer) not in AFFINE:
         return False
-    gm.set_submodule(str(src.target), scale_output(layer, act.alpha, act.beta))
+    active().swap_module(gm, str(src.target), scale_output(layer, act.alpha, act.beta))
     return True
 
 

@@ -44,6 +44,7 @@ from torch import fx, nn
 
 from ...core.catalogue import DEFAULT, Catalogue
 from ...core.contract import LAYER, SITE, Env, Pass, PassResult
+from ...core.facts import Fact
 from ...core.protocol import mark_applied_module
 from ...core.rewrite import replace_activation
 from ...core.targets import Layer, Site, find_sites
@@ -72,8 +73,8 @@ class TAT(Pass):
     summary: ClassVar[str] = "phi -> gamma*(phi(alpha*x+beta)+delta), DKS/TAT derived from the graph; orthogonal init"
     matches: ClassVar[tuple[str, ...]] = (SITE, LAYER)
     layer_types: ClassVar[tuple[type, ...]] = AFFINE
-    writes: ClassVar[frozenset[str]] = frozenset({"ranges"})
-    lower_reads: ClassVar[frozenset[str]] = frozenset({"plain-layers"})
+    writes: ClassVar[frozenset[str]] = frozenset({Fact.RANGES, Fact.WEIGHTS})  # the init rewrites weights
+    lower_reads: ClassVar[frozenset[str]] = frozenset({Fact.PLAIN_LAYERS})
 
     method: Literal["TAT", "DKS"] = "TAT"
     c_val_0_target: float = 0.9
@@ -100,7 +101,8 @@ class TAT(Pass):
         """Derive M from the graph, check every site, solve the constants once."""
         result = PassResult(self.name)
         run = _Run()
-        object.__setattr__(self, "_run", run)  # per-compile state of a frozen pass
+        if env.state is not None:  # the pass run's namespace: the frozen pass is not written
+            env.state.tat = run
         sites = [t for t in targets if isinstance(t, Site)]
         if not sites:
             result.warnings.append("tat: no activation site to transform")
@@ -165,7 +167,7 @@ class TAT(Pass):
             result.stats["negative_slope"] = round(run.solved["leaky_relu"].slope, 6)
 
     def _state(self, env: Env) -> _Run:
-        run = getattr(self, "_run", None)
+        run = getattr(env.state, "tat", None)
         if run is None:
             raise UsageError("pass 'tat' derives its constants from the whole graph: run it through vgpcompile()")
         return run
