@@ -10,10 +10,12 @@ rewrite whose module never ran is undone: the original runs again and the row sa
 changed" and why (a call the interception cannot see, a branch the example inputs do not
 take, a region its owner never calls, as transformers' MambaMixer passes its activation's
 name to a kernel instead of calling ``self.act``). So the report and the model agree both
-ways. Another change that never ran (a layer swapped with others that depend on it) is kept,
-with a note. The undone rows are saved in the recipe (``capture["unrun"]``) so ``load``
-undoes the same ones without example inputs. Without example inputs (and no recipe) the rows
-of eager rewrites say they are unverified.
+ways. Kept, with a note: a change in a traced region that never ran and holds more than the
+activation (a part of the model another method calls, as a ``forward_aux``), and a change
+that is not self-contained (a layer swapped with others that depend on it). The undone rows
+are saved in the recipe (``capture["unrun"]``) so ``load`` undoes the same ones without
+example inputs. Without example inputs (and no recipe) the rows of eager rewrites say they
+are unverified.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .report import Report
 from .rewriter import Inserted
@@ -39,7 +41,10 @@ NOT_RUN = (
     "call the module on them, e.g. it hands the activation's name to a kernel)"
 )
 NOT_RUN_SAVED = "not changed: its replacement never ran on the example inputs of the saved compile (recipe)"
-NOT_REACHED = "its replacement did not run on example_inputs (a path they do not take)"
+NOT_REACHED = (
+    "its replacement did not run on example_inputs (a path they do not take, or a part of the model that "
+    "forward does not call but another method may): kept, unverified"
+)
 UNVERIFIED = "eager rewrite unverified: without example_inputs whether the intercepted call runs is not checked"
 
 
@@ -91,7 +96,7 @@ def check(
         if counts[id(item.module)]:
             continue
         row = rows[item.target]
-        if item.undo is not None:
+        if item.undo is not None and not _part_of_unrun_network(item, counts):
             item.undo()
             report.record(item.target, item.pass_name, False, _why(item, counts, names))
             undone.setdefault(item.pass_name, []).append(item.target)
@@ -100,6 +105,15 @@ def check(
         elif NOT_REACHED not in row.notes:
             row.notes.append(NOT_REACHED)
     return undone
+
+
+def _part_of_unrun_network(item: Inserted, counts: dict[int, int]) -> bool:
+    """The rewrite sits in a traced region that never ran and computes more than this
+    activation: a part of the model another method runs (a head, ``forward_aux``), kept."""
+    region = item.region
+    if region is None or counts.get(id(region)) or not isinstance(region, fx.GraphModule):
+        return False
+    return sum(n.op not in ("placeholder", "output", "get_attr") for n in region.graph.nodes) > 1
 
 
 def _why(item: Inserted, counts: dict[int, int], names: dict[int, str]) -> str:
