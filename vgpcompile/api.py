@@ -241,8 +241,10 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
             cap.root = result.root
         if result.resolved:  # the recipe records resolved options, so load() rebuilds without examples
             pass_list[i] = dataclasses.replace(pass_, **result.resolved)
+    unrun = {}
     if mode == "compile" and not any(p.changes_inputs for p in pass_list):
-        verify_run.check(report, cap.root, inserted, example)  # every reported change ran, or the report says not
+        saved = (opts.capture or {}).get("unrun")  # load(): the rewrites the saved compile undid
+        unrun = verify_run.check(report, cap.root, inserted, example, saved)  # every reported change ran, or undone
     if pass_list:
         selection.check_all_matched(known)
     report.depth_after, _ = nonlinear_depth(cap.root, catalogue)
@@ -250,7 +252,8 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     versions = {"vgpcompile": __version__, "torch": torch.__version__}
     cap.root = keep_class(cap.root)  # an eager root gets save_pretrained's guard (core/region.py)
     cap.root.vgp_report = report
-    recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions, cap.decisions())
+    decisions = cap.decisions() | ({"unrun": unrun} if unrun else {})
+    recipe = recipes.build(pass_list, rules, _input_range(opts), report, catalogue, versions, decisions)
     if calibration.recorded:
         recipe["observed"] = calibration.recorded
     cap.root.vgp_recipe = recipe

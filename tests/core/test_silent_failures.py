@@ -260,6 +260,51 @@ def test_a_rewrite_that_never_runs_is_reported_not_changed():
     assert row.changed["gpn"] is False and "never ran" in row.outcomes["gpn"]
 
 
+class FormulaGELU(nn.Module):
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
+
+
+def _kernel(x, activation):  # like mamba's causal_conv1d_fn: it takes the activation's name
+    return getattr(F, activation)(x)
+
+
+class NamesItsAct(nn.Module):
+    """Like transformers' MambaMixer: holds ``self.act`` but hands its name to a kernel."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.fc, self.act = nn.Linear(4, 4), act
+
+    def forward(self, x):
+        h = self.fc(x)
+        if h.abs().sum() >= 0:  # data-dependent: fx cannot trace it, this module stays eager
+            return _kernel(h, "gelu" if isinstance(self.act, FormulaGELU) else "silu")
+        return h
+
+
+@pytest.mark.parametrize("act", [nn.SiLU, FormulaGELU], ids=["module", "formula"])
+def test_a_module_its_owner_never_calls_is_not_rewritten(act, tmp_path):
+    from vgpcompile.io.checkpoint import load, save
+
+    def factory():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 4), NamesItsAct(act()), nn.Linear(4, 2))
+
+    x = torch.randn(5, 3)
+    net, compiled = factory(), vgpcompile(factory(), ["gpn"], example_inputs=(x,))
+    (row,) = [r for r in compiled.vgp_report.sites if r.name.startswith("1.act")]
+    assert row.changed["gpn"] is False and "never ran" in row.outcomes["gpn"], row
+    assert not any(isinstance(m, GPNActivation) for m in compiled[1].modules())  # undone, as reported
+    y = torch.randn(7, 4)
+    assert torch.allclose(compiled[1].act(y), net[1].act(y), atol=1e-6)  # the original computation again
+    save(compiled, tmp_path / "m")
+    loaded = load(factory, tmp_path / "m")  # no example inputs: the recipe says which rewrites were undone
+    (again,) = [r for r in loaded.vgp_report.sites if r.name.startswith("1.act")]
+    assert again.changed["gpn"] is False and not any(isinstance(m, GPNActivation) for m in loaded[1].modules())
+    assert torch.equal(loaded(x), compiled(x))
+
+
 def test_without_example_inputs_eager_rewrites_are_unverified():
     compiled = vgpcompile(Holder(), ["gpn"], eager=["<root>", "e"])
     assert all(any("unverified" in n for n in r.notes) for r in compiled.vgp_report.sites)

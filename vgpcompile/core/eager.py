@@ -32,6 +32,7 @@ import inspect
 import os
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -438,12 +439,14 @@ def _constant(expr: ast.AST, owner: nn.Module) -> Any:
 # ---- rewriting ------------------------------------------------------------------------------
 
 
-def replace_eager_activation(site: Site, module: nn.Module, tag: str) -> None:
-    """Put ``module`` where eager site ``site`` is: swap the child, or intercept the call."""
+def replace_eager_activation(site: Site, module: nn.Module, tag: str) -> Callable[[], None]:
+    """Put ``module`` where eager site ``site`` is: swap the child, or intercept the call.
+    Return what puts the original back (core/verify_run.py undoes a rewrite that never ran)."""
     where: EagerCall = site.eager
     if where.attr is not None:
-        setattr(where.container, where.attr, module)
-        return
+        container, attr, original = where.container, where.attr, getattr(where.container, where.attr)
+        setattr(container, attr, module)
+        return lambda: setattr(container, attr, original)
     call = where.call
     callee = call.callee if isinstance(call.callee, str) else getattr(call.callee, "__name__", "call")
     attr = _unique(where.owner, f"{callee}_L{call.line}_{tag}")
@@ -452,9 +455,12 @@ def replace_eager_activation(site: Site, module: nn.Module, tag: str) -> None:
     if rewrites is None:
         rewrites = EagerRewrites(where.owner)
         where.owner.__dict__[HOOK_ATTR] = rewrites
-        where.owner.register_forward_pre_hook(rewrites.enter)
-        where.owner.register_forward_hook(rewrites.leave, always_call=True)
+        rewrites.handles = [
+            where.owner.register_forward_pre_hook(rewrites.enter),
+            where.owner.register_forward_hook(rewrites.leave, always_call=True),
+        ]
     rewrites.add(call, attr)
+    return lambda: rewrites.remove(call, attr)
 
 
 def _unique(module: nn.Module, base: str) -> str:
@@ -472,9 +478,24 @@ class EagerRewrites:
         self.owner = owner
         self.targets: dict[tuple[str, str], list[tuple[int, int, Any, str]]] = {}
         self.modes: list[_Intercept] = []
+        self.handles: list = []  # the owner's two hooks (removed when no call is left)
 
     def add(self, call: CallSite, attr: str) -> None:
         self.targets.setdefault(call.code, []).append((call.line, call.end_line, call.callee, attr, call.method))
+
+    def remove(self, call: CallSite, attr: str) -> None:
+        """Stop redirecting ``call`` to submodule ``attr`` and drop it; with no call left, the
+        hooks go too (the owner runs as it did before any rewrite)."""
+        entries = [e for e in self.targets.get(call.code, []) if e[3] != attr]
+        if entries:
+            self.targets[call.code] = entries
+        else:
+            self.targets.pop(call.code, None)
+        delattr(self.owner, attr)
+        if not self.targets:
+            for handle in getattr(self, "handles", []):
+                handle.remove()
+            self.owner.__dict__.pop(HOOK_ATTR, None)
 
     def callees(self) -> set:
         """What the intercepted calls call (functions, and Tensor method names)."""
@@ -490,7 +511,7 @@ class EagerRewrites:
             self.modes.pop().__exit__(None, None, None)
 
     def __getstate__(self) -> dict:
-        return {"owner": self.owner, "targets": self.targets, "modes": []}
+        return {"owner": self.owner, "targets": self.targets, "modes": []}  # hooks' handles are not kept
 
     def target(self, func: Any) -> nn.Module | None:
         """The replacement for a call of ``func`` made straight from the owner's code (its

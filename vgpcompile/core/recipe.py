@@ -152,14 +152,19 @@ def _check_capture(value: Any, file: str) -> None:
     if value is None:
         return
     eager, args = (value.get("eager", {}), value.get("args", {})) if isinstance(value, dict) else (None, None)
+    unrun = value.get("unrun", {}) if isinstance(value, dict) else None  # rewrites undone: they never ran
     ok = (
-        isinstance(eager, dict)
+        isinstance(unrun, dict)
+        and all(isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v)
+                for k, v in unrun.items())
+        and isinstance(eager, dict)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in eager.items())
         and isinstance(args, dict)
         and all(isinstance(k, str) and isinstance(v, dict) for k, v in args.items())
     )
     if not ok:
-        raise LoadError(f"{_where(file, 'capture')} must be {{'eager': {{name: reason}}, 'args': {{name: {{...}}}}}}")
+        raise LoadError(f"{_where(file, 'capture')} must be {{'eager': {{name: reason}}, 'args': {{name: {{...}}}}, "
+                       f"'unrun': {{pass: [target, ...]}}}}")
 
 
 def _is_range(value: Any) -> bool:

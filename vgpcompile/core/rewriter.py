@@ -39,6 +39,8 @@ class Inserted:
     pass_name: str
     module: nn.Module
     eager: bool = False  # it replaces a call in eager code (run only if the interception works)
+    undo: Callable[[], None] | None = None  # puts the original back (a self-contained activation rewrite)
+    region: nn.Module | None = None  # the traced region it sits in (to say why it never ran)
 
 
 @dataclass
@@ -125,10 +127,12 @@ class Rewriter:
         if isinstance(gm, fx.GraphModule):
             self._touch_gm(gm)
 
-    def record(self, target: str, module: nn.Module, eager: bool = False) -> None:
-        """Note that ``module`` now computes part of ``target`` (its report row)."""
+    def record(self, target: str, module: nn.Module, eager: bool = False, undo: Callable[[], None] | None = None,
+               region: nn.Module | None = None) -> None:
+        """Note that ``module`` now computes part of ``target`` (its report row); ``undo``, when
+        given, puts the original back should ``module`` never run (core/verify_run.py)."""
         if target:
-            self.inserted.append(Inserted(target, self.pass_name, module, eager))
+            self.inserted.append(Inserted(target, self.pass_name, module, eager, undo, region))
 
     # --- sites -----------------------------------------------------------------------------------
 
@@ -144,8 +148,8 @@ class Rewriter:
         if site.node is None:
             from .eager import replace_eager_activation
 
-            replace_eager_activation(site, module, tag)
-            self.record(site.name, module, eager=site.eager is not None and site.eager.call is not None)
+            undo = replace_eager_activation(site, module, tag)
+            self.record(site.name, module, site.eager is not None and site.eager.call is not None, undo)
             if self.index is not None:
                 self.index.invalidate_eager()
             return None
@@ -153,18 +157,22 @@ class Rewriter:
         gm = node.graph.owning_module
         src = formula_input(site) if site.nodes else node.args[0]
         if site.spelling == "module" and site.module_calls == 1:
-            gm.set_submodule(str(node.target), module)
+            target = str(node.target)
+            undo = _restore_module(gm, node, gm.get_submodule(target), node.args, node.kwargs, site.applied, target)
+            gm.set_submodule(target, module)
             new = node
             new.args, new.kwargs = (src,), {}
         else:
+            original, base = _original(gm, site, src), f"{node.name}_original"  # before its nodes are erased
             name = self.add_module(gm, f"{node.name}_{tag}", module)
             new = self.replace_node(node, "call_module", name, (src,))
             for dead in reversed(site.nodes[:-1]):  # the rest of a formula, now unused
                 self.erase(dead)
+            undo = None if original is None else _restore_module(gm, new, original, new.args, {}, site.applied, base)
         if site.inplace:
             self.replace_later_uses(src, new)
         self.mark_applied(new, site)
-        self.record(site.name, module)
+        self.record(site.name, module, undo=undo, region=gm)
         return new
 
     # --- bookkeeping -----------------------------------------------------------------------------
@@ -203,6 +211,39 @@ def formula_input(site: Site) -> fx.Node:
     """The current input of a formula site (an earlier rewrite may have replaced the node)."""
     inside = set(site.nodes)
     return next(a for n in site.nodes for a in n.all_input_nodes if a not in inside)
+
+
+def _original(gm: fx.GraphModule, site: Site, src: fx.Node) -> nn.Module | None:
+    """The site's original computation as a module of its input (None when it reads other
+    nodes than that input): what an undone rewrite calls instead."""
+    graph = fx.Graph()
+    env = {src: graph.placeholder("x")}
+    nodes = site.nodes or (site.node,)
+    try:
+        for n in nodes:
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    except KeyError:
+        return None
+    graph.output(env[nodes[-1]])
+    return fx.GraphModule(gm, graph, class_name="Original")
+
+
+def _restore_module(gm: fx.GraphModule, node: fx.Node, original: nn.Module, args: tuple, kwargs: dict,
+                    applied: frozenset[str], target: str) -> Callable[[], None]:
+    """Undo a rewrite of ``node``'s site: ``node`` calls ``original`` (at ``target``, the
+    original module's name or a free one built from it) again, as it did."""
+
+    def undo() -> None:
+        if str(node.target) != target:  # the replacement was added beside: drop it
+            gm.delete_submodule(str(node.target))
+            node.target = unique_name(gm, target)
+        gm.set_submodule(str(node.target), original)
+        node.args, node.kwargs = args, kwargs
+        node.meta[META_APPLIED] = tuple(sorted(applied))
+        node.meta.pop(META_PASS, None)
+        gm.recompile()
+
+    return undo
 
 
 def _set(root: nn.Module, target: str, module: nn.Module) -> None:

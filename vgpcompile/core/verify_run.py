@@ -2,29 +2,49 @@
 inserted on one run of the example inputs.
 
 Every change goes through the rewriter, which records the module it put in for which report
-row (``Inserted``). With example inputs the compiled model runs them once (no gradients, the
-random number generators forked, every buffer restored) with a forward hook on each of those
-modules. A call in eager code whose replacement never ran was not intercepted: the row says
-it was not changed, and why. A module in a traced graph that never ran sits on a path the
-example inputs do not take: the row keeps its change, with a note. Without example inputs
-the rows of eager rewrites say they are unverified.
+row (``Inserted``) and, for an activation rewrite (a module swapped, a call replaced or
+intercepted), how to put the original back. With example inputs the compiled model runs
+them once (no gradients, the random number generators forked, every buffer restored) with a
+forward hook on each of those modules and on the traced regions they sit in. An activation
+rewrite whose module never ran is undone: the original runs again and the row says "not
+changed" and why (a call the interception cannot see, a branch the example inputs do not
+take, a region its owner never calls, as transformers' MambaMixer passes its activation's
+name to a kernel instead of calling ``self.act``). So the report and the model agree both
+ways. Kept, with a note: a change in a traced region that never ran and holds more than the
+activation (a part of the model another method calls, as a ``forward_aux``), and a change
+that is not self-contained (a layer swapped with others that depend on it). The undone rows
+are saved in the recipe (``capture["unrun"]``) so ``load`` undoes the same ones without
+example inputs. Without example inputs (and no recipe) the rows of eager rewrites say they
+are unverified.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .report import Report
 from .rewriter import Inserted
 
 NOT_RUN_EAGER = (
-    "not changed: the replacement never ran on example_inputs (the call was not intercepted: it runs "
-    "outside its module's forward, or from code the interception cannot see)"
+    "not changed: its replacement never ran on example_inputs, so the rewrite was undone (the call sits in a "
+    "branch they do not take, runs outside its module's forward, or comes from code the interception cannot see)"
 )
-NOT_REACHED = "its replacement did not run on example_inputs (a path they do not take)"
+NOT_RUN_REGION = (
+    "not changed: its replacement never ran on example_inputs, so the rewrite was undone (the traced region "
+    "{region!r} never ran: its owner does not call it on them, e.g. it hands the activation's name to a kernel)"
+)
+NOT_RUN = (
+    "not changed: its replacement never ran on example_inputs, so the rewrite was undone (its owner does not "
+    "call the module on them, e.g. it hands the activation's name to a kernel)"
+)
+NOT_RUN_SAVED = "not changed: its replacement never ran on the example inputs of the saved compile (recipe)"
+NOT_REACHED = (
+    "its replacement did not run on example_inputs (a path they do not take, or a part of the model that "
+    "forward does not call but another method may): kept, unverified"
+)
 UNVERIFIED = "eager rewrite unverified: without example_inputs whether the intercepted call runs is not checked"
 
 
@@ -52,23 +72,68 @@ def count_calls(root: nn.Module, modules: Sequence[nn.Module], example_inputs: t
     return counts
 
 
-def check(report: Report, root: nn.Module, inserted: Sequence[Inserted], example_inputs: tuple | None) -> None:
-    """Correct ``report``: each reported change whose module never ran is said so (see the module doc)."""
+def check(
+    report: Report,
+    root: nn.Module,
+    inserted: Sequence[Inserted],
+    example_inputs: tuple | None,
+    saved: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, list[str]]:
+    """Correct ``report`` and the model: each activation rewrite whose module never ran is
+    undone and reported not changed (see the module doc). ``saved``: the rows a recipe says
+    were undone (``load``, without example inputs). Return the undone rows, by pass."""
     rows = {rec.name: rec for rec in report.sites}
     kept = [i for i in inserted if i.target in rows and rows[i.target].changed.get(i.pass_name)]
     if example_inputs is None:
-        for item in kept:
-            if item.eager and UNVERIFIED not in rows[item.target].notes:
-                rows[item.target].notes.append(UNVERIFIED)
-        return
+        return _undo_saved(report, kept, saved or {})
     if not kept:
-        return
-    counts = count_calls(root, [i.module for i in kept], example_inputs)
+        return {}
+    regions = {id(i.region): i.region for i in kept if i.region is not None}
+    counts = count_calls(root, [i.module for i in kept] + list(regions.values()), example_inputs)
+    names = {id(m): name for name, m in root.named_modules()}
+    undone: dict[str, list[str]] = {}
     for item in kept:
         if counts[id(item.module)]:
             continue
         row = rows[item.target]
-        if item.eager:
+        if item.undo is not None and not _part_of_unrun_network(item, counts):
+            item.undo()
+            report.record(item.target, item.pass_name, False, _why(item, counts, names))
+            undone.setdefault(item.pass_name, []).append(item.target)
+        elif item.eager:
             report.record(item.target, item.pass_name, False, NOT_RUN_EAGER)
         elif NOT_REACHED not in row.notes:
             row.notes.append(NOT_REACHED)
+    return undone
+
+
+def _part_of_unrun_network(item: Inserted, counts: dict[int, int]) -> bool:
+    """The rewrite sits in a traced region that never ran and computes more than this
+    activation: a part of the model another method runs (a head, ``forward_aux``), kept."""
+    region = item.region
+    if region is None or counts.get(id(region)) or not isinstance(region, fx.GraphModule):
+        return False
+    return sum(n.op not in ("placeholder", "output", "get_attr") for n in region.graph.nodes) > 1
+
+
+def _why(item: Inserted, counts: dict[int, int], names: dict[int, str]) -> str:
+    if item.eager:
+        return NOT_RUN_EAGER
+    if item.region is not None and not counts.get(id(item.region)):
+        return NOT_RUN_REGION.format(region=names.get(id(item.region), "") or "<root>")
+    return NOT_RUN
+
+
+def _undo_saved(report: Report, kept: Sequence[Inserted], saved: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Without example inputs: undo the rewrites the saved compile undid; the other eager
+    rewrites are unverified."""
+    rows = {rec.name: rec for rec in report.sites}
+    undone: dict[str, list[str]] = {}
+    for item in kept:
+        if item.undo is not None and item.target in saved.get(item.pass_name, ()):
+            item.undo()
+            report.record(item.target, item.pass_name, False, NOT_RUN_SAVED)
+            undone.setdefault(item.pass_name, []).append(item.target)
+        elif item.eager and UNVERIFIED not in rows[item.target].notes:
+            rows[item.target].notes.append(UNVERIFIED)
+    return undone
