@@ -19,6 +19,11 @@ The table is read with ``F.embedding(..., sparse=True)`` by default, so its grad
 sparse tensor holding only the batch's rows, for ``torch.optim.SparseAdam`` (see
 :mod:`.train` for why that optimiser). ``sparse=False`` gives a dense gradient that is
 zero outside the batch, for full-batch training with any optimiser (the reference's Rprop).
+
+Under ``torch.compile`` the training forward takes a traced path with the same values: the
+lazy fill is a select on the seen-mask (no branch on data, no ``all_seen`` flag), and the
+ids' range check is an in-graph assertion (``torch._assert_async``, a RuntimeError) instead of
+the eager UsageError; both table forms (sparse and dense gradients) compile whole.
 """
 
 from __future__ import annotations
