@@ -82,16 +82,7 @@ def assert_one_graph(label: str) -> None:
     assert counters["stats"]["unique_graphs"] == 1, f"{label}: {dict(counters['stats'])} (recompiled)"
 
 
-RAI_BREAKS = (
-    "rai's RAICut checks idx and fills unseen table rows with data-dependent Python branches "
-    "(bool(tensor), if idx.numel()): dynamo cannot trace them with fullgraph (perf's area, issue 18)"
-)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=RAI_BREAKS)) if c == "rai" else c for c in CASES],
-)
+@pytest.mark.parametrize("case", list(CASES))
 def test_training_and_frozen_forms_compile_whole_without_recompiling(case):
     passes, options = CASES[case]
     lifted = "rai" in passes
@@ -199,7 +190,7 @@ def test_roaf_rnn_compiles_whole():
 
 
 def test_rai_frozen_form_compiles_whole():
-    """The lifted training form does not compile yet (above); its frozen form, the plain network, does."""
+    """The frozen form of a lifted model, the plain network, compiles whole too."""
     frozen = freeze(build(["rai"], CASES["rai"][1])).eval()
     fresh_counters()
     compiled = torch.compile(frozen, fullgraph=True, backend="aot_eager")
@@ -208,6 +199,59 @@ def test_rai_frozen_form_compiles_whole():
         assert torch.allclose(compiled(x[:BATCH]), frozen(x[:BATCH]), atol=1e-6)
         compiled(x[BATCH : 2 * BATCH])
     assert_one_graph("rai, frozen form")
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rai_compiled_training_writes_the_same_tables(sparse):
+    """rai's lazy row fill runs in the graph (no branch on the seen-mask): after compiled steps
+    that first fill every row and then revisit them, the tables, seen-masks and weights equal
+    the eager twin's bitwise; the sparse form (SparseAdam, rai.optimizers) compiles as well."""
+    model = build(["rai"], {"rai": {"num_examples": N, "sparse": sparse}})
+    twin = copy.deepcopy(model)
+    fresh_counters()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x, y = data()
+
+    def stepper(m, forward):
+        opts = rai.optimizers(m, "adam", lr=0.01)
+
+        def step(i: int) -> float:
+            idx = torch.arange(i * BATCH, (i + 1) * BATCH) % N
+            loss = F.cross_entropy(forward(x[idx], idx), y[idx]) + rai.loss(m)
+            for opt in opts:
+                opt.zero_grad()
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            return loss.item()
+
+        return step
+
+    step, twin_step = stepper(model, compiled), stepper(twin, twin)
+    losses = [(step(i), twin_step(i)) for i in range(N // BATCH + 4)]
+    assert_one_graph(f"rai sparse={sparse}")
+    assert all(a == b for a, b in losses), losses
+    for cut, other in zip(rai.cuts(model), rai.cuts(twin)):
+        assert cut.seen.all() and torch.equal(cut.seen, other.seen)
+        assert torch.equal(cut.table, other.table)
+        assert cut.table.grad.is_sparse == sparse
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+def test_rai_compiled_refuses_ids_out_of_range():
+    """Inside the graph the id check is an assertion (a RuntimeError with the eager UsageError's
+    message; torch raises it chained under its own error for a compiled GraphModule)."""
+    model = build(*CASES["rai"])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x, _ = data()
+    compiled(x[:BATCH], torch.arange(BATCH))
+    with pytest.raises(Exception) as info:
+        compiled(x[:BATCH], torch.arange(BATCH) + N - 1)
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__ or err.__context__
+    assert any(f"idx holds ids outside [0, {N})" in text for text in chain), chain
 
 
 def test_inductor_compiles_the_frozen_passes_together():

@@ -408,3 +408,19 @@ def test_the_benchmarks_hand_written_rai_computes_what_the_lifted_model_computes
 
     out = step_overhead_rai.main(["--steps", "1", "--batch", "4", "--depth", "2", "--width", "8", "--examples", "16"])
     assert out[4]["diff"] < 1e-6 and out[4]["rai"] > 0 and out[4]["plain"] > 0
+
+
+def test_the_traced_fill_writes_what_the_eager_fill_writes():
+    """``_fill`` (the branch-free lazy init torch.compile traces) against ``_write``: on a table
+    with some rows seen, only the unseen rows of the batch take h's rows, bitwise the same."""
+    torch.manual_seed(0)
+    cut = rai.cuts(lift(mlp(), 12))[0]
+    with torch.no_grad():
+        cut.table.normal_()
+    cut.seen[torch.tensor([1, 4, 5, 9])] = True
+    other = copy.deepcopy(cut)
+    idx, h = torch.tensor([0, 4, 5, 7, 9, 11]), torch.randn(6, 8)
+    cut._fill(idx, h)
+    other._write(idx, h, everywhere=False)
+    assert torch.equal(cut.table, other.table) and torch.equal(cut.seen, other.seen)
+    assert torch.equal(cut.table[[0, 7, 11]], h[[0, 3, 5]]) and not torch.equal(cut.table[4], h[1])

@@ -19,6 +19,11 @@ The table is read with ``F.embedding(..., sparse=True)`` by default, so its grad
 sparse tensor holding only the batch's rows, for ``torch.optim.SparseAdam`` (see
 :mod:`.train` for why that optimiser). ``sparse=False`` gives a dense gradient that is
 zero outside the batch, for full-batch training with any optimiser (the reference's Rprop).
+
+Under ``torch.compile`` the training forward takes a traced path with the same values: the
+lazy fill is a select on the seen-mask (no branch on data, no ``all_seen`` flag), and the
+ids' range check is an in-graph assertion (``torch._assert_async``, a RuntimeError) instead of
+the eager UsageError; both table forms (sparse and dense gradients) compile whole.
 """
 
 from __future__ import annotations
@@ -107,21 +112,46 @@ class RAICut(nn.Module):
                 f"rai cut at {self.label!r}: in training mode the lifted model takes (x, idx), idx being the "
                 f"batch's example ids in [0, {self.num_examples}); call model.eval() for the plain chained network"
             )
-        shared = self.settings
-        if idx is shared.checked and h.shape[1:] == self.shape and h.shape[0] == idx.shape[0]:
-            idx = shared.checked_ids  # validated by an earlier cut of this forward
+        if torch.compiler.is_compiling():
+            idx = self._traced_ids(h, idx)
+            self._fill(idx, h)
         else:
-            idx = self._check(h, idx)
-        if not self.all_seen:
-            self._write(idx, h, everywhere=False)
+            shared = self.settings
+            if idx is shared.checked and h.shape[1:] == self.shape and h.shape[0] == idx.shape[0]:
+                idx = shared.checked_ids  # validated by an earlier cut of this forward
+            else:
+                idx = self._check(h, idx)
+            if not self.all_seen:
+                self._write(idx, h, everywhere=False)
         z = F.embedding(idx, self.table, sparse=self.sparse).view(h.shape)
         local = F.mse_loss(z, h)
         self.local = local if self.lam == 1.0 else self.lam * local  # one kernel less per cut and step
         # a block downstream that works in place on what it gets would break the loss's saved z
         return z.clone() if self.copy_out else z
 
-    def _check(self, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        idx = torch.as_tensor(idx, device=self.table.device)
+    def _traced_ids(self, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``_check`` as ``torch.compile`` traces it: no branch on tensor data and no Python state
+        that changes between forwards (the ids cache: a guard that would fail and recompile
+        every step); out-of-range ids stop the graph with a RuntimeError of the same message."""
+        idx = self._check_shapes(h, torch.as_tensor(idx, device=self.table.device))
+        torch._assert_async(
+            ((idx >= 0) & (idx < self.num_examples)).all(),
+            f"rai cut at {self.label!r}: idx holds ids outside [0, {self.num_examples}) "
+            "(option 'num_examples' of pass 'rai')",
+        )
+        return idx.long()
+
+    @torch.no_grad()
+    def _fill(self, idx: torch.Tensor, h: torch.Tensor) -> None:
+        """``_write(idx, h, everywhere=False)`` without a branch on data, for torch.compile: unseen
+        rows of ``idx`` := h's rows, seen rows written back unchanged (the seen-mask as a select).
+        It runs every forward (``all_seen`` is not read: it would be a guard that flips once)."""
+        values = h.detach().reshape(h.shape[0], -1).to(self.table.dtype)
+        fresh = ~self.seen[idx]
+        self.table.index_put_((idx,), torch.where(fresh.unsqueeze(1), values, self.table[idx]))
+        self.seen.index_fill_(0, idx, True)
+
+    def _check_shapes(self, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or idx.dim() != 1:
             raise UsageError(f"rai cut at {self.label!r}: idx must be a 1-D integer tensor of example ids")
         if tuple(h.shape[1:]) != self.shape:
@@ -131,6 +161,10 @@ class RAICut(nn.Module):
             )
         if h.shape[0] != idx.shape[0]:
             raise UsageError(f"rai cut at {self.label!r}: idx has {idx.shape[0]} ids for a batch of {h.shape[0]}")
+        return idx
+
+    def _check(self, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        idx = self._check_shapes(h, torch.as_tensor(idx, device=self.table.device))
         if idx is not self.settings.checked:
             if idx.numel() and bool(((idx < 0) | (idx >= self.num_examples)).any()):
                 raise UsageError(
