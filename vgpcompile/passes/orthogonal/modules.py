@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrizations, parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -356,10 +357,13 @@ class _Retraction:
     def _after_step(cls, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not cls.layers:
             return
-        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        for module in list(cls.layers):
+        owners = {id(m.weight): m for m in list(cls.layers)}
+        # the optimizer's parameter order, not the set's: every process of a sharded (FSDP2)
+        # model then gathers its weights in the same order
+        stepped = [owners[id(p)] for group in optimizer.param_groups for p in group["params"] if id(p) in owners]
+        for module in dict.fromkeys(stepped):
             state = getattr(module, STATE, None)
-            if state is None or state.keep != "retraction" or id(module.weight) not in stepped:
+            if state is None or state.keep != "retraction":
                 continue
             state.steps += 1
             if state.steps >= state.every:
@@ -411,10 +415,13 @@ def retract_layer(module: nn.Module) -> float:
     """Retract one layer's weight now; returns the bound on its orthogonality error."""
     state: OrthogonalState = getattr(module, STATE)
     weight = module.weight
-    mat = state.layout.to_matrix(weight.float()) / state.gain
+    sharded = isinstance(weight, DTensor)  # FSDP2: retract the whole matrix, write back each shard
+    full = weight.full_tensor() if sharded else weight
+    mat = state.layout.to_matrix(full.float()) / state.gain
     mat, err, changed, before = _newton_schulz(mat, state.tol)
     if changed:
-        weight.copy_(state.layout.from_matrix(mat * state.gain))
+        new = state.layout.from_matrix(mat * state.gain).to(full.dtype)
+        weight.copy_(distribute_tensor(new, weight.device_mesh, weight.placements) if sharded else new)
     state.steps = 0
     state.drift = max(state.drift, before)
     return err
