@@ -36,7 +36,10 @@ def _ratio(row: dict | None, clock: str) -> str:
     if value is None:
         return "—"
     iqr = row.get(f"{clock}_iqr")
-    return f"{value:.2f}" + (f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else "")
+    total = row.get(f"{clock}_total")  # shown where the median is not the average cost
+    uneven = total is not None and abs(total - value) > 0.05 * value
+    mean = f" [mean {total:.2f}]" if uneven else ""
+    return f"{value:.2f}" + (f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else "") + mean
 
 
 def _target(row: dict) -> str:
@@ -94,8 +97,9 @@ def page(after: dict, before: dict | None) -> str:
            f"- now: {describe(after)}"] + ([f"- before: {describe(before)}"] if before else []) + ["",
            "Each ratio is the median over rounds of (arm / baseline) measured in the same round (arms "
            "interleaved, so machine load hits them alike); the range after it is the interquartile range of "
-           "those per-round ratios: the noise. Absolute times are not comparable between the two runs; ratios "
-           "are."]  # fmt: skip
+           "those per-round ratios: the noise; `[mean x]` follows where the ratio of all rounds' total times "
+           "differs from the median by over 5 % (steps of uneven cost: orthogonal{every=8} retracts on one step "
+           "in eight). Absolute times are not comparable between the two runs; ratios are."]  # fmt: skip
     for section, title in TITLES.items():
         lines = table(section, after, before)
         if lines:

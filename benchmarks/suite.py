@@ -162,6 +162,9 @@ def ratios(times: dict[str, dict[str, list]], base: str, cuda: bool) -> dict[str
             q1, med, q3 = quartiles([a / b for a, b in zip(t[kind], times[base][kind]) if b > 0])
             row[kind] = round(med, 4)
             row[f"{kind}_iqr"] = [round(q1, 4), round(q3, 4)]
+            # all rounds' time over the base's: what a step costs on average when some steps
+            # do more than others (orthogonal{every=k} retracts on one step in k; a median hides it)
+            row[f"{kind}_total"] = round(sum(t[kind]) / max(sum(times[base][kind]), 1e-12), 4)
         out[name] = row
     return out
 
