@@ -31,7 +31,7 @@ import functools
 import inspect
 import os
 import weakref
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import fx, nn
 from torch.fx.graph_module import _deserialize_graph_module, _forward_from_src
@@ -77,10 +77,16 @@ class _SavePretrained:
     the stock save plus ``recipe.json``, and a training form is marked so that the stock
     ``from_pretrained`` refuses it instead of returning the original architecture."""
 
-    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
-        from ..io.hf import save_pretrained
+    # set by io/hf.py when vgpcompile is imported: core never imports io (it sits below it)
+    writer: ClassVar[Any] = None
 
-        return save_pretrained(self, save_directory, super().save_pretrained, *args, **kwargs)
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        return _SavePretrained.writer(self, save_directory, super().save_pretrained, *args, **kwargs)
+
+
+def use_save_pretrained(writer: Any) -> None:
+    """Install what a compiled model's ``save_pretrained`` calls (io/hf.py does, on import)."""
+    _SavePretrained.writer = writer
 
 
 class _EagerRoot:

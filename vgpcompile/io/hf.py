@@ -40,6 +40,7 @@ from typing import Any
 from torch import nn
 
 from ..core.catalogue import Catalogue
+from ..core.region import use_save_pretrained
 from ..errors import LoadError, UsageError
 from . import files
 from .checkpoint import DIGEST, RECIPE, digest, load
@@ -128,3 +129,6 @@ def _build(model_class: Any, path: Path) -> nn.Module:
 
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model
+
+
+use_save_pretrained(save_pretrained)  # what a compiled model's save_pretrained calls (core/region.py)
