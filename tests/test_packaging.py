@@ -86,7 +86,7 @@ def test_a_feature_behind_an_extra_fails_with_one_line_naming_it(monkeypatch, tm
 def test_ci_runs_the_readme_test_command_then_a_minimal_install():
     ci = (ROOT / ".ci" / "run").read_text()
     main = ci.index("python -m pytest -q")
-    assert "pip install --quiet -e '.[dev,onnx,zoo]'" in ci[:main]
+    assert "pip install --quiet -e '.[dev,onnx,zoo,tat]'" in ci[:main]
     minimal = ci[main:]
     assert "-m venv" in minimal and "torch==2.13.0" in minimal and "pip install --quiet ." in minimal
     assert ".ci/minimal_install.py" in minimal

@@ -270,6 +270,7 @@ def init_layer(module: nn.Module, seed: int, name: str) -> str:
     weight as (in, out, ...), but torch stores (out, in, ...): its q-keeping rescale
     max(sqrt(out / in), 1) comes out as max(sqrt(in / out), 1), so we pass the ratio of the
     two as its gain (1 for square layers)."""
+    # dks is the extra vgpcompile[tat]; prepare() has refused the compile already without it
     from dks.pytorch.parameter_sampling_functions import scaled_uniform_orthogonal_
 
     weight = module.weight
