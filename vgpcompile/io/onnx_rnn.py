@@ -5,7 +5,8 @@ torch.onnx's function library translates ``aten::lstm`` and ``aten::gru`` to ONN
 not the plain RNN, which the exporter then decomposes into a Python loop unrolled at the
 example's length: an RNN language model exported at length 8 returned 8 steps for an input
 of 11 (the uncompiled model as well). Handed to ``torch.onnx.export`` as
-``custom_translation_table`` (``TABLE``); needs onnxscript, part of the ``onnx`` extra.
+``custom_translation_table`` (``TABLE``); needs onnxscript, part of the extra vgpcompile[onnx] (export
+checks for it first).
 """
 
 from __future__ import annotations
