@@ -22,7 +22,8 @@ checkpoints are ``save_pretrained`` directories and it resumes by reading
 renaming the weights would break resuming. The ``transformers_weights`` check is
 transformers' own (an explicit weights file must end in ``.safetensors``; the key exists
 since transformers 4.53, huggingface/transformers#38152, hence the ``zoo`` extra's floor);
-an older transformers would load such a directory without complaint. tests/zoo/test_hf.py
+an older transformers would load such a directory without complaint. transformers itself is
+the user's (a model of its classes is what reaches here), or comes with vgpcompile[zoo]. tests/zoo/test_hf.py
 checks the refusal with the installed one.
 
 ``vgpcompile.from_pretrained(ModelClass, dir)`` builds ``ModelClass`` from ``config.json``
