@@ -231,3 +231,45 @@ def test_containers_and_modules_forward_does_not_call():
     assert changed == {"blocks.0.1", "blocks.1.1", "aux.1"}  # blocks.2's tanh is the model's output
     assert torch.equal(model.intermediates(x)[-1], model(x))
     assert sorted(model.state_dict()) == sorted(net.state_dict())
+
+
+class Hooked(nn.Module):
+    """Keeps the handles of its own forward hooks (with kwargs, always called): they point to
+    its hook tables, and the region that replaces it holds the hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.calls = 0
+        self.handle = self.register_forward_hook(Hooked._count, always_call=True)
+        self.pre_handle = self.register_forward_pre_hook(Hooked._pre, with_kwargs=True)
+
+    @staticmethod
+    def _count(module, args, out):
+        module.calls += 1
+
+    @staticmethod
+    def _pre(module, args, kwargs):
+        return None
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize("passes", [["orthogonal"], ["bsnn"]], ids="+".join)
+def test_hooks_and_handles_survive_copies_of_copies(passes):
+    """A deep copy of a deep copy freezes (the handles pointed to the tables of the module the
+    region replaced: a TypeError in RemovableHandle.__setstate__), and every copy keeps the hooks."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    compiled = vgpcompile(Hooked(), passes, example_inputs=(x,))
+    twice = copy.deepcopy(copy.deepcopy(compiled))
+    for model in (compiled, twice, freeze(twice), freeze(copy.deepcopy(twice))):
+        assert isinstance(model, Hooked)
+        before = model.calls
+        model(x)
+        assert model.calls == before + 1, "the forward hook was lost"
+    twice.handle.remove()  # the copy's handle removes the copy's hook, not the original's
+    calls = (twice.calls, compiled.calls)
+    twice(x), compiled(x)
+    assert (twice.calls, compiled.calls) == (calls[0], calls[1] + 1)
