@@ -199,7 +199,8 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
     check = reference.check if reference else None
     observed = reference.calls if reference else None
     cap = capture_model(
-        work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules), is_eager, check, observed, opts.capture
+        work, is_leaf, catalogue.wrap_functions, tuple(catalogue.modules), is_eager, check, observed, opts.capture,
+        one_graph=any(getattr(p, "one_graph", False) for p in pass_list),
     )
     report = Report(type(model).__name__, mode, [p.name for p in pass_list], eager=cap.eager, regions=list(cap.regions),
                     requested=[p.name for p in requested])

@@ -231,3 +231,118 @@ def test_containers_and_modules_forward_does_not_call():
     assert changed == {"blocks.0.1", "blocks.1.1", "aux.1"}  # blocks.2's tanh is the model's output
     assert torch.equal(model.intermediates(x)[-1], model(x))
     assert sorted(model.state_dict()) == sorted(net.state_dict())
+
+
+class Hooked(nn.Module):
+    """Keeps the handles of its own forward hooks (with kwargs, always called): they point to
+    its hook tables, and the region that replaces it holds the hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.calls = 0
+        self.handle = self.register_forward_hook(Hooked._count, always_call=True)
+        self.pre_handle = self.register_forward_pre_hook(Hooked._pre, with_kwargs=True)
+
+    @staticmethod
+    def _count(module, args, out):
+        module.calls += 1
+
+    @staticmethod
+    def _pre(module, args, kwargs):
+        return None
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize("passes", [["orthogonal"], ["bsnn"]], ids="+".join)
+def test_hooks_and_handles_survive_copies_of_copies(passes):
+    """A deep copy of a deep copy freezes (the handles pointed to the tables of the module the
+    region replaced: a TypeError in RemovableHandle.__setstate__), and every copy keeps the hooks."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    compiled = vgpcompile(Hooked(), passes, example_inputs=(x,))
+    twice = copy.deepcopy(copy.deepcopy(compiled))
+    for model in (compiled, twice, freeze(twice), freeze(copy.deepcopy(twice))):
+        assert isinstance(model, Hooked)
+        before = model.calls
+        model(x)
+        assert model.calls == before + 1, "the forward hook was lost"
+    twice.handle.remove()  # the copy's handle removes the copy's hook, not the original's
+    calls = (twice.calls, compiled.calls)
+    twice(x), compiled(x)
+    assert (twice.calls, compiled.calls) == (calls[0], calls[1] + 1)
+
+
+class PoolHead(nn.Module):
+    """timm's NormMlpClassifierHead in small: a flag that changes the graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x, pre_logits: bool = False):
+        x = x.mean((2, 3))
+        return x if pre_logits else torch.tanh(self.fc(x))
+
+
+class Gate(PoolHead):
+    """Arguments whose value does not change the graph: a flag and an optional it ignores."""
+
+    def forward(self, x, unused: bool = False, scale=None):
+        return torch.tanh(self.fc(x.mean((2, 3))))
+
+
+class SplitHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh())
+        self.head = PoolHead()
+        self.gate = Gate()
+
+    def forward_head(self, x, pre_logits: bool = False):
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward_gate(self, x, unused: bool = False):
+        return self.gate(x, unused=unused)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.forward_head(x) + self.forward_gate(x, unused=True)
+
+
+def test_split_off_module_takes_the_other_flag_values():
+    """A module split off for other methods is traced both ways for its None/bool arguments: the
+    head whose graph depends on pre_logits stays eager (forward_head(x, pre_logits=True) works, no
+    guard); the gate, whose graph depends on none of them, stays a region without guards."""
+    torch.manual_seed(0)
+    net, x = SplitHead(), torch.randn(2, 3, 6, 6)
+    model = vgpcompile(net, ["gpn"], example_inputs=(x,))
+    assert isinstance(model.gate, fx.GraphModule) and not isinstance(model.head, fx.GraphModule)
+    (eager,) = [e for e in model.vgp_report.eager if e.name == "head"]
+    assert "depends on pre_logits" in eager.reason
+    features = net.stem(x)  # the compiled stem is inlined into forward's graph
+    assert torch.equal(model.forward_head(features, pre_logits=True), net.forward_head(features, pre_logits=True))
+    assert torch.equal(model.gate(features, unused=False, scale=2.0), model.gate(features, unused=True, scale=2.0))
+    assert torch.equal(model.gate(features, scale=2.0), model.gate(features))  # None traced as a Proxy, no guard
+    # the head's tanh runs in eager code and is changed there; the gate's in the gate's graph
+    report = model.vgp_report
+    assert (report.changed_count("gpn"), report.changed_eager_count("gpn")) == (3, 1)
+    assert {"stem.1", "gate.tanh()"} <= {r.name for r in report.sites if r.changed.get("gpn")}
+
+
+def test_rai_cuts_through_modules_the_other_methods_call():
+    """rai needs the forward as one graph: TimmLike's stages and head (named by forward_features and
+    get_classifier) are traced into it, not split off, so its cuts are found; the other methods
+    run those modules eagerly, with the very layers the graph calls."""
+    torch.manual_seed(0)
+    net, x = TimmLike(), torch.randn(2, 3, 8, 8)
+    lifted = vgpcompile(net, ["rai"], example_inputs=(x,), options={"rai": {"num_examples": 2}}).eval()
+    assert isinstance(lifted, TimmLike) and lifted.vgp_report.changed_count("rai") > 0
+    assert not isinstance(lifted.stages, fx.GraphModule) and lifted.get_classifier() is lifted.head[0]
+    with torch.no_grad():
+        assert torch.equal(lifted.forward_head(lifted.forward_features(x)), net(x))
+        assert torch.equal(lifted(x), net(x))
+    lifted.train()
+    assert lifted(x, torch.arange(2)).shape == (2, 4)

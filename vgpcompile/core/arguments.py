@@ -19,6 +19,11 @@ traced module's arguments are decided by the first rule that applies:
    pass either), the others are traced as Proxies (None defaults) or as unguarded constants
    (bools whose value does not matter).
 
+A module split off for the class's other methods (core/region.py: timm's ``forward_head``
+calls ``self.head(x, pre_logits=True)``) has callers the examples did not run: after rule 2,
+each argument the examples passed as None or a bool (a None/bool default) is traced the other
+way too, as in rule 4 (``other_callers``).
+
 ``**kwargs`` is traced empty. A constant argument is guarded in the graph: a call with
 another value raises, naming the module and the fix, instead of computing another thing.
 """
@@ -71,8 +76,10 @@ def decide(
     planned: Mapping[str, Any] | None,
     calls: list | None,
     trace: Callable[[dict[str, Any]], fx.Graph],
+    other_callers: bool = False,
 ) -> Decision:
-    """The decision for module ``name`` (``""``: the root); ``trace(concrete)`` traces it once."""
+    """The decision for module ``name`` (``""``: the root); ``trace(concrete)`` traces it once;
+    ``other_callers``: code the example inputs did not run may call it (a split-off module)."""
     params = parameters(forward)
     if planned is not None:
         concrete, unguarded = _from_record(params, planned)
@@ -81,6 +88,8 @@ def decide(
         decision = _observed(forward, params, calls)
         if not decision.reason and name != "" and _mask_building_library(forward):
             decision = _none_may_be_a_tensor(decision, trace)
+        if not decision.reason and other_callers:
+            decision = _both_ways(params, decision, trace)
     elif name == "":
         decision = Decision(_defaults(params))
     else:
@@ -189,6 +198,42 @@ def _none_may_be_a_tensor(decision: Decision, trace: Callable[[dict[str, Any]], 
             ))
         concrete = variant
     return Decision(concrete, decision.unguarded)
+
+
+def _both_ways(
+    params: list[inspect.Parameter], decision: Decision, trace: Callable[[dict[str, Any]], fx.Graph]
+) -> Decision:
+    """Rule 4 for the None/bool arguments with None/bool defaults, in a module that other code
+    calls too: one whose value changes the graph keeps the module eager (a guard would stop
+    ``forward_head(x, pre_logits=True)``); the others are traced as Proxies (None) or unguarded."""
+    given = decision.concrete
+    keys = [p.name for p in params if p.name in given and (given[p.name] is None or isinstance(given[p.name], bool))
+            and (p.default is None or isinstance(p.default, bool))]  # fmt: skip
+    if not keys:
+        return decision
+    try:
+        base = trace(decision.concrete)
+    except Exception:
+        return decision  # the trace itself fails: capture reports it as before
+    concrete, unguarded, nones = dict(given), set(decision.unguarded), set()
+    for key in keys:
+        variant = {k: v for k, v in concrete.items() if k != key}
+        if concrete[key] is not None:
+            variant[key] = not concrete[key]
+        try:
+            graph = trace(variant)
+        except Exception:
+            graph = None
+        if graph is None or not same_graph(base, graph, as_none=nones | ({key} if concrete[key] is None else set())):
+            return Decision(reason=(
+                f"its forward depends on {key} (the examples pass {concrete[key]!r}) and the "
+                "model's other methods call it too and may pass another value: kept eager so that every call works"
+            ))
+        if concrete[key] is None:
+            concrete, nones = variant, nones | {key}
+        else:
+            unguarded.add(key)
+    return Decision(concrete, unguarded)
 
 
 def _probe(params: list[inspect.Parameter], trace: Callable[[dict[str, Any]], fx.Graph]) -> Decision:

@@ -98,6 +98,7 @@ class Capture:
     plan: Mapping[str, Any] = field(default_factory=dict)  # an earlier compile's decisions (a recipe's "capture")
     decided: dict[str, dict] = field(default_factory=dict)  # each traced region's argument decision
     heights: dict[int, int] = field(default_factory=dict)  # id(module) -> levels of modules below it
+    one_graph: bool = False  # a pass cuts through the whole forward: nothing is split off (rai)
 
     def decisions(self) -> dict[str, Any]:
         """What ``load`` needs to capture the same way without example inputs (JSON): every
@@ -181,6 +182,7 @@ def capture(
     verify: Verifier | None = None,
     observed: Mapping[str, list] | None = None,
     plan: Mapping[str, Any] | None = None,
+    one_graph: bool = False,
 ) -> Capture:
     """Trace ``model`` hierarchically. ``model`` is changed in place (pass a copy).
 
@@ -190,12 +192,14 @@ def capture(
     ``verify(prefix, original, gm)`` returns why a traced region may not replace the
     original (core/verify.py), or None; ``observed`` holds the modules' recorded calls
     (core/arguments.py decides from them); ``plan`` an earlier compile's
-    :meth:`Capture.decisions`, to capture the same way.
+    :meth:`Capture.decisions`, to capture the same way. ``one_graph``: the modules that the
+    class's other methods name are traced into the forward's graph, not split off (a pass such
+    as rai cuts through the whole forward); those methods run them eagerly, with the same layers.
     """
     result = Capture(
         model, {}, [], autowrap, leaf_types, is_user_leaf, is_user_eager, verify, observed or {}, plan or {}
     )
-    result.heights = tree_heights(model)
+    result.heights, result.one_graph = tree_heights(model), one_graph
     with _no_mha_fastpath():
         result.root = _capture(model, "", result)
     return result
@@ -239,10 +243,12 @@ def _no_mha_fastpath() -> Iterator[None]:
         backend.set_fastpath_enabled(before)
 
 
-def _capture(module: nn.Module, prefix: str, out: Capture, model_output: bool = False) -> nn.Module:
-    """``module`` as a region, or eager with its children captured. ``model_output``: the root graph
-    returns what it returns (a module split off by region.referenced_children), so its final
-    activation is the model's."""
+def _capture(
+    module: nn.Module, prefix: str, out: Capture, model_output: bool = False, split_off: bool = False
+) -> nn.Module:
+    """``module`` as a region, or eager with its children captured. ``split_off``: a module split off
+    by region.referenced_children, which the class's other methods call too; ``model_output``: the
+    root graph returns what it returns, so its final activation is the model's."""
     name = prefix.rstrip(".")
     if out.is_user_eager(name, module):
         return _leave_eager(module, prefix, "kept eager by eager=", out, forced=True)
@@ -261,6 +267,7 @@ def _capture(module: nn.Module, prefix: str, out: Capture, model_output: bool = 
         return _leave_eager(module, prefix, reason, out)
     forced: dict[str, str] = {}
     own = referenced_children(module)  # called by the class's other methods: kept callable (core/region.py)
+    inlined, own = (own, set()) if out.one_graph else (set(), own)
     while True:
         tracer = _Tracer(set(forced) | own, lambda q, m: out.is_user_leaf(prefix + q, m), out)
         try:
@@ -270,6 +277,7 @@ def _capture(module: nn.Module, prefix: str, out: Capture, model_output: bool = 
                 (out.plan.get("args") or {}).get(name or "<root>"),
                 out.observed.get(name),
                 lambda concrete, tracer=tracer: _trace(tracer, module, forward, concrete, True),
+                other_callers=split_off,
             )
             if decision.reason:
                 return _leave_eager(module, prefix, f"{decision.reason} (in {forward_location(module)})", out)
@@ -302,11 +310,13 @@ def _capture(module: nn.Module, prefix: str, out: Capture, model_output: bool = 
         out.decided[name or "<root>"] = decision.record
     for qual, why in forced.items():
         _leave_eager(gm.get_submodule(qual), f"{prefix}{qual}.", why, out)
+    for qual in sorted(inlined):
+        _restore(gm, module, qual)  # the same layers as the graph's: the other methods run them eagerly
     returned = {n.target for n in output_nodes(graph) if n.op == "call_module"} if _is_model_output(gm, prefix) else ()
     for qual in sorted(own - set(forced)):
         _restore(gm, module, qual)
         if not out.is_user_leaf(prefix + qual, gm.get_submodule(qual)):
-            gm.set_submodule(qual, _capture(gm.get_submodule(qual), f"{prefix}{qual}.", out, qual in returned))
+            gm.set_submodule(qual, _capture(gm.get_submodule(qual), f"{prefix}{qual}.", out, qual in returned, True))
     _note_user_leaves(gm, graph, prefix, out)
     return gm
 

@@ -35,12 +35,15 @@ from typing import Any, ClassVar
 
 from torch import fx, nn
 from torch.fx.graph_module import _deserialize_graph_module, _forward_from_src
+from torch.utils.hooks import RemovableHandle
 
 # names fx.GraphModule gives its instances or its class, beyond those of nn.Module
 _FX_NAMES = frozenset(dir(fx.GraphModule)) - frozenset(dir(nn.Module)) | {
     "_graph", "_code", "meta", "_tracer_cls", "_tracer_extras", "_lineno_map", "_prologue_start", "shape_env",
     "_replace_hooks", "_create_node_hooks", "_erase_node_hooks", "_deepcopy_hooks", "_in_spec", "_out_spec",
 }  # fmt: skip
+# a module's hook tables (forward, backward, state dict): fx's deepcopy keeps only some of them
+_HOOK_TABLES = tuple(k for k in vars(nn.Module()) if "hook" in k)
 _CLASSES: weakref.WeakKeyDictionary[type, dict[str, type]] = weakref.WeakKeyDictionary()
 
 
@@ -55,6 +58,12 @@ class _UserRegion:
     def __deepcopy__(self, memo: dict[int, Any]) -> fx.GraphModule:
         res = fx.GraphModule.__deepcopy__(self, memo)
         type(res).__name__ = type(self).__name__  # fx's copy names the class "GraphModule"
+        # fx's copy keeps the state-dict hooks only; the forward ones are the region's too (core/capture.py
+        # copies them from the module it replaces). Through memo they are the tables that the copied
+        # RemovableHandles point to: else those point to dropped tables and the next copy fails.
+        for key in _HOOK_TABLES:
+            if key in self.__dict__:
+                res.__dict__[key] = copy.deepcopy(self.__dict__[key], memo)
         for key, value in self.__dict__.items():
             if key not in res.__dict__:
                 res.__dict__[key] = copy.deepcopy(value, memo)
@@ -63,6 +72,7 @@ class _UserRegion:
     def __copy__(self) -> fx.GraphModule:
         res = type(self).__new__(type(self))
         fx.GraphModule.__init__(res, self, self.graph, self.__class__.__name__)
+        res.__dict__.update({k: self.__dict__[k] for k in _HOOK_TABLES if k in self.__dict__})  # as nn.Module's
         res.__dict__.update({k: v for k, v in self.__dict__.items() if k not in res.__dict__})
         return res
 
@@ -169,7 +179,20 @@ def copy_plain_attributes(source: nn.Module, region: nn.Module) -> None:
     buffers live in their own tables and are the graph's business)."""
     for key, value in source.__dict__.items():
         if key not in region.__dict__ and key not in _FX_NAMES:
-            region.__dict__[key] = value
+            region.__dict__[key] = _repoint(value, source, region) if isinstance(value, RemovableHandle) else value
+
+
+def _repoint(handle: RemovableHandle, source: nn.Module, region: nn.Module) -> RemovableHandle:
+    """A handle to ``source``'s hooks (``self.h = self.register_forward_hook(...)``) as one to the
+    region's hook tables, which hold the same hooks under the same ids: ``source`` is dropped once
+    captured, and a handle to its tables would be dead (``remove()`` a no-op, deepcopy a TypeError)."""
+    tables = {id(source.__dict__[k]): k for k in _HOOK_TABLES if k in source.__dict__}
+    names = [tables.get(id(ref())) for ref in (handle.hooks_dict_ref, *handle.extra_dict_ref)]
+    if None in names:
+        return handle  # another module's hooks
+    new = RemovableHandle.__new__(RemovableHandle)
+    new.__setstate__((region.__dict__[names[0]], handle.id, tuple(region.__dict__[n] for n in names[1:])))
+    return new
 
 
 def _rebuild(user_class: type, body: dict[str, Any], import_block: str) -> fx.GraphModule:

@@ -90,6 +90,9 @@ class RAI(Pass):
     summary: ClassVar[str] = "lift the model: per-example tables Z_t at cuts, local losses, (x, idx) in training"
     matches: ClassVar[tuple[str, ...]] = (MODEL,)
     changes_inputs: ClassVar[bool] = True
+    # cuts run through the whole forward: capture inlines the modules it would split off for the
+    # class's other methods (core/region.py), which then run them eagerly, with the same layers
+    one_graph: ClassVar[bool] = True
 
     num_examples: int | None = None
     every: int = 1
