@@ -82,3 +82,13 @@ def output_range(module: nn.Module, *input_ranges: Range | None) -> Range | str 
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f"the output of {type(module).__name__}, range [{lo:g}, {hi:g}]"
     return lo, hi
+
+
+def affine_of_range(activation: Activation, params: dict[str, Any], scale: float, shift: float) -> Range | None:
+    """The range of ``scale * phi + shift`` for an inserted activation module's
+    ``vgp_output_range`` (gpn's a·φ+b, tat's γ·(φ+δ)); None when φ's own range is unbounded."""
+    lo, hi = activation.output_range(params)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    ends = sorted((scale * lo + shift, scale * hi + shift))
+    return ends[0], ends[1]

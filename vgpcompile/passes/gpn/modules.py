@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...core.catalogue import DEFAULT, Activation
+from ...core.protocol import affine_of_range
 from .constants import gpn_constants, resolve_root
 
 
@@ -50,12 +50,7 @@ class GPNActivation(nn.Module):
         return self.activation, self.params
 
     def vgp_output_range(self, input_range) -> tuple[float, float] | None:
-        lo, hi = self.activation.output_range(self.params)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            return None
-        a, b = self.a.item(), self.b.item()
-        ends = sorted((a * lo + b, a * hi + b))
-        return ends[0], ends[1]
+        return affine_of_range(self.activation, self.params, self.a.item(), self.b.item())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one fused kernel for the affine part: b + phi(x) * a

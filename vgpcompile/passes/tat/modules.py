@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...core.catalogue import DEFAULT, Activation
+from ...core.protocol import affine_of_range
 
 
 class TATActivation(nn.Module):
@@ -42,11 +42,7 @@ class TATActivation(nn.Module):
         return self.activation, self.params
 
     def vgp_output_range(self, input_range) -> tuple[float, float] | None:
-        lo, hi = self.activation.output_range(self.params)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            return None
-        ends = sorted((self.gamma * (lo + self.delta), self.gamma * (hi + self.delta)))
-        return ends[0], ends[1]
+        return affine_of_range(self.activation, self.params, self.gamma, self.gamma * self.delta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.alpha != 1.0:
