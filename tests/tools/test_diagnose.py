@@ -1,5 +1,5 @@
 """vgpcompile.diagnose: the verdicts the issue asks for, recurrent and untraceable models,
-the JSON schema and the plots."""
+the recommendations re-measured before they are made (issue 22), the JSON schema and the plots."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import vgpcompile
 from vgpcompile.core.catalogue import DEFAULT
 from vgpcompile.errors import UsageError
 from vgpcompile.tools.baselines import Arm, plain_mlp
+from vgpcompile.tools import recommend as rec
 from vgpcompile.tools.diagnose import SCHEMA, validate
 from vgpcompile.tools.plots import layer_figure, saturation_figure, save_figure, time_figure, write_text
 from vgpcompile.tools.probes import dynamic_region, measure
@@ -30,8 +31,10 @@ def tanh_mlp(depth: int, width: int) -> nn.Sequential:
 
 @pytest.fixture(scope="module")
 def deep_report():
+    # verify=False: the candidates are listed, not compiled (tat's constants alone take ~45 s at
+    # depth 200); the re-measurement is tested on smaller models below
     x = torch.randn(32, 128, generator=torch.Generator().manual_seed(0))
-    return vgpcompile.diagnose(tanh_mlp(200, 128), x, passes=["bsnn"], dtype=torch.float64)
+    return vgpcompile.diagnose(tanh_mlp(200, 128), x, passes=["bsnn"], dtype=torch.float64, verify=False)
 
 
 def test_deep_plain_tanh_vanishes_and_bsnn_fixes_it(deep_report):
@@ -40,11 +43,18 @@ def test_deep_plain_tanh_vanishes_and_bsnn_fixes_it(deep_report):
     print("\ndepth 200 width 128 tanh: ratio before {:.3g}, after {:.3g}".format(*ratios))
     assert before.figures.grad_ratio > 1e6
     assert before.verdict.status == "problem" and "vanishing_gradients" in before.verdict.problems
-    assert before.verdict.recommended == ["bsnn"]
+    # candidates from the evidence, in its order, each with the figure that drives it; none
+    # recommended without the re-measurement
+    cands = before.verdict.candidates
+    assert [c.passes for c in cands if c.status == "unverified"][:2] == ["tat", "bsnn"]
+    assert before.verdict.recommended == []
+    assert cands[0].drivers[0]["figure"] == "grad_ratio" and cands[0].drivers[0]["value"] == before.figures.grad_ratio
+    assert cands[0].drivers[0]["threshold"] == 100 and "docs/results.md" in cands[0].evidence
+    assert "candidates, not re-measured: ['tat', 'bsnn'" in deep_report.verdict
     assert before.figures.grad_min < 1e-20  # the absolute norms, next to the ratio
     assert after.figures.grad_ratio * 100 <= before.figures.grad_ratio
     assert after.figures.grad_ratio < 10 and after.figures.grad_min > 1e-2
-    assert after.verdict.status == "ok" and after.verdict.recommended == []
+    assert after.verdict.status == "ok" and after.verdict.recommended == [] and after.verdict.candidates == []
     assert deep_report.passes == ["gpn", "orthogonal"]
     assert before.figures.depth == after.figures.depth == 200
     assert len(before.measurement.layers) == 201 and len(before.measurement.activations) == 200
@@ -70,24 +80,28 @@ def test_flat_ratio_with_a_collapsing_signal_is_still_flagged():
     for m in net:
         if isinstance(m, nn.Linear):
             nn.init.orthogonal_(m.weight)
-    report = vgpcompile.diagnose(net, torch.randn(64, 64), dtype=torch.float64)
+    report = vgpcompile.diagnose(net, torch.randn(64, 64), dtype=torch.float64, verify=False)
     f = report.before.figures
     assert f.grad_ratio < 10 and f.signal_ratio > 100
     assert report.before.verdict.problems == ["collapsing_signal"]
-    assert report.before.verdict.recommended == ["bsnn"]
+    (drive,) = report.before.verdict.candidates[0].drivers
+    assert drive["figure"] == "signal_ratio" and drive["value"] == f.signal_ratio
 
 
-def test_saturated_tanh_recommends_arp():
+def test_saturated_tanh_proposes_arp():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
     with torch.no_grad():
         for m in net:
             if isinstance(m, nn.Linear):
                 m.weight.mul_(30)
-    report = vgpcompile.diagnose(net, torch.randn(64, 16))
+    report = vgpcompile.diagnose(net, torch.randn(64, 16), verify=False)
     acts = report.before.measurement.activations
     assert all(a.saturation > 0.5 and a.region == (-1.82, 1.82) for a in acts)
-    assert "saturation" in report.before.verdict.problems and "arp" in report.before.verdict.recommended
+    assert "saturation" in report.before.verdict.problems
+    arp = next(c for c in report.before.verdict.candidates if c.passes == "arp")
+    assert arp.targets == ["saturation"] and arp.drivers[0]["figure"] == "saturation_max"
+    assert arp.drivers[0]["value"] == max(a.saturation for a in acts) and arp.drivers[0]["threshold"] == 0.5
 
 
 class Recurrent(nn.Module):
@@ -108,7 +122,14 @@ def test_rnn_over_50_steps_reports_per_step_input_gradients(tmp_path):
     (row,) = report.before.measurement.recurrent
     assert row.name == "rnn" and len(row.steps) == 50 and all(v > 0 for v in row.steps)
     assert row.steps[-1] > row.steps[0]  # the loss reads the last step: early steps get less
-    assert "vanishing_in_time" in report.before.verdict.problems and "arp" in report.before.verdict.recommended
+    assert "vanishing_in_time" in report.before.verdict.problems
+    cands = {c.passes: c for c in report.before.verdict.candidates}
+    # arp rotates the recurrent gates: measured better (not healed); roaf swaps nn.RNN for a
+    # module the probes do not step through, so its effect cannot be re-measured: not "gone"
+    assert report.before.verdict.recommended == ["arp"] and "improved (time_ratio" in cands["arp"].why
+    assert cands["arp"].figures_after["time_ratio"] * 1e3 < report.before.figures.time_ratio
+    assert cands["roaf"].status == "rejected" and "cannot be re-measured" in cands["roaf"].why
+    assert set(cands) == {"arp", "roaf"}  # tat/bsnn's rows do not target problems in time
     doc = json.loads(report.to_json())
     validate(doc)
     assert len(doc["before"]["recurrent"][0]["steps"]) == 50
@@ -126,6 +147,125 @@ def test_per_step_gradients_equal_autograd():
     F.mse_loss(model(xr), target).backward()
     expected = xr.grad.transpose(0, 1).reshape(50, -1).norm(dim=1)
     assert torch.allclose(torch.tensor(m.recurrent[0].steps, dtype=torch.float64), expected, rtol=1e-10)
+
+
+# ---- recommendations: drawn from the evidence, re-measured before they are made (issue 22) ----
+
+
+class LSTMStack(nn.Module):
+    """Embedding, LSTM + projection blocks, head: the forward signal collapses over the blocks
+    and the gates' activations are inside the fused kernel (no activation site to rewrite)."""
+
+    def __init__(self, blocks: int = 3, width: int = 32, vocab: int = 50) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.rnns = nn.ModuleList([nn.LSTM(width, width, batch_first=True) for _ in range(blocks)])
+        self.proj = nn.ModuleList([nn.Linear(width, width) for _ in range(blocks)])
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.emb(x)
+        for rnn, proj in zip(self.rnns, self.proj):
+            x = proj(rnn(x)[0])
+        return self.head(x)
+
+
+def _lstm():
+    torch.manual_seed(0)
+    return LSTMStack(), torch.randint(0, 50, (8, 20), generator=torch.Generator().manual_seed(0))
+
+
+def test_lstm_whose_signal_collapses_gets_a_remeasured_recommendation():
+    net, x = _lstm()
+    report = vgpcompile.diagnose(net, x, dtype=torch.float64)
+    v, f = report.before.verdict, report.before.figures
+    assert v.problems == ["vanishing_gradients", "collapsing_signal"] and f.signal_ratio > 300
+    cands = {c.passes: c for c in v.candidates}
+    for name in ("tat", "tat{method=DKS}", "bsnn", "roaf"):  # nothing of theirs is in this model
+        assert cands[name].status == "not_applicable" and cands[name].seconds == 0
+    arp = cands["arp"]
+    assert v.recommended[0] == "arp" and arp.status == "recommended"
+    assert arp.problems_after == ["vanishing_gradients"] and "collapsing_signal gone (signal_ratio" in arp.why
+    assert [(d["figure"], d["value"], d["threshold"]) for d in arp.drivers] == [
+        ("grad_ratio", f.grad_ratio, 100),
+        ("signal_ratio", f.signal_ratio, 100),
+    ]
+    # the re-measurement is diagnose's own measurement of the model compiled with the pass
+    applied = vgpcompile.diagnose(net, x, passes=["arp"], dtype=torch.float64, verify=False).after.figures
+    assert arp.figures_after["signal_ratio"] == pytest.approx(applied.signal_ratio, rel=1e-9)
+    assert arp.figures_after["grad_ratio"] == pytest.approx(applied.grad_ratio, rel=1e-9)
+    assert applied.signal_ratio < 100 and applied.grad_ratio < f.grad_ratio / 2
+    assert "| before | `arp` | vanishing_gradients: grad_ratio" in report.to_markdown()
+    assert "try passes=['arp'" in report.verdict and "(re-measured)" in report.verdict
+
+
+def _saturating_mlp():
+    torch.manual_seed(0)
+    net = tanh_mlp(20, 64)
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight, gain=3.0)  # too large: saturating and exploding
+    return net, torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_deep_saturating_mlp_gets_a_pass_the_remeasurement_confirms(monkeypatch):
+    # without tat's rows: its constants take ~10 s to solve (the full flow is the slow test below)
+    monkeypatch.setattr(rec, "EVIDENCE", tuple(e for e in rec.EVIDENCE if not e.passes.startswith("tat")))
+    net, x = _saturating_mlp()
+    report = vgpcompile.diagnose(net, x, dtype=torch.float64)
+    v = report.before.verdict
+    assert v.problems == ["exploding_gradients", "saturation"]
+    assert v.recommended[0] == "bsnn"
+    bsnn = v.candidates[0]
+    assert bsnn.problems_after == [] and bsnn.figures_after["grad_ratio"] < 10
+    assert bsnn.figures_after["saturation_max"] < 0.2 < 0.5 < bsnn.drivers[1]["value"]
+    assert "exploding_gradients gone (grad_ratio" in bsnn.why and "saturation gone (saturation_max" in bsnn.why
+    assert [(c.passes, c.status) for c in v.candidates[1:]] == [("arp", "recommended"), ("orthogonal", "recommended")]
+    assert sorted(v.recommended) == ["arp", "bsnn", "orthogonal"] and report.settings["max_candidates"] == 3
+    after = vgpcompile.diagnose(net, x, passes=[v.recommended[0]], dtype=torch.float64, verify=False).after
+    assert after.verdict.status == "ok"
+
+
+@pytest.mark.slow
+def test_a_deep_saturating_mlp_every_candidate():
+    net, x = _saturating_mlp()
+    v = vgpcompile.diagnose(net, x, dtype=torch.float64).before.verdict
+    assert v.recommended[:2] == ["tat", "bsnn"]  # both measured healthy; evidence order breaks the tie
+    tat = v.candidates[0]
+    assert tat.problems_after == [] and tat.figures_after["grad_ratio"] < 10
+
+
+def test_a_candidate_that_breaks_a_healthy_figure_is_tried_and_not_recommended(monkeypatch):
+    """arp on a bias-free deep tanh net whose every gradient is below the floor: it lifts
+    them, but turns the healthy max/min ratio into exploding gradients; orthogonal lifts them
+    and keeps the ratio."""
+    monkeypatch.setattr(rec, "EVIDENCE", tuple(e for e in rec.EVIDENCE if e.passes in ("arp", "orthogonal")))
+    torch.manual_seed(0)
+    net = nn.Sequential(*[m for _ in range(60) for m in (nn.Linear(64, 64, bias=False), nn.Tanh())], nn.Linear(64, 1))
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    report = vgpcompile.diagnose(net, x, dtype=torch.float64)
+    v = report.before.verdict
+    assert v.problems == ["vanishing_gradients", "collapsing_signal"] and report.before.figures.grad_ratio < 100
+    arp, ortho = v.candidates
+    assert arp.status == "rejected" and "exploding_gradients" in arp.problems_after
+    assert arp.why.startswith("turns a healthy figure into exploding_gradients (grad_ratio ")
+    assert ortho.status == "recommended" and ortho.drivers[0]["figure"] == "grad_max"
+    assert v.recommended == ["orthogonal"] and "vanishing_gradients gone (grad_max" in ortho.why
+
+
+def test_candidates_are_bounded_and_a_failing_compile_is_reported(monkeypatch):
+    net, x = _lstm()
+    report = vgpcompile.diagnose(net, x, dtype=torch.float64, max_candidates=1)
+    statuses = {c.passes: c.status for c in report.before.verdict.candidates}
+    assert statuses["arp"] == "recommended" and statuses["orthogonal"] == "not_tried"
+    assert report.settings["max_candidates"] == 1 and report.settings["verify"] is True
+    bad = rec.Evidence("orthogonal{keep=sometimes}", ("vanishing_gradients",), "layers", "a test row")
+    monkeypatch.setattr(rec, "EVIDENCE", (bad,))
+    (cand,) = vgpcompile.diagnose(net, x, dtype=torch.float64).before.verdict.candidates
+    assert cand.status == "failed" and cand.why.startswith("compile failed: UsageError:") and "keep" in cand.why
+    with pytest.raises(UsageError, match="max_candidates"):
+        vgpcompile.diagnose(net, x, max_candidates=-1)
 
 
 class Cells(nn.Module):
@@ -197,7 +337,8 @@ def test_compiled_with_parametrized_weights_still_reports_every_gradient():
 def test_json_validates_against_the_documented_schema(deep_report):
     doc = json.loads(deep_report.to_json())
     validate(doc)
-    assert doc["schema"] == "vgpcompile.diagnose/1" and doc["after"]["verdict"]["status"] == "ok"
+    assert doc["schema"] == "vgpcompile.diagnose/2" and doc["after"]["verdict"]["status"] == "ok"
+    assert doc["before"]["verdict"]["candidates"][0]["status"] == "unverified"
     layer = doc["before"]["layers"][0]
     assert set(layer) == set(SCHEMA["properties"]["before"]["properties"]["layers"]["items"]["properties"])
     broken = json.loads(deep_report.to_json())
@@ -211,6 +352,10 @@ def test_json_validates_against_the_documented_schema(deep_report):
     broken = json.loads(deep_report.to_json())
     broken["before"]["verdict"]["problems"] = ["vanishing"]
     with pytest.raises(ValueError, match="not one of"):
+        validate(broken)
+    broken = json.loads(deep_report.to_json())
+    broken["before"]["verdict"]["candidates"][0]["status"] = "maybe"
+    with pytest.raises(ValueError, match=r"\$\.before\.verdict\.candidates\[0\]\.status"):
         validate(broken)
 
 

@@ -20,13 +20,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="top errors per batch (default 1; batches x seeds <= 1000)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="measure in this precision (deep nets: float64)")
     p.add_argument("--rows", type=int, default=24, help="layers shown in the printed table (default 24; 0: all)")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="list the candidate passes for the problems found without compiling and re-measuring them "
+        "(nothing is then recommended)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        metavar="N",
+        help="re-measure at most N candidate passes per side (default 3; each costs one compile and the runs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import UsageError
-    from ..tools.diagnose import MAX_RUNS, check_out_dir, diagnose
+    from ..tools.diagnose import MAX_CANDIDATES, MAX_RUNS, check_out_dir, diagnose
 
     # every argument is checked before the model is loaded and measured
     if args.batches < 1 or args.seeds < 1:
@@ -36,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             f"--batches {args.batches} x --seeds {args.seeds}: more than {MAX_RUNS} forward and backward passes "
             "per side; the averaged figures settle within a few runs"
         )
+    if args.candidates is not None and args.candidates < 0:
+        raise UsageError(f"--candidates {args.candidates}: a number of candidate passes >= 0")
     if args.out is not None:
         check_out_dir(args.out, "--out")
     first = example_input(args.input_shape)
@@ -52,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         batches=batches,
         seeds=args.seeds,
         dtype=getattr(torch, args.dtype) if args.dtype else None,
+        verify=not args.no_verify,
+        max_candidates=MAX_CANDIDATES if args.candidates is None else args.candidates,
     )
     print(report.to_markdown(max_rows=args.rows or None))
     if args.out is not None:

@@ -30,10 +30,17 @@ How the verdict is decided (each rule that fires adds a problem; none means "ok"
    SATURATED = 50% of its pre-activations outside its dynamic region.
    ``dead_units``: a one-sided one (relu, elu, ...) has more than DEAD = 90% outside.
 
-Recommended passes, from the problems (only registered passes, none already applied):
-``bsnn`` (gpn + orthogonal weights) for rules 1–3 and dead units, when the model has
-activation sites; ``arp`` for saturation and for recurrent layers (rule 4). A model
-without any activation the probes see gets no recommendation.
+Recommended passes: each problem maps to candidate passes drawn from the measured evidence
+(:data:`vgpcompile.tools.recommend.EVIDENCE`: the pass, the problems it targets, what the
+model must have, the docs/results.md row it rests on), each with the measurement that drives
+it (figure, value, threshold). A candidate is then *re-measured*: the model is compiled with
+it (same example inputs, options, select/ignore) and measured with the same batches and
+seeds; it is recommended only when every problem it targets improves (gone, or its figure at
+least 2x better; a saturated fraction 0.1 lower) and no healthy figure turns into a problem.
+The others are reported as tried and not recommended, with the numbers; a compile that
+fails is reported with its reason. At most ``max_candidates`` (default MAX_CANDIDATES = 3)
+are compiled and measured per side; ``verify=False`` lists the candidates without trying
+any (and recommends none).
 
 The JSON form follows :data:`SCHEMA` (JSON Schema; :func:`validate` checks a document).
 """
@@ -43,6 +50,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +62,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..io import files
+from . import recommend as rec
 from .plots import plot_all, write_text
 from .probes import THRESHOLD, Loss, Measurement, measure, merge
 
@@ -60,7 +70,8 @@ SPREAD = 100.0
 FLOOR = 1e-12
 SATURATED = 0.5
 DEAD = 0.9
-SCHEMA_ID = "vgpcompile.diagnose/1"
+MAX_CANDIDATES = 3  # candidates compiled and re-measured per side (each costs one compile + the runs)
+SCHEMA_ID = "vgpcompile.diagnose/2"
 # batches x seeds: each run is one forward and backward pass per side; more only costs time,
 # the averages settle within a few runs
 MAX_RUNS = 1000
@@ -108,13 +119,26 @@ class Verdict:
     status: str  # "ok" or "problem"
     problems: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
-    recommended: list[str] = field(default_factory=list)
+    recommended: list[str] = field(default_factory=list)  # re-measured and confirmed, best first
+    candidates: list[rec.Candidate] = field(default_factory=list)  # every pass considered, and why
 
     def line(self) -> str:
         if self.status == "ok":
             return "ok: " + (self.reasons[0] if self.reasons else "no vanishing or exploding gradients found")
-        rec = f"; try passes={self.recommended}" if self.recommended else ""
-        return f"{', '.join(self.problems)}: {self.reasons[0]}{rec}"
+        return f"{', '.join(self.problems)}: {self.reasons[0]}{self._advice()}"
+
+    def _advice(self) -> str:
+        if self.recommended:
+            return f"; try passes={self.recommended} (re-measured)"
+        waiting = [c.passes for c in self.candidates if c.status == rec.UNVERIFIED]
+        if waiting:
+            return f"; candidates, not re-measured: {waiting}"
+        tried = [c for c in self.candidates if c.status in (rec.REJECTED, rec.FAILED, rec.UNCHANGED)]
+        left = [c.passes for c in self.candidates if c.status == rec.NOT_TRIED]
+        more = f"; over the candidate limit, not re-measured: {left}" if left else ""
+        if tried:
+            return "; nothing tried helps (" + ", ".join(f"{c.passes}: {c.status}" for c in tried) + ")" + more
+        return more or "; no pass in the evidence applies to this model"
 
 
 def _ratio(values: Sequence[float]) -> float | None:
@@ -153,8 +177,9 @@ def figures(m: Measurement) -> Figures:
     )
 
 
-def decide(m: Measurement, f: Figures, applied: Sequence[str] = ()) -> Verdict:
-    """The verdict of the module docstring's rules, with recommended passes."""
+def decide(m: Measurement, f: Figures, applied: Sequence[str] = (), propose: bool = True) -> Verdict:
+    """The verdict of the module docstring's rules, with the candidate passes (not yet
+    re-measured: :func:`diagnose` does that and fills ``recommended``)."""
     problems: list[str] = []
     reasons: list[str] = []
 
@@ -170,7 +195,13 @@ def decide(m: Measurement, f: Figures, applied: Sequence[str] = ()) -> Verdict:
     if not problems:
         spread = f"{f.grad_ratio:.3g}" if f.grad_ratio is not None else "n/a"
         return Verdict("ok", reasons=[f"weight-gradient norms within {spread}x of each other (max/min)"])
-    return Verdict("problem", problems, reasons, recommend(problems, m, applied))
+    cands = rec.propose(problems, m, key_figures(m, f), applied) if propose else []
+    return Verdict("problem", problems, reasons, [], cands)
+
+
+def key_figures(m: Measurement, f: Figures) -> dict[str, float | None]:
+    """The figures the rules read, by name (recommend.drivers())."""
+    return rec.key_figures(m, f.grad_ratio, f.grad_max, f.signal_ratio, f.time_ratio)
 
 
 def _gradient_rules(m: Measurement, f: Figures, add) -> None:
@@ -234,24 +265,6 @@ def _saturation_rules(m: Measurement, add) -> None:
             )
 
 
-def recommend(problems: Sequence[str], m: Measurement, applied: Sequence[str] = ()) -> list[str]:
-    """Registered passes (or presets) that address ``problems``; see the module docstring."""
-    from ..core.registry import PRESETS, REGISTRY
-
-    wanted: list[str] = []
-    if m.activations and any(p in GRADIENT_PROBLEMS for p in problems):
-        wanted.append("bsnn")
-    if "saturation" in problems or any(p in TIME_PROBLEMS for p in problems):
-        wanted += ["arp", "roaf"] if any(p in TIME_PROBLEMS for p in problems) else ["arp"]
-    done = set(applied)
-    out = []
-    for name in wanted:
-        members = PRESETS.get(name, (name,))
-        if (name in REGISTRY or name in PRESETS) and not set(members) <= done and name not in out:
-            out.append(name)
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # the report
 
@@ -271,7 +284,7 @@ class Side:
         return {
             "label": self.label,
             "figures": {k: _num(v) for k, v in vars(self.figures).items()},
-            "verdict": vars(self.verdict).copy(),
+            "verdict": {**vars(self.verdict), "candidates": [c.to_dict() for c in self.verdict.candidates]},
             "layers": [
                 {
                     "index": i,
@@ -421,6 +434,8 @@ def diagnose(
     regions: Mapping[str, tuple[float, float]] | None = None,
     threshold: float = THRESHOLD,
     progress: bool | None = None,
+    verify: bool = True,
+    max_candidates: int = MAX_CANDIDATES,
 ) -> DiagnoseReport:
     """Measure ``model`` on ``example_inputs`` (a tensor or a tuple of positional inputs) and,
     with ``passes``, the model compiled with them; return a :class:`DiagnoseReport`.
@@ -435,6 +450,9 @@ def diagnose(
     underflow float32). The model is measured on a copy unless ``inplace=True`` (then
     ``dtype`` casts the model itself).
     ``options``/``select``/``ignore``/``leaf`` go to ``vgpcompile`` with ``passes``.
+    A side with problems gets candidate passes from the evidence; up to ``max_candidates``
+    of them are compiled and re-measured the same way, and only those the re-measurement
+    confirms are recommended (``verify=False``: listed, not tried, none recommended).
     """
     from ..api import copy_model, vgpcompile
 
@@ -442,6 +460,8 @@ def diagnose(
     _check_runs(model, raw)
     if passes:
         _check_passes(passes, options)
+    if not isinstance(max_candidates, int) or isinstance(max_candidates, bool) or max_candidates < 0:
+        raise UsageError(f"diagnose(max_candidates={max_candidates!r}): a number of candidates >= 0")
     job = _Job(
         [(_cast(x, dtype), _cast(t, dtype)) for x, t in raw],
         loss,
@@ -456,11 +476,23 @@ def diagnose(
         "dtype": str(dtype or _dtype_of(model)).replace("torch.", ""),
         "loss": _loss_name(loss, raw),
         **{"threshold": threshold, "spread": SPREAD, "floor": FLOOR, "saturated": SATURATED, "dead": DEAD},
+        "verify": bool(verify),
+        "max_candidates": max_candidates,
     }
     depth, exact, eager = _structure(model, leaf, catalogue)
     work = model if inplace else copy_model(model)
     before = _side("before", work.to(dtype) if dtype else work, job, depth, exact, eager, applied=())
     report = DiagnoseReport(type(model).__name__, [], settings, before)
+    trial = _Trial(
+        model,
+        raw[0][0],
+        dtype,
+        options,
+        {"select": select, "ignore": ignore, "leaf": leaf, "catalogue": catalogue},
+        verify,
+        max_candidates,
+    )
+    _try_candidates(before, trial, [], job)
     if passes:
         compiled = vgpcompile(
             model,
@@ -476,7 +508,103 @@ def diagnose(
         report.passes = list(rep.passes)
         compiled = compiled.to(dtype) if dtype else compiled
         report.after = _side("after", compiled, job, rep.depth_after, rep.depth_exact, rep.eager, rep.passes)
+        _try_candidates(report.after, trial, list(passes) if isinstance(passes, (list, tuple)) else [passes], job)
     return report
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """How a candidate is compiled: from the model as given, the user's passes first."""
+
+    model: nn.Module
+    inputs: Any  # the first batch's inputs, as given
+    dtype: torch.dtype | None
+    options: Mapping[str, Mapping[str, Any]] | None
+    compile_kw: dict[str, Any]
+    verify: bool
+    limit: int
+
+
+def _try_candidates(side: Side, trial: _Trial, base: list[Any], job: _Job) -> None:
+    """Re-measure ``side``'s candidates (module docstring) and fill ``recommended``."""
+    figs = key_figures(side.measurement, side.figures)
+    tried = 0
+    for cand in side.verdict.candidates:
+        if cand.status == rec.NOT_APPLICABLE:
+            continue
+        if not trial.verify:
+            cand.status, cand.why = rec.UNVERIFIED, "not re-measured (verify=False / --no-verify)"
+            continue
+        if tried >= trial.limit:
+            cand.status = rec.NOT_TRIED
+            cand.why = f"over the limit of {trial.limit} re-measured candidates (max_candidates= / --candidates)"
+            continue
+        tried += 1
+        start = time.perf_counter()
+        try:
+            _try_one(cand, side, trial, base, job, figs)
+        finally:
+            cand.seconds = round(time.perf_counter() - start, 3)
+    side.verdict.recommended = rec.rank(side.verdict.candidates)
+
+
+def _try_one(cand: rec.Candidate, side: Side, trial: _Trial, base: list[Any], job: _Job, figs) -> None:
+    from ..api import vgpcompile
+    from ..core.report import VgpWarning
+
+    try:
+        with warnings.catch_warnings():  # the user did not ask for this compile: its warnings are not theirs
+            warnings.simplefilter("ignore", VgpWarning)
+            compiled = vgpcompile(
+                trial.model,
+                [*base, cand.passes],
+                example_inputs=trial.inputs,
+                options=trial.options,
+                **trial.compile_kw,
+            )
+    except Exception as err:  # a candidate that cannot compile is reported, not raised: the diagnosis stands
+        cand.status, cand.why = rec.FAILED, f"compile failed: {type(err).__name__}: {_first_line(err)}"
+        return
+    report = compiled.vgp_report
+    if not any(report.changed_count(n) for n in _members(cand.passes)):
+        cand.status, cand.why = rec.UNCHANGED, "compiled, but changed nothing: " + _why_unchanged(report, cand.passes)
+        return
+    try:
+        model = compiled.to(trial.dtype) if trial.dtype else compiled
+        tried = _side(
+            f"try {cand.passes}", model, job, report.depth_after, report.depth_exact, [], report.passes, propose=False
+        )
+    except Exception as err:
+        cand.status, cand.why = rec.FAILED, f"measurement failed: {type(err).__name__}: {_first_line(err)}"
+        return
+    after = key_figures(tried.measurement, tried.figures)
+    ok, why = rec.judge(cand, side.verdict.problems, tried.verdict.problems, figs, after)
+    cand.status = rec.RECOMMENDED if ok else rec.REJECTED
+    cand.why, cand.problems_after, cand.figures_after = why, list(tried.verdict.problems), after
+
+
+def _members(passes: str) -> list[str]:
+    from ..core.pipeline import parse_pipeline
+    from ..core.registry import PRESETS
+
+    names, _ = parse_pipeline(passes)
+    return [n for name in names for n in PRESETS.get(name, (name,))]
+
+
+def _why_unchanged(report, passes: str) -> str:
+    """The first reason a member pass gave for leaving a site alone, if any."""
+    for name in _members(passes):
+        for site in report.sites:
+            text = site.outcomes.get(name)
+            if text:
+                return f"{name} at {site.name}: {text}"
+    return "no site or layer it rewrites"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 @dataclass(frozen=True)
@@ -503,7 +631,7 @@ def _structure(model: nn.Module, leaf: Any, catalogue: Any) -> tuple[int | None,
     return planned.depth_before, planned.depth_exact, planned.eager
 
 
-def _side(label: str, model: nn.Module, job: _Job, depth, exact: bool, eager, applied) -> Side:
+def _side(label: str, model: nn.Module, job: _Job, depth, exact: bool, eager, applied, propose: bool = True) -> Side:
     bar = _progress(len(job.runs) * job.seeds, label, job.progress)
     found = []
     try:
@@ -517,7 +645,7 @@ def _side(label: str, model: nn.Module, job: _Job, depth, exact: bool, eager, ap
     fig = figures(m)
     fig.depth, fig.depth_exact = depth, exact
     eager_rows = [{"name": e.name, "reason": e.reason} for e in eager]
-    return Side(label, m, fig, decide(m, fig, applied), eager_rows)
+    return Side(label, m, fig, decide(m, fig, applied, propose), eager_rows)
 
 
 def _progress(total: int, label: str, progress: bool | None):
@@ -670,7 +798,35 @@ def _markdown(report: DiagnoseReport, max_rows: int | None) -> str:
         for e in side.eager:
             out.append(f"- {side.label}: module {e['name']} measured eagerly (not traced: {e['reason']})")
     out += _recurrent_table(sides)
+    out += _candidate_table(sides)
     return "\n".join(out) + "\n"
+
+
+def _candidate_table(sides: Sequence[Side]) -> list[str]:
+    rows = [(side.label, c) for side in sides for c in side.verdict.candidates]
+    if not rows:
+        return []
+    out = [
+        "",
+        "## Candidate passes: the measurement behind each, and the re-measurement",
+        "",
+        "| side | passes | driving measurement | status | why |",
+        "|---|---|---|---|---|",
+    ]
+    for label, c in rows:
+        drive = "; ".join(
+            f"{d['problem']}: {d['figure']} {_fmt(d['value'])} {'>' if d['side'] == 'above' else '<'} "
+            f"{d['threshold']:g}"
+            for d in c.drivers
+        )
+        out.append(f"| {label} | `{c.passes}` | {drive} | {c.status} | {c.why} |")
+    out += ["", "Evidence each candidate rests on:", ""]
+    seen = set()
+    for _, c in rows:
+        if c.passes not in seen:
+            seen.add(c.passes)
+            out.append(f"- `{c.passes}`: {c.evidence}")
+    return out
 
 
 def _layer_table(sides: Sequence[Side], max_rows: int | None) -> list[str]:
@@ -749,6 +905,31 @@ def _obj(props: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": list(props), "properties": dict(props)}
 
 
+_CANDIDATE = _obj(
+    {
+        "passes": {"type": "string"},
+        "targets": {"type": "array", "items": {"enum": list(PROBLEMS)}},
+        "drivers": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "problem": {"enum": list(PROBLEMS)},
+                    "figure": {"type": "string"},
+                    "value": _REAL_OR_NULL,
+                    "threshold": {"type": "number"},
+                    "side": {"enum": ["above", "below"]},
+                }
+            ),
+        },
+        "evidence": {"type": "string"},
+        "status": {"enum": list(rec.STATUSES)},
+        "why": {"type": "string"},
+        "problems_after": {"type": "array", "items": {"enum": list(PROBLEMS)}},
+        "figures_after": {"type": "object"},
+        "seconds": {"type": "number"},
+    }
+)
+
 _SIDE = _obj(
     {
         "label": {"type": "string"},
@@ -778,6 +959,7 @@ _SIDE = _obj(
                 "problems": {"type": "array", "items": {"enum": list(PROBLEMS)}},
                 "reasons": {"type": "array", "items": {"type": "string"}},
                 "recommended": {"type": "array", "items": {"type": "string"}},
+                "candidates": {"type": "array", "items": _CANDIDATE},
             }
         ),
         "layers": {
@@ -833,6 +1015,8 @@ SCHEMA: dict[str, Any] = {
     "title": "vgpcompile diagnose report",
     "description": "Written by DiagnoseReport.to_json(). Numbers that are not finite are the strings "
     "'inf', '-inf', 'nan'. 'before' is the model as given, 'after' the model compiled with 'passes' (or null). "
+    "A verdict's 'candidates' are the passes the evidence proposes for its problems, each with the measurement "
+    "driving it and, when re-measured, its status and why; 'recommended' lists the confirmed ones. "
     "Layer figures: signal = ||x||^2/n of the layer input, grad_norm = ||dE/dW||_F, out_grad = ||dE/dh||^2/n "
     "of its output; see vgpcompile/tools/probes.py.",
     **_obj(
