@@ -16,8 +16,8 @@ from torch import nn
 import vgpcompile
 from vgpcompile.core.catalogue import DEFAULT
 from vgpcompile.errors import UsageError
-from vgpcompile.tools.baselines import Arm, plain_mlp
 from vgpcompile.tools import recommend as rec
+from vgpcompile.tools.baselines import Arm, plain_mlp
 from vgpcompile.tools.diagnose import SCHEMA, validate
 from vgpcompile.tools.plots import layer_figure, saturation_figure, save_figure, time_figure, write_text
 from vgpcompile.tools.probes import dynamic_region, measure
