@@ -254,6 +254,70 @@ def test_a_candidate_that_breaks_a_healthy_figure_is_tried_and_not_recommended(m
     assert v.recommended == ["orthogonal"] and "vanishing_gradients gone (grad_max" in ortho.why
 
 
+class DenseBlockNet(nn.Module):
+    """DenseNet in small: BN-ReLU-conv layers whose outputs are concatenated, a transition."""
+
+    def __init__(self, growth: int = 8, layers: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        chans = [16 + growth * i for i in range(layers)]
+        self.dense = nn.ModuleList(
+            nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, growth, 3, padding=1)) for c in chans
+        )
+        width = 16 + growth * layers
+        self.trans = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 16, 1))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for layer in self.dense:
+            h = torch.cat([h, layer(h)], 1)
+        return self.fc(self.trans(h).mean((2, 3)))
+
+
+class FireNet(nn.Module):
+    """SqueezeNet in small: fire modules (squeeze 1x1, expand 1x1 and 3x3, concatenated)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2), nn.ReLU())
+        self.fires = nn.ModuleList(self._fire(32, 8, 16) for _ in range(3))
+        self.head = nn.Sequential(nn.Conv2d(32, 10, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        for m in self.modules():  # torchvision's squeezenet init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _fire(c: int, squeeze: int, expand: int) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {
+                "s": nn.Sequential(nn.Conv2d(c, squeeze, 1), nn.ReLU()),
+                "e1": nn.Sequential(nn.Conv2d(squeeze, expand, 1), nn.ReLU()),
+                "e3": nn.Sequential(nn.Conv2d(squeeze, expand, 3, padding=1), nn.ReLU()),
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for fire in self.fires:
+            s = fire["s"](h)
+            h = torch.cat([fire["e1"](s), fire["e3"](s)], 1)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("factory", [DenseBlockNet, FireNet])
+def test_a_healthy_densenet_or_squeezenet_gets_no_recommendation(factory):
+    """torchvision's densenet121 and squeezenet1_0 measure healthy (examples/diagnose_sweep.py);
+    a healthy verdict proposes nothing, so nothing is compiled that could make it worse."""
+    for seed in range(2):
+        torch.manual_seed(seed)
+        x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+        report = vgpcompile.diagnose(factory(), x)
+        v = report.before.verdict
+        assert v.status == "ok" and v.candidates == [] and v.recommended == [], report.verdict
+
+
 def test_candidates_are_bounded_and_a_failing_compile_is_reported(monkeypatch):
     net, x = _lstm()
     report = vgpcompile.diagnose(net, x, dtype=torch.float64, max_candidates=1)

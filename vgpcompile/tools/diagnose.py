@@ -39,7 +39,8 @@ seeds; it is recommended only when every problem it targets improves (gone, or i
 least 2x better; a saturated fraction 0.1 lower) and no healthy figure turns into a problem.
 The others are reported as tried and not recommended, with the numbers; a compile that
 fails is reported with its reason. At most ``max_candidates`` (default MAX_CANDIDATES = 3)
-are compiled and measured per side; ``verify=False`` lists the candidates without trying
+are re-measured per side (a candidate whose compile changes nothing costs only that compile,
+and the evidence table bounds how many there are); ``verify=False`` lists the candidates without trying
 any (and recommends none).
 
 The JSON form follows :data:`SCHEMA` (JSON Schema; :func:`validate` checks a document).
@@ -539,12 +540,12 @@ def _try_candidates(side: Side, trial: _Trial, base: list[Any], job: _Job) -> No
             cand.status = rec.NOT_TRIED
             cand.why = f"over the limit of {trial.limit} re-measured candidates (max_candidates= / --candidates)"
             continue
-        tried += 1
         start = time.perf_counter()
         try:
             _try_one(cand, side, trial, base, job, figs)
         finally:
             cand.seconds = round(time.perf_counter() - start, 3)
+        tried += cand.status != rec.UNCHANGED  # a compile that changed nothing costs no measurement
     side.verdict.recommended = rec.rank(side.verdict.candidates)
 
 
