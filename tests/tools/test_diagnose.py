@@ -324,6 +324,9 @@ def test_candidates_are_bounded_and_a_failing_compile_is_reported(monkeypatch):
     statuses = {c.passes: c.status for c in report.before.verdict.candidates}
     assert statuses["arp"] == "recommended" and statuses["orthogonal"] == "not_tried"
     assert report.settings["max_candidates"] == 1 and report.settings["verify"] is True
+    # with passes=, the compiled side's candidates are compiled on top of them
+    after = vgpcompile.diagnose(net, x, passes=["orthogonal"], dtype=torch.float64).after.verdict
+    assert "orthogonal" not in [c.passes for c in after.candidates] and after.recommended == ["arp"]
     bad = rec.Evidence("orthogonal{keep=sometimes}", ("vanishing_gradients",), "layers", "a test row")
     monkeypatch.setattr(rec, "EVIDENCE", (bad,))
     (cand,) = vgpcompile.diagnose(net, x, dtype=torch.float64).before.verdict.candidates
