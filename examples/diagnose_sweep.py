@@ -1,16 +1,17 @@
 """``vgpcompile diagnose`` over many real architectures: the problems it finds, the passes it
 recommends after re-measuring them, and the ones it tried and rejected (with why).
 
-    python examples/diagnose_sweep.py --json sweep_repo.json                 # in-repo + HF tiny configs
-    /path/to/timm-venv/bin/python examples/diagnose_sweep.py --json sweep_tv.json   # + torchvision
-    python examples/diagnose_sweep.py --table sweep_repo.json sweep_tv.json  # one Markdown table
+    PYTHONPATH=. TIMM_VENV/bin/python examples/diagnose_sweep.py --json tv.json   # torchvision + in-repo
+    python examples/diagnose_sweep.py --only gpt2,bert,t5 --json hf.json          # transformers tiny configs
+    python examples/diagnose_sweep.py --table tv.json hf.json                     # one Markdown table
 
-Models: torchvision's classification zoo (random init, 64x64 images; needs torchvision,
-which the suite's CPU torch cannot import: run it with the timm CI venv's python and
-PYTHONPATH at this checkout), transformers tiny configs (random init), and in-repo models
-(examples/models.py, deep MLPs, recurrent stacks). A family whose library is missing is
-skipped and named. Each model: one diagnose with the default candidate limit, float32
-(float64 for the deep in-repo ones, as README says), seed 0, batch 4.
+Models: torchvision's classification zoo (random init; 64x64 images, 10 classes, batch 4;
+NAME@224: 224x224, 1000 classes, batch 2), transformers tiny configs (random init), and
+in-repo models (examples/models.py, deep MLPs, recurrent stacks). torchvision does not import
+with the suite's CPU torch: run that family with the timm CI venv's python (the `tat`
+candidate needs the `tat` extra there too, or it is reported as failed). A family whose
+library is missing is skipped and named. Each model: one diagnose with the default candidate
+limit, seed 0; float64 for the deep in-repo ones (README), float32 otherwise.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ TORCHVISION = [
     "efficientnet_b0",
     "regnet_x_400mf",
     "convnext_tiny",
+    "squeezenet1_0@224",  # ImageNet size and head (1000 classes): the issue's sweep
+    "densenet121@224",
 ]
 HF = ["gpt2", "bert", "t5"]
 REPO = ["deep_tanh_mlp", "issue_gelu_mlp", "tiny_transformer", "small_cnn", "lstm_stack", "rnn_50", "saturated_mlp"]
@@ -56,12 +59,14 @@ REPO = ["deep_tanh_mlp", "issue_gelu_mlp", "tiny_transformer", "small_cnn", "lst
 def torchvision_model(name: str):
     import torchvision
 
-    kw = {"num_classes": 10}
+    name, _, size = name.partition("@")
+    kw = {"num_classes": 1000 if size else 10}
     if name == "googlenet":
         kw.update(aux_logits=False, init_weights=True)
     torch.manual_seed(0)
     net = getattr(torchvision.models, name)(**kw)
-    return net, torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)), None
+    shape = (2, 3, int(size), int(size)) if size else (4, 3, 64, 64)
+    return net, torch.randn(shape, generator=torch.Generator().manual_seed(0)), None
 
 
 def hf_model(name: str):
