@@ -8,8 +8,11 @@ research note, where no table exists yet) it rests on. :func:`propose` draws the
 candidates for a verdict, each with the measurement that drives it (figure, value,
 threshold); :func:`judge` compares a candidate's re-measurement with the model's: it is
 recommended only when every problem it targets improves (gone, or its driving figure at
-least IMPROVE = 2x better; a fraction at least 0.1 lower) and no figure that was healthy
-turns into a problem, nor an existing problem gets worse by the same margin.
+least IMPROVE = 2x better; a fraction at least 0.1 lower), no figure that was healthy turns
+into a problem, no other problem gets worse by the same margin, and no problem turns the
+other way (vanishing into exploding: the pass overshot, the figure is still a problem). A
+figure the probes can no longer read after the pass (roaf's RNN is not stepped through) is
+not "gone": the candidate is rejected as not re-measurable.
 """
 
 from __future__ import annotations
