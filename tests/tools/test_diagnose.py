@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import matplotlib.image
 import pytest
@@ -333,6 +334,22 @@ def test_candidates_are_bounded_and_a_failing_compile_is_reported(monkeypatch):
     assert cand.status == "failed" and cand.why.startswith("compile failed: UsageError:") and "keep" in cand.why
     with pytest.raises(UsageError, match="max_candidates"):
         vgpcompile.diagnose(net, x, max_candidates=-1)
+
+
+def test_a_candidate_whose_extra_is_missing_fails_with_the_reason_and_the_next_is_tried(monkeypatch):
+    """A plain install has no dks: tat is reported as failed, naming the extra; bsnn is tried."""
+    monkeypatch.setitem(sys.modules, "dks.base", None)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(30)
+    report = vgpcompile.diagnose(net, torch.randn(64, 16), max_candidates=2)
+    tat, bsnn, arp = report.before.verdict.candidates
+    assert tat.status == "failed" and "needs the dks package" in tat.why and "vgpcompile[tat]" in tat.why
+    assert bsnn.status == "recommended" and arp.status == "not_tried"  # a failed compile counts against the limit
+    assert report.before.verdict.recommended == ["bsnn"]
 
 
 class Cells(nn.Module):
