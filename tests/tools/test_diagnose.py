@@ -352,6 +352,38 @@ def test_a_candidate_whose_extra_is_missing_fails_with_the_reason_and_the_next_i
     assert report.before.verdict.recommended == ["bsnn"]
 
 
+_BEFORE = {"grad_ratio": 1e4, "grad_max": 1.0, "signal_ratio": 5.0, "time_ratio": None, "saturation_max": 0.8,
+           "dead_max": None, "nonfinite": 0.0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "after,problems_after,ok,why",
+    [
+        ({"grad_ratio": 3.0, "saturation_max": 0.1}, [], True, "vanishing_gradients gone (grad_ratio 1e+04 -> 3"),
+        ({"grad_ratio": 4e3, "saturation_max": 0.1}, ["vanishing_gradients"], True, "vanishing_gradients improved"),
+        ({"grad_ratio": 6e3, "saturation_max": 0.1}, ["vanishing_gradients"], False, "not improved (grad_ratio"),
+        ({"grad_ratio": 3.0, "saturation_max": 0.75}, ["saturation"], False, "saturation not improved"),
+        ({"grad_ratio": 3.0, "signal_ratio": 500.0}, ["collapsing_signal"], False,
+         "turns a healthy figure into collapsing_signal (signal_ratio 5 -> 500"),
+        ({"grad_ratio": 200.0, "saturation_max": 0.1}, ["exploding_gradients"], False,
+         "turns vanishing_gradients into exploding_gradients"),
+        ({"grad_ratio": None, "saturation_max": 0.1}, [], False, "vanishing_gradients cannot be re-measured"),
+    ],
+)  # fmt: skip
+def test_judge_rules(after, problems_after, ok, why):
+    cand = rec.Candidate("x", ["vanishing_gradients", "saturation"], [], "")
+    figs = {**_BEFORE, **after}
+    got, text = rec.judge(cand, ["vanishing_gradients", "saturation"], problems_after, _BEFORE, figs)
+    assert got is ok and why in text, text
+
+
+def test_judge_refuses_a_pass_that_worsens_a_problem_it_does_not_target():
+    cand = rec.Candidate("x", ["saturation"], [], "")
+    figs = {**_BEFORE, "grad_ratio": 1e6, "saturation_max": 0.1}
+    ok, why = rec.judge(cand, ["vanishing_gradients", "saturation"], ["vanishing_gradients"], _BEFORE, figs)
+    assert not ok and why == "makes vanishing_gradients worse (grad_ratio 1e+04 -> 1e+06, threshold 100)"
+
+
 class Cells(nn.Module):
     """An LSTM (time-major) feeding an RNNCell stepped in Python: one step per call."""
 

@@ -811,8 +811,8 @@ def _candidate_table(sides: Sequence[Side]) -> list[str]:
         "",
         "## Candidate passes: the measurement behind each, and the re-measurement",
         "",
-        "| side | passes | driving measurement | status | why |",
-        "|---|---|---|---|---|",
+        "| side | passes | driving measurement | status | why | s |",
+        "|---|---|---|---|---|---|",
     ]
     for label, c in rows:
         drive = "; ".join(
@@ -820,7 +820,7 @@ def _candidate_table(sides: Sequence[Side]) -> list[str]:
             f"{d['threshold']:g}"
             for d in c.drivers
         )
-        out.append(f"| {label} | `{c.passes}` | {drive} | {c.status} | {c.why} |")
+        out.append(f"| {label} | `{c.passes}` | {drive} | {c.status} | {c.why} | {c.seconds:g} |")
     out += ["", "Evidence each candidate rests on:", ""]
     seen = set()
     for _, c in rows:
