@@ -2,6 +2,9 @@
 re-measured (issue 22). The full sweep (torchvision where importable, HF tiny configs, the
 in-repo models) is an experiment; the default run sweeps the two recurrent models."""
 
+import json
+from pathlib import Path
+
 import diagnose_sweep
 import pytest
 
@@ -36,3 +39,15 @@ def test_full_sweep_keeps_every_promise():
     rows = diagnose_sweep.sweep(None)
     _check(rows)
     assert len(rows) >= 10
+
+
+def test_the_committed_sweep_keeps_every_promise():
+    """docs/results/diagnose_sweep.json (30 architectures, torchvision's in the timm venv)."""
+    doc = json.loads((Path(__file__).parents[2] / "docs" / "results" / "diagnose_sweep.json").read_text())
+    rows = {r["model"]: r for r in doc["rows"]}
+    _check(rows.values())
+    assert len(rows) == 30 and not rows["densenet121"]["problems"] and not rows["densenet121@224"]["problems"]
+    squeeze = {c["passes"]: c for c in rows["squeezenet1_0@224"]["candidates"]}
+    assert rows["squeezenet1_0@224"]["recommended"] == ["arp"] and squeeze["bsnn"]["status"] == "rejected"
+    recommended = {p for r in rows.values() for p in r["recommended"]}
+    assert {"tat", "bsnn", "arp", "orthogonal"} <= recommended  # not only bsnn any more
