@@ -36,12 +36,13 @@ model must have, the docs/results.md row it rests on), each with the measurement
 it (figure, value, threshold). A candidate is then *re-measured*: the model is compiled with
 it (same example inputs, options, select/ignore) and measured with the same batches and
 seeds; it is recommended only when every problem it targets improves (gone, or its figure at
-least 2x better; a saturated fraction 0.1 lower) and no healthy figure turns into a problem.
-The others are reported as tried and not recommended, with the numbers; a compile that
-fails is reported with its reason. At most ``max_candidates`` (default MAX_CANDIDATES = 3)
-are re-measured per side (a candidate whose compile changes nothing costs only that compile,
-and the evidence table bounds how many there are); ``verify=False`` lists the candidates without trying
-any (and recommends none).
+least 2x better; a saturated fraction 0.1 lower), no healthy figure turns into a problem and
+no problem turns the other way (:func:`vgpcompile.tools.recommend.judge`). The others are
+reported as tried and not recommended, with the numbers; a compile that fails is reported
+with its reason. At most ``max_candidates`` (default MAX_CANDIDATES = 3) are re-measured per
+side (a candidate whose compile changes nothing costs only that compile; the evidence table
+bounds how many there are); ``verify=False`` lists the candidates without trying any (and
+recommends none). A healthy side gets no candidate.
 
 The JSON form follows :data:`SCHEMA` (JSON Schema; :func:`validate` checks a document).
 """
