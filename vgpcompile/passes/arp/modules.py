@@ -245,7 +245,7 @@ class _RotatedLinear(torch.autograd.Function):
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         gw = gb = None
         if y is not None:
-            t = torch.linalg.vecdot(g2, y, dim=0)
+            t = torch.linalg.vecdot(g2, y if y.dim() == 2 else y.reshape(g2.shape), dim=0)
         else:
             gw = gz.t().mm(x2)
             t = torch.linalg.vecdot(weight, gw)
