@@ -94,6 +94,21 @@ def test_rotated_linear_skips_gradients_not_asked_for():
     torch.testing.assert_close(gw, torch.autograd.grad(reference(x, w, b, 3.0, 2.0, 1e-5, 0.25).sum(), [w])[0])
 
 
+@pytest.mark.parametrize("wants", ["x", "b", "xb", "wb", "w"])
+@pytest.mark.parametrize("batch", [(3,), (1, 3), (2, 3)], ids=["from-output", "3d-from-output", "from-weight-grad"])
+@pytest.mark.parametrize("floor", [0.0, 0.5])
+def test_rotated_linear_gradients_of_any_subset(wants, batch, floor):
+    """Each input's gradient alone equals the reference's (the backward skips or reorders work
+    by what is asked: dW's rank-1 pivot row, db as the column sum with dL/dz_Q)."""
+    x, w, b = _tensors(True, seed=2, batch=batch)
+    named = {"x": x, "w": w, "b": b}
+    asked = [named[k].requires_grad_() for k in wants]
+    g = torch.randn(*batch, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours = torch.autograd.grad(rotated_linear(x, w, b, q=1.5, L=2.0, eps=1e-5, floor=floor), asked, g)
+    ref = torch.autograd.grad(reference(x, w, b, 1.5, 2.0, 1e-5, floor), asked, g)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+
+
 def test_arp_linear_is_the_module():
     x, w, b = _tensors(True)
     lin = AutoRotLinear(4, 5, L=2.0, xQ=3.0, dtype=torch.float64)

@@ -149,7 +149,9 @@ class ROAFHadamard(nn.Module):
         given: factor j mixes axis j of the (lead, r_1, ..., r_t, trailing) view. With
         trailing 1 (a Linear block) the last factor is one matmul over every row, fused
         with alpha and the add (addmm); otherwise alpha scales the first factor."""
-        shape = x.shape
+        # a Linear block's 2-D rows come back as (-1, n): a constant shape, where x.shape would
+        # export as Shape/Gather/Unsqueeze/Concat nodes per filter (onnxruntime runs each)
+        shape = (-1, self.n) if x.dim() == 2 and trailing == 1 else x.shape
         inner = self.n * trailing
         last = len(self.radices) - 1 if trailing == 1 else None
         buffers = self._buffers  # not self.factors: nn.Module.__getattr__ per factor costs µs per call
