@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from ..errors import PassError
-from .targets import META_APPLIED, META_PASS, META_SITE, Site
+from .targets import META_APPLIED, META_PASS, META_SITE, Site, output_nodes
 
 _ACTIVE: contextvars.ContextVar[Rewriter | None] = contextvars.ContextVar("vgp_rewriter", default=None)
 
@@ -81,6 +83,11 @@ class Rewriter:
         with anchor.graph.inserting_after(anchor):
             return self._stamp(anchor.graph.create_node(op, target, args, kwargs or {}))
 
+    def insert_before(self, anchor: fx.Node, op: str, target: Any, args: tuple, kwargs: dict | None = None) -> fx.Node:
+        """A new node right before ``anchor`` (no uses rewired)."""
+        with anchor.graph.inserting_before(anchor):
+            return self._stamp(anchor.graph.create_node(op, target, args, kwargs or {}))
+
     def insert_placeholder(self, gm: fx.GraphModule, name: str, default: Any = None,
                            after: fx.Node | None = None) -> fx.Node:
         """A new input of ``gm``'s graph, right after the input ``after`` (default: the last)."""
@@ -111,6 +118,58 @@ class Rewriter:
             raise PassError(f"cannot erase node {node.name!r}: it still has users ({users})")
         self._touch(node)
         node.graph.erase_node(node)
+
+    # --- read-only queries: what a pass may know of a graph (it never reads ``gm.graph``) -------
+
+    @staticmethod
+    def module_of(node: fx.Node) -> fx.GraphModule:
+        """The traced region (GraphModule) ``node`` belongs to."""
+        return node.graph.owning_module
+
+    @staticmethod
+    def nodes(gm: fx.GraphModule) -> list[fx.Node]:
+        """``gm``'s nodes in execution order (a snapshot: editing while walking is safe)."""
+        return list(gm.graph.nodes)
+
+    @staticmethod
+    def placeholders(gm: fx.GraphModule) -> list[fx.Node]:
+        """``gm``'s inputs, in signature order."""
+        return [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+    @staticmethod
+    def outputs(gm: fx.GraphModule) -> set[fx.Node]:
+        """The nodes whose values are ``gm``'s outputs (through containers and pass-through ops)."""
+        return output_nodes(gm.graph)
+
+    @staticmethod
+    def input_of(site: Site | fx.Node) -> fx.Node | None:
+        """The current input of an activation site (a formula's x; an earlier rewrite may have
+        replaced the node), or the first argument of a node when it is a node."""
+        if isinstance(site, Site):
+            if site.node is None:
+                return None
+            if site.nodes:
+                return formula_input(site)
+            site = site.node
+        first = site.args[0] if site.args else None
+        return first if isinstance(first, fx.Node) else None
+
+    @staticmethod
+    def shapes(gm: fx.GraphModule, example_inputs: tuple) -> dict[fx.Node, tuple[int, ...]]:
+        """Each node's output shape when ``example_inputs`` run through a copy of ``gm``
+        (torch.fx's ShapeProp; running the copy leaves ``gm``'s buffers and nodes alone)."""
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        probe = copy.deepcopy(gm)
+        with torch.no_grad():
+            ShapeProp(probe).propagate(*example_inputs)
+        by_name = {n.name: n for n in gm.graph.nodes}
+        return {by_name[n.name]: tuple(n.meta["tensor_meta"].shape) for n in probe.graph.nodes
+                if "tensor_meta" in n.meta}
+
+    def lint(self, gm: fx.GraphModule) -> None:
+        """Check ``gm``'s graph (a lowering's last step, before ``recompile``)."""
+        gm.graph.lint()
 
     # --- modules ---------------------------------------------------------------------------------
 
