@@ -121,6 +121,16 @@ class Rewriter:
 
     # --- read-only queries: what a pass may know of a graph (it never reads ``gm.graph``) -------
 
+    def sites(self, gm: fx.GraphModule, catalogue: Any) -> list[Site]:
+        """The sites of region ``gm`` from the compile's site index (found once per compile);
+        for a bare graph outside a compile, found here by the same rules (core/targets.py)."""
+        region = self.index.region_of(gm) if self.index is not None else None
+        if region is not None:
+            return self.index.sites(region)
+        from .targets import find_sites
+
+        return find_sites(gm, "", catalogue)
+
     @staticmethod
     def module_of(node: fx.Node) -> fx.GraphModule:
         """The traced region (GraphModule) ``node`` belongs to."""
@@ -142,17 +152,17 @@ class Rewriter:
         return output_nodes(gm.graph)
 
     @staticmethod
-    def input_of(site: Site | fx.Node) -> fx.Node | None:
+    def input_of(site: Site | fx.Node) -> Any:
         """The current input of an activation site (a formula's x; an earlier rewrite may have
-        replaced the node), or the first argument of a node when it is a node."""
+        replaced the node), or of a node (its first argument, or its ``input=``); it may be a
+        constant. None for a site in eager code."""
         if isinstance(site, Site):
             if site.node is None:
                 return None
             if site.nodes:
                 return formula_input(site)
             site = site.node
-        first = site.args[0] if site.args else None
-        return first if isinstance(first, fx.Node) else None
+        return site.args[0] if site.args else site.kwargs.get("input")
 
     @staticmethod
     def shapes(gm: fx.GraphModule, example_inputs: tuple) -> dict[fx.Node, tuple[int, ...]]:
@@ -185,6 +195,18 @@ class Rewriter:
         self.record(report_as, module)
         if isinstance(gm, fx.GraphModule):
             self._touch_gm(gm)
+
+    def remove_module(self, gm: nn.Module, target: str) -> None:
+        """Drop ``gm``'s submodule ``target`` (no node may call it any more)."""
+        parent, _, child = target.rpartition(".")
+        delattr(gm.get_submodule(parent) if parent else gm, child)
+        if isinstance(gm, fx.GraphModule):
+            self._touch_gm(gm)
+
+    def drop_unused_modules(self, gm: fx.GraphModule) -> None:
+        """Drop every submodule of ``gm`` that no node uses (after a fold replaced calls)."""
+        gm.delete_all_unused_submodules()
+        self._touch_gm(gm)
 
     def record(self, target: str, module: nn.Module, eager: bool = False, undo: Callable[[], None] | None = None,
                region: nn.Module | None = None) -> None:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from ..core import protocol
@@ -227,7 +227,7 @@ class _Tap(Pass):
                 _tap_eager(rewriter, site)
                 continue
             src = rewriter.input_of(site)
-            if src is None:
+            if not isinstance(src, fx.Node):
                 continue
             readers = [n for n in (site.nodes or (site.node,)) if src in n.all_input_nodes]
             gm = rewriter.module_of(site.node)

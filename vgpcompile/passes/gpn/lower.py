@@ -54,7 +54,7 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
     """Fold every foldable GPN call in ``gm``; return how many were folded."""
     calls = call_counts(gm)
     folded, rewriter = 0, active()
-    for node in list(gm.graph.nodes):
+    for node in rewriter.nodes(gm):
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), GPNActivation):
             continue
         gpn = gm.get_submodule(node.target)
@@ -66,7 +66,7 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
             n, "call_function", t, n.args, k, meta_keys=tuple(n.meta))
         folded += fold_into_consumer(node, gm, calls, gpn.a.item(), gpn.b.item(), replace)
     if folded:
-        gm.delete_all_unused_submodules()
+        rewriter.drop_unused_modules(gm)
     return folded
 
 
