@@ -48,7 +48,7 @@ from ...core.facts import Fact
 from ...core.protocol import mark_applied_module
 from ...core.rewrite import replace_activation
 from ...core.rewriter import active
-from ...core.targets import Layer, Site, find_sites
+from ...core.targets import Layer, Site
 from ...errors import UsageError
 from . import constants as C
 from .kernel import AFFINE, CONVS, Refusal, Structure, derive
@@ -226,7 +226,7 @@ def subnet_max_function(model: nn.Module, example_inputs: tuple | None = None, c
     """M(x, r) of ``model`` as the pass derives it (every activation but the output's
     transformed), to hand to ``dks`` by hand or to check; raises Refusal where not covered."""
     gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
-    sites = find_sites(gm, "", catalogue)
+    sites = active().sites(gm, catalogue)
     rewritten = {s.name for s in sites if not s.is_output}
     return derive(gm, sites, rewritten, _shapes(gm, example_inputs)).subnet_max
 
