@@ -5,7 +5,7 @@ traced GraphModules, on eager modules capture left untraced and on models never 
 all. The activation sites are compile's: the model is compiled with no pass on a copy (the
 same capture and site index, core/index.py: modules, functions, methods and written-out
 formulas, in traced and eager code alike), and the rewriter puts an identity tap on the
-input of every site (:class:`SiteTap`; in eager code a tap that computes the activation), so
+input of every site (:class:`SiteTap`; in eager code a tap that stands for the call), so
 the probes measure exactly the sites ``vgpcompile``/``plan`` report, under the same names.
 Where that compile fails the model itself is measured and only activation modules are seen.
 Per weight layer (a module owning a parameter of two or more dimensions, in forward call
@@ -232,7 +232,7 @@ class _Tap(Pass):
             readers = [n for n in (site.nodes or (site.node,)) if src in n.all_input_nodes]
             gm = rewriter.module_of(site.node)
             name = rewriter.add_module(gm, f"{site.node.name}_probe", SiteTap(site.name, site.activation, site.params))
-            tap = rewriter.insert_before(readers[0], "call_module", name, (src,))
+            tap = rewriter.insert_before(min(readers), "call_module", name, (src,))  # nodes order by position
             for reader in readers:
                 rewriter.replace_input(reader, src, tap)
         return f"{len(sites)} taps"
@@ -314,14 +314,15 @@ class _Probe:
         found = self._activation_of(module)
         if found is not None:
             self._inside_activation += 1  # what it calls inside is that activation, not another site
-        if self._busy or self._inside_activation > (found is not None):
+        if self._busy:
             return None
         self._busy = True
         try:
             if found is not None:
                 x = _first_tensor(args)
                 if x is not None:
-                    self._record_activation(getattr(module, "site", name or "<root>"), found[0], found[1], x)
+                    site = module.site if isinstance(module, SiteTap) else name or "<root>"
+                    self._record_activation(site, found[0], found[1], x)
                 return None
             if name in self._weights:
                 self._record_layer(name, module, args)
