@@ -338,3 +338,16 @@ def test_diagnose_measures_the_sites_compile_reports(factory):
     report = vgpcompile.vgpcompile(net, [], example_inputs=(x,)).vgp_report
     measured = sorted(a.kind for a in measure(net, x).activations)
     assert measured == sorted(r.kind for r in report.sites), (measured, [r.name for r in report.sites])
+
+
+def test_gpt2s_written_out_gelu_is_measured_as_the_gelu_site_compile_reports():
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    net = T.GPT2LMHeadModel(T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, use_cache=False))
+    ids = torch.randint(0, 100, (2, 8))
+    m = measure(net, ids)
+    sites = vgpcompile.plan(net, example_inputs=(ids,)).sites
+    assert [(a.name, a.kind) for a in m.activations] == [(s.name, s.kind) for s in sites]
+    assert [a.kind for a in m.activations] == ["gelu(approximate='tanh')"] * 2  # not the tanh inside the formula
+    # every weight layer (Conv1D is a declared affine layer, a module call) still has its figures
+    assert len(m.layers) == 11 and all(r.grad_norm is not None and r.grad_norm > 0 for r in m.layers)
