@@ -38,7 +38,7 @@ def _mutations(path: Path) -> list[str]:
 
 
 # what a pass must not read of a graph: it asks the rewriter (core/rewriter.py's queries: module_of,
-# nodes, placeholders, outputs, input_of, sites, shapes) and the site index instead
+# nodes, placeholders, outputs, input_of, call_counts, sites, shapes) and the site index instead
 GRAPH_READS = {"graph", "owning_module"}
 NODE_READS = {"args", "kwargs"}  # site.node.args: the rewriter's input_of(site) knows formulas and rewrites
 

@@ -28,7 +28,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import PassError
-from .targets import META_APPLIED, META_PASS, META_SITE, Site, output_nodes
+from .targets import META_APPLIED, META_PASS, META_SITE, Site, call_counts, output_nodes
 
 _ACTIVE: contextvars.ContextVar[Rewriter | None] = contextvars.ContextVar("vgp_rewriter", default=None)
 
@@ -140,6 +140,11 @@ class Rewriter:
     def nodes(gm: fx.GraphModule) -> list[fx.Node]:
         """``gm``'s nodes in execution order (a snapshot: editing while walking is safe)."""
         return list(gm.graph.nodes)
+
+    @staticmethod
+    def call_counts(gm: fx.GraphModule) -> dict[str, int]:
+        """How many nodes of ``gm`` call each submodule (a fold needs a module called once)."""
+        return call_counts(gm)
 
     @staticmethod
     def placeholders(gm: fx.GraphModule) -> list[fx.Node]:

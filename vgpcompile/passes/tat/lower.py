@@ -19,7 +19,6 @@ from torch import fx, nn
 
 from ...core.catalogue import DEFAULT, Catalogue
 from ...core.rewriter import active
-from ...core.targets import call_counts
 from ..gpn.lower import fold_into_consumer
 from .kernel import AFFINE
 from .modules import TATActivation
@@ -27,8 +26,8 @@ from .modules import TATActivation
 
 def fold_tat(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
     """Fold every TATActivation of ``gm`` as far as exact; return how many became plain calls."""
-    calls = call_counts(gm)
-    plain_calls, rewriter = 0, active()
+    rewriter = active()
+    calls, plain_calls = rewriter.call_counts(gm), 0
     for node in rewriter.nodes(gm):
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), TATActivation):
             continue
