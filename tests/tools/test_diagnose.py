@@ -351,3 +351,18 @@ def test_gpt2s_written_out_gelu_is_measured_as_the_gelu_site_compile_reports():
     assert [a.kind for a in m.activations] == ["gelu(approximate='tanh')"] * 2  # not the tanh inside the formula
     # every weight layer (Conv1D is a declared affine layer, a module call) still has its figures
     assert len(m.layers) == 11 and all(r.grad_norm is not None and r.grad_norm > 0 for r in m.layers)
+
+
+def test_diagnose_taps_the_sites_once_per_side_and_measures_each_run_alone(monkeypatch):
+    from vgpcompile.tools import diagnose as diagnose_module
+    from vgpcompile.tools import probes
+
+    made = []
+    original = probes.sited_copy
+    monkeypatch.setattr(diagnose_module, "sited_copy", lambda *a: made.append(1) or original(*a))
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(8, 4)
+    report = vgpcompile.diagnose(net, x, seeds=3, passes=["gpn"])
+    assert len(made) == 2  # before and after, not once per run
+    single = [measure(net, x, seed=s).layers[0].grad_norm for s in range(3)]  # each with its own copy
+    assert math.isclose(report.before.measurement.layers[0].grad_norm, sum(single) / 3, rel_tol=1e-9)

@@ -503,20 +503,23 @@ def measure(
     catalogue: Catalogue | None = None,
     regions: Mapping[str, tuple[float, float]] | None = None,
     threshold: float = THRESHOLD,
+    watched: nn.Module | None = None,
 ) -> Measurement:
     """One forward and backward pass of ``model`` on ``inputs`` (a tensor or a tuple of
     positional inputs), watched by the probes; the model's parameters' ``.grad`` are left
     as they were. ``loss(output, targets)`` gives the scalar to differentiate; without it,
     ``targets`` pick MSE or cross-entropy, and without targets the loss is
     :func:`projection_loss` with ``seed``. The model runs in its current train/eval mode.
+    ``watched``: what runs instead of ``model``, a :func:`sited_copy` of it (diagnose makes one
+    for all its runs); made here when None.
     """
     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    params = [p for p in model.parameters() if p.requires_grad]
+    if watched is None:
+        watched = sited_copy(model, args, catalogue or DEFAULT) or model
+    params = list({id(p): p for m in (model, watched) for p in m.parameters() if p.requires_grad}.values())
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
-    sited = sited_copy(model, args, catalogue or DEFAULT)
-    watched = model if sited is None else sited
     probe = _Probe(watched, catalogue or DEFAULT, regions or {}, threshold)
 
     def run(net: nn.Module) -> torch.Tensor:
