@@ -124,7 +124,9 @@ def plan(
     capture: Mapping[str, Any] | None = None,
     **unknown: Any,
 ) -> Report:
-    """The report ``vgpcompile`` would produce, computed on a copy: ``model`` is not changed."""
+    """The report ``vgpcompile`` would produce, computed on a copy: ``model`` is not changed.
+    With ``example_inputs`` the copy runs them once after the passes, as in ``vgpcompile``, so
+    a rewrite that never runs is reported not changed here too (core/verify_run.py)."""
     _refuse_unknown("plan", unknown)
     opts = CompileOptions(example_inputs, options, select, ignore, leaf, False, input_range, catalogue, eager, capture)
     _, report = _compile(model, passes, "plan", opts)
@@ -243,7 +245,7 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         if result.resolved:  # the recipe records resolved options, so load() rebuilds without examples
             pass_list[i] = dataclasses.replace(pass_, **result.resolved)
     unrun = {}
-    if mode == "compile" and not any(p.changes_inputs for p in pass_list):
+    if not any(p.changes_inputs for p in pass_list):  # plan too: it reports what compile would (on its copy)
         saved = (opts.capture or {}).get("unrun")  # load(): the rewrites the saved compile undid
         unrun = verify_run.check(report, cap.root, inserted, example, saved)  # every reported change ran, or undone
     if pass_list:

@@ -37,10 +37,44 @@ def _mutations(path: Path) -> list[str]:
     return found
 
 
-def test_no_pass_rewrites_a_graph_but_through_the_rewriter():
+# what a pass must not read of a graph: it asks the rewriter (core/rewriter.py's queries: module_of,
+# nodes, placeholders, outputs, input_of, call_counts, sites, shapes) and the site index instead
+GRAPH_READS = {"graph", "owning_module"}
+NODE_READS = {"args", "kwargs"}  # site.node.args: the rewriter's input_of(site) knows formulas and rewrites
+
+
+def _graph_reads(path: Path, root: Path = PASSES) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Attribute):
+            continue
+        chained = isinstance(node.value, ast.Attribute) and node.value.attr == "node"
+        if node.attr in GRAPH_READS or (node.attr in NODE_READS and chained):
+            found.append(f"{path.relative_to(root)}:{node.lineno} .{node.attr}")
+        if node.attr in ("delete_all_unused_submodules", "delete_submodule"):
+            found.append(f"{path.relative_to(root)}:{node.lineno} {node.attr}")
+    return found
+
+
+def _rewriting_files() -> list[Path]:
     # the runtime modules (modules.py, recurrent.py) build their own layers; the rest is rewriting
-    files = [p for p in PASSES.rglob("*.py") if p.name not in ("modules.py", "recurrent.py")]
-    assert [m for p in files for m in _mutations(p)] == []
+    return [p for p in PASSES.rglob("*.py") if p.name not in ("modules.py", "recurrent.py")]
+
+
+def test_no_pass_rewrites_a_graph_but_through_the_rewriter():
+    assert [m for p in _rewriting_files() for m in _mutations(p)] == []
+
+
+def test_no_pass_reads_a_graph_but_through_the_rewriter_and_the_index():
+    assert [m for p in _rewriting_files() for m in _graph_reads(p)] == []
+
+
+def test_the_graph_read_check_sees_what_it_forbids(tmp_path):
+    path = tmp_path / "p.py"
+    path.write_text("gm = site.node.graph.owning_module\nx = site.node.args[0]\nfor n in gm.graph.nodes: pass\n"
+                    "y = fx.node.map_arg(n.args, f)\ngm.delete_all_unused_submodules()\n")
+    reads = [r.split(" ")[1] for r in _graph_reads(path, tmp_path)]
+    assert sorted(reads) == [".args", ".graph", ".graph", ".owning_module", "delete_all_unused_submodules"]
 
 
 def _net():
@@ -79,3 +113,29 @@ def test_the_report_and_the_passes_share_one_index(monkeypatch):
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
     vgpcompile.vgpcompile(net, ["orthogonal", "gpn"])
     assert calls == [""]  # once, for the report; orthogonal changed no site, gpn read the same index
+
+
+class _Formula(nn.Module):  # GPT-2's written-out GELU: its input is used three times
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        return 0.5 * h * (1.0 + torch.tanh(0.7978845608028654 * (h + 0.044715 * torch.pow(h, 3.0))))
+
+
+def test_the_rewriters_queries_answer_what_passes_used_to_read_off_the_graph():
+    gm = fx.symbolic_trace(_Formula())
+    index = SiteIndex({"": gm}, DEFAULT)
+    rewriter = Rewriter("x", index)
+    (site,) = rewriter.sites(gm, DEFAULT)
+    assert site is index.sites("")[0] and site.spelling == "formula"  # the index's own site, not found again
+    assert rewriter.input_of(site).target == "a"  # the formula's x, not the first argument of its last node
+    assert rewriter.module_of(site.node) is gm and [p.name for p in rewriter.placeholders(gm)] == ["x"]
+    assert [n.name for n in rewriter.nodes(gm)] == [n.name for n in gm.graph.nodes]
+    assert rewriter.outputs(gm) == {site.node}
+    shapes = rewriter.shapes(gm, (torch.randn(5, 3),))
+    assert shapes[site.node] == (5, 4) and all("tensor_meta" not in n.meta for n in gm.graph.nodes)
+    bare = fx.symbolic_trace(_Formula())  # outside a compile: found on the bare graph, by the same rules
+    assert [s.kind for s in Rewriter("x").sites(bare, DEFAULT)] == [site.kind]

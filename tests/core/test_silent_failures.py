@@ -315,3 +315,29 @@ def test_every_reported_change_ran_on_an_mlp_with_every_pass():
     report = vgpcompile(_mlp(), ["gpn", "arp", "roaf", "orthogonal"], example_inputs=(x,)).vgp_report
     assert report.changed_count("gpn") == 2 and report.changed_count("arp") == 2
     assert not any("did not run" in n for r in report.sites for n in r.notes)
+
+
+class UntakenBranch(nn.Module):
+    """Left eager (a data-dependent branch); the tanh in the branch the examples never take."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if h.abs().sum() < 0:  # never true
+            return torch.tanh(h)
+        return torch.sigmoid(h)
+
+
+def test_plan_reports_what_compile_reports_on_an_untaken_eager_branch():
+    torch.manual_seed(0)
+    net, x = nn.Sequential(nn.Linear(3, 4), UntakenBranch(), nn.Linear(4, 2)), torch.randn(5, 3)
+    planned = plan(net, ["gpn"], example_inputs=(x,))
+    compiled = vgpcompile(net, ["gpn"], example_inputs=(x,)).vgp_report
+    rows = {r.name: (r.kind, r.changed, r.outcomes) for r in planned.sites}
+    assert rows == {r.name: (r.kind, r.changed, r.outcomes) for r in compiled.sites}
+    tanh = [r for r in planned.sites if r.kind == "tanh"]
+    assert len(tanh) == 1 and tanh[0].changed["gpn"] is False and "never ran" in tanh[0].outcomes["gpn"]
+    assert any(r.kind == "sigmoid" and r.changed["gpn"] for r in planned.sites)

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from ..errors import PassError
-from .targets import META_APPLIED, META_PASS, META_SITE, Site
+from .targets import META_APPLIED, META_PASS, META_SITE, Site, call_counts, output_nodes
 
 _ACTIVE: contextvars.ContextVar[Rewriter | None] = contextvars.ContextVar("vgp_rewriter", default=None)
 
@@ -81,6 +83,11 @@ class Rewriter:
         with anchor.graph.inserting_after(anchor):
             return self._stamp(anchor.graph.create_node(op, target, args, kwargs or {}))
 
+    def insert_before(self, anchor: fx.Node, op: str, target: Any, args: tuple, kwargs: dict | None = None) -> fx.Node:
+        """A new node right before ``anchor`` (no uses rewired)."""
+        with anchor.graph.inserting_before(anchor):
+            return self._stamp(anchor.graph.create_node(op, target, args, kwargs or {}))
+
     def insert_placeholder(self, gm: fx.GraphModule, name: str, default: Any = None,
                            after: fx.Node | None = None) -> fx.Node:
         """A new input of ``gm``'s graph, right after the input ``after`` (default: the last)."""
@@ -112,6 +119,73 @@ class Rewriter:
         self._touch(node)
         node.graph.erase_node(node)
 
+    # --- read-only queries: what a pass may know of a graph (it never reads ``gm.graph``) -------
+
+    def sites(self, gm: fx.GraphModule, catalogue: Any) -> list[Site]:
+        """The sites of region ``gm`` from the compile's site index (found once per compile);
+        for a bare graph outside a compile, found here by the same rules (core/targets.py)."""
+        region = self.index.region_of(gm) if self.index is not None else None
+        if region is not None:
+            return self.index.sites(region)
+        from .targets import find_sites
+
+        return find_sites(gm, "", catalogue)
+
+    @staticmethod
+    def module_of(node: fx.Node) -> fx.GraphModule:
+        """The traced region (GraphModule) ``node`` belongs to."""
+        return node.graph.owning_module
+
+    @staticmethod
+    def nodes(gm: fx.GraphModule) -> list[fx.Node]:
+        """``gm``'s nodes in execution order (a snapshot: editing while walking is safe)."""
+        return list(gm.graph.nodes)
+
+    @staticmethod
+    def call_counts(gm: fx.GraphModule) -> dict[str, int]:
+        """How many nodes of ``gm`` call each submodule (a fold needs a module called once)."""
+        return call_counts(gm)
+
+    @staticmethod
+    def placeholders(gm: fx.GraphModule) -> list[fx.Node]:
+        """``gm``'s inputs, in signature order."""
+        return [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+    @staticmethod
+    def outputs(gm: fx.GraphModule) -> set[fx.Node]:
+        """The nodes whose values are ``gm``'s outputs (through containers and pass-through ops)."""
+        return output_nodes(gm.graph)
+
+    @staticmethod
+    def input_of(site: Site | fx.Node) -> Any:
+        """The current input of an activation site (a formula's x; an earlier rewrite may have
+        replaced the node), or of a node (its first argument, or its ``input=``); it may be a
+        constant. None for a site in eager code."""
+        if isinstance(site, Site):
+            if site.node is None:
+                return None
+            if site.nodes:
+                return formula_input(site)
+            site = site.node
+        return site.args[0] if site.args else site.kwargs.get("input")
+
+    @staticmethod
+    def shapes(gm: fx.GraphModule, example_inputs: tuple) -> dict[fx.Node, tuple[int, ...]]:
+        """Each node's output shape when ``example_inputs`` run through a copy of ``gm``
+        (torch.fx's ShapeProp; running the copy leaves ``gm``'s buffers and nodes alone)."""
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        probe = copy.deepcopy(gm)
+        with torch.no_grad():
+            ShapeProp(probe).propagate(*example_inputs)
+        by_name = {n.name: n for n in gm.graph.nodes}
+        return {by_name[n.name]: tuple(n.meta["tensor_meta"].shape) for n in probe.graph.nodes
+                if "tensor_meta" in n.meta}
+
+    def lint(self, gm: fx.GraphModule) -> None:
+        """Check ``gm``'s graph (a lowering's last step, before ``recompile``)."""
+        gm.graph.lint()
+
     # --- modules ---------------------------------------------------------------------------------
 
     def add_module(self, gm: nn.Module, base: str, module: nn.Module) -> str:
@@ -126,6 +200,18 @@ class Rewriter:
         self.record(report_as, module)
         if isinstance(gm, fx.GraphModule):
             self._touch_gm(gm)
+
+    def remove_module(self, gm: nn.Module, target: str) -> None:
+        """Drop ``gm``'s submodule ``target`` (no node may call it any more)."""
+        parent, _, child = target.rpartition(".")
+        delattr(gm.get_submodule(parent) if parent else gm, child)
+        if isinstance(gm, fx.GraphModule):
+            self._touch_gm(gm)
+
+    def drop_unused_modules(self, gm: fx.GraphModule) -> None:
+        """Drop every submodule of ``gm`` that no node uses (after a fold replaced calls)."""
+        gm.delete_all_unused_submodules()
+        self._touch_gm(gm)
 
     def record(self, target: str, module: nn.Module, eager: bool = False, undo: Callable[[], None] | None = None,
                region: nn.Module | None = None) -> None:

@@ -62,11 +62,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.catalogue import DEFAULT
 from ..errors import UsageError
 from ..io import files
 from . import recommend as rec
 from .plots import plot_all, write_text
-from .probes import THRESHOLD, Loss, Measurement, measure, merge
+from .probes import THRESHOLD, Loss, Measurement, measure, merge, sited_copy
 
 SPREAD = 100.0
 FLOOR = 1e-12
@@ -636,10 +637,13 @@ def _structure(model: nn.Module, leaf: Any, catalogue: Any) -> tuple[int | None,
 def _side(label: str, model: nn.Module, job: _Job, depth, exact: bool, eager, applied, propose: bool = True) -> Side:
     bar = _progress(len(job.runs) * job.seeds, label, job.progress)
     found = []
+    first = job.runs[0][0]
+    args = tuple(first) if isinstance(first, (tuple, list)) else (first,)
+    watched = sited_copy(model, args, job.probe_kw["catalogue"] or DEFAULT) or model  # compile's sites, tapped once
     try:
         for inputs, targets in job.runs:
             for seed in range(job.seeds):
-                found.append(measure(model, inputs, targets, job.loss, seed=seed, **job.probe_kw))
+                found.append(measure(model, inputs, targets, job.loss, seed=seed, watched=watched, **job.probe_kw))
                 bar.update(1)
     finally:
         bar.close()

@@ -1,8 +1,13 @@
 """Signal-propagation probes: what ``diagnose``, the demo and the tests measure, in one place.
 
-One forward and backward pass of a model, watched with module hooks (and a
-``TorchFunctionMode`` for activations called as functions), so it works the same on traced
-GraphModules, on eager modules capture left untraced and on models never compiled at all.
+One forward and backward pass of a model, watched with module hooks, so it works the same on
+traced GraphModules, on eager modules capture left untraced and on models never compiled at
+all. The activation sites are compile's: the model is compiled with no pass on a copy (the
+same capture and site index, core/index.py: modules, functions, methods and written-out
+formulas, in traced and eager code alike), and the rewriter puts an identity tap on the
+input of every site (:class:`SiteTap`; in eager code a tap that stands for the call), so
+the probes measure exactly the sites ``vgpcompile``/``plan`` report, under the same names.
+Where that compile fails the model itself is measured and only activation modules are seen.
 Per weight layer (a module owning a parameter of two or more dimensions, in forward call
 order):
 
@@ -29,29 +34,32 @@ Per recurrent layer (``nn.RNN``/``LSTM``/``GRU`` and their cells): the norm of �
 the gradient of the loss with respect to the layer's input at each time step t (for a
 cell, each call is one step) — the RNN figure of merit of the ARNN and ROAF seeds.
 
-Activations inside fused kernels (the gates of ``nn.LSTM``) are not seen; a user
-activation registered as a Python function is seen only when it is a module.
+Activations inside fused kernels (the gates of ``nn.LSTM``) and inside torch.nn's own layers
+are not seen, as they are not sites. A user module that owns a weight directly and is not
+a torch.nn layer is kept eager in the copy (so its hooks, the layer row, still fire).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn.utils import parametrize
-from torch.overrides import TorchFunctionMode
 
 from ..core import protocol
 from ..core.catalogue import DEFAULT, Activation, Catalogue
-from ..errors import UsageError
+from ..core.contract import MODEL, Env, Pass
+from ..core.eager import eager_owners
+from ..core.index import SiteIndex
+from ..core.runner import run_pass
+from ..errors import UsageError, VgpError
 
 THRESHOLD = 0.1  # |φ'| below this fraction of its maximum counts as saturated
 HIST_BINS = 20  # histogram of |φ'(h)| / max|φ'| over [0, 1]
@@ -186,21 +194,104 @@ def _time_dim(module: nn.Module, x: torch.Tensor) -> int:
     return 0
 
 
-class _Probe(TorchFunctionMode):
-    """Hooks on every module of one model; the mode sees activations called as functions."""
+class SiteTap(nn.Module):
+    """Identity on an activation site's input, named for the site: the probe's hook reads it.
+    In eager code it stands for what the site calls: the module there (``inner``, an
+    activation module or an earlier pass's replacement), else the activation function."""
+
+    def __init__(self, site: str, activation: Activation, params: dict, inner: nn.Module | None = None,
+                 computes: bool = False) -> None:
+        super().__init__()
+        self.site, self.activation, self.params, self.computes = site, activation, dict(params), computes
+        self.inner = inner
+
+    def forward(self, x):
+        if self.inner is not None:
+            return self.inner(x)
+        return self.activation.fn(x, **self.params) if self.computes else x
+
+
+@dataclass(frozen=True)
+class _Tap(Pass):
+    """Every site of the site index gets a :class:`SiteTap`, through the rewriter (no pass
+    of the registry: the probes' own, on their copy)."""
+
+    name: ClassVar[str] = "probe-taps"
+    matches: ClassVar[tuple[str, ...]] = (MODEL,)
+
+    def apply(self, target, env: Env) -> str:
+        rewriter = env.rewriter
+        sites = list(rewriter.index.all())  # before any edit: each tap invalidates its region
+        for site in sites:
+            if site.node is None:
+                _tap_eager(rewriter, site)
+                continue
+            src = rewriter.input_of(site)
+            if not isinstance(src, fx.Node):
+                continue
+            readers = [n for n in (site.nodes or (site.node,)) if src in n.all_input_nodes]
+            gm = rewriter.module_of(site.node)
+            name = rewriter.add_module(gm, f"{site.node.name}_probe", SiteTap(site.name, site.activation, site.params))
+            tap = rewriter.insert_before(min(readers), "call_module", name, (src,))  # nodes order by position
+            for reader in readers:
+                rewriter.replace_input(reader, src, tap)
+        return f"{len(sites)} taps"
+
+
+def _tap_eager(rewriter, site) -> None:
+    """A tap standing for an eager site's call: around the module it calls (an activation
+    module, or the replacement an earlier pass intercepts the call with), else computing it."""
+    where = site.eager
+    if where.attr is not None:
+        inner = getattr(where.container, where.attr)
+    else:
+        inner = site.module  # an intercepted call's replacement, or None
+    tap = SiteTap(site.name, site.activation, site.params, inner, computes=inner is None)
+    if where.attr is None and inner is not None:
+        attr = next(n for n, m in where.owner.named_children() if m is inner)
+        rewriter.swap_module(where.owner, attr, tap)
+    else:
+        rewriter.replace_activation(site, tap, "probe")
+
+
+def sited_copy(model: nn.Module, args: tuple, catalogue: Catalogue) -> nn.Module | None:
+    """A passes-off compile of ``model`` (a copy) with a :class:`SiteTap` at every site, or
+    None when that compile fails. Modules owning a weight that capture would trace through
+    stay eager, so each weight layer is still a module call."""
+    from ..api import vgpcompile
+    from ..core.capture import is_torch_leaf
+
+    owners = [
+        "<root>" if not name else "re:" + re.escape(name)
+        for name, m in model.named_modules()
+        if _weights(m) and not is_torch_leaf(m) and not parametrize.is_parametrized(m)
+    ]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = vgpcompile(model, [], example_inputs=args, catalogue=catalogue, eager=owners or None)
+    except (VgpError, RuntimeError, TypeError, ValueError):
+        return None
+    report = compiled.vgp_report
+    regions = {p: compiled.get_submodule(p.rstrip(".")) if p else compiled for p in report.regions}
+    eager = eager_owners(compiled, report.eager)
+    run_pass(_Tap(), regions, Env(catalogue), compiled, eager, index=SiteIndex(regions, catalogue, eager))
+    return compiled
+
+
+class _Probe:
+    """Hooks on every module of one model; a :class:`SiteTap` is an activation site."""
 
     def __init__(self, model: nn.Module, catalogue: Catalogue, regions: Mapping, threshold: float) -> None:
-        super().__init__()
         self.catalogue, self.regions, self.threshold = catalogue, dict(regions), threshold
         self.layers: dict[str, LayerRow] = {}
         self.activations: dict[str, ActivationRow] = {}
         self.recurrent: dict[str, RecurrentRow] = {}
         self._weights: dict[str, list[nn.Parameter]] = {}
-        self._stack: list[str] = []
+        self.tapped = any(isinstance(m, SiteTap) for m in model.modules())
         self._inside_activation = 0
         self._busy = False  # our own tensor work: not the model's
         self._last_layer: LayerRow | None = None
-        self._counts: dict[str, int] = {}
         self._handles: list[Any] = []
         # a parametrization's modules are the weight's, counted with their layer (_weights)
         skip = [f"{n}.parametrizations".lstrip(".") for n, m in model.named_modules() if parametrize.is_parametrized(m)]
@@ -220,7 +311,6 @@ class _Probe(TorchFunctionMode):
 
     # module hooks ------------------------------------------------------------------------
     def _pre(self, name: str, module: nn.Module, args: tuple) -> tuple | None:
-        self._stack.append(name)
         found = self._activation_of(module)
         if found is not None:
             self._inside_activation += 1  # what it calls inside is that activation, not another site
@@ -231,7 +321,8 @@ class _Probe(TorchFunctionMode):
             if found is not None:
                 x = _first_tensor(args)
                 if x is not None:
-                    self._record_activation(name or "<root>", found[0], found[1], x)
+                    site = module.site if isinstance(module, SiteTap) else name or "<root>"
+                    self._record_activation(site, found[0], found[1], x)
                 return None
             if name in self._weights:
                 self._record_layer(name, module, args)
@@ -242,8 +333,6 @@ class _Probe(TorchFunctionMode):
             self._busy = False
 
     def _post(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._stack and self._stack[-1] == name:
-            self._stack.pop()
         if self._activation_of(module) is not None:
             self._inside_activation -= 1
             return
@@ -254,7 +343,11 @@ class _Probe(TorchFunctionMode):
         out.register_hook(functools.partial(self._out_grad, row))
 
     def _activation_of(self, module: nn.Module) -> tuple[Activation, dict] | None:
-        match = self.catalogue.match_module(module)
+        if isinstance(module, SiteTap):
+            return module.activation, module.params
+        if self.tapped:
+            return None
+        match = self.catalogue.match_module(module)  # the model itself (its compile failed): modules only
         if match is not None:
             return match.activation, match.params
         return protocol.wrapped_activation(module)
@@ -301,49 +394,9 @@ class _Probe(TorchFunctionMode):
         leaf.register_hook(per_step)
         return (leaf, *args[1:])
 
-    # activations called as functions -----------------------------------------------------
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if not self._busy and not self._inside_activation and args and isinstance(args[0], torch.Tensor):
-            spelling = self._spelling(func)
-            if spelling is not None:
-                self._busy = True
-                try:
-                    act = self.catalogue.kinds[spelling.kind]
-                    given = dict(zip(spelling.argnames, args[1:]))
-                    given.update(kwargs)
-                    params = {k: given.get(k, v) for k, v in act.defaults.items()}
-                    owner = self._stack[-1] if self._stack else ""
-                    self._record_activation(
-                        f"{owner or '<root>'}.{getattr(func, '__name__', spelling.kind)}",
-                        act,
-                        params,
-                        args[0],
-                        count_calls=True,
-                    )
-                finally:
-                    self._busy = False
-        return func(*args, **kwargs)
-
-    def _spelling(self, func):
-        try:
-            found = self.catalogue.functions.get(func)
-        except TypeError:
-            return None
-        if found is not None:
-            return found
-        name = getattr(func, "__name__", "")
-        if getattr(torch.Tensor, name, None) is func:
-            return self.catalogue.methods.get(name)
-        return None
-
-    def _record_activation(self, name: str, act: Activation, params: dict, h: torch.Tensor, count_calls=False):
+    def _record_activation(self, name: str, act: Activation, params: dict, h: torch.Tensor):
         if not h.is_floating_point() or not h.numel():
             return
-        if count_calls:  # the k-th call of one function in one module is its own site
-            k = self._counts.get(name, 0)
-            self._counts[name] = k + 1
-            name = name if k == 0 else f"{name}#{k}"
         lo, hi, top = self._region_of(act, params)
         row = self.activations.get(name)
         if row is None:
@@ -450,24 +503,28 @@ def measure(
     catalogue: Catalogue | None = None,
     regions: Mapping[str, tuple[float, float]] | None = None,
     threshold: float = THRESHOLD,
+    watched: nn.Module | None = None,
 ) -> Measurement:
     """One forward and backward pass of ``model`` on ``inputs`` (a tensor or a tuple of
     positional inputs), watched by the probes; the model's parameters' ``.grad`` are left
     as they were. ``loss(output, targets)`` gives the scalar to differentiate; without it,
     ``targets`` pick MSE or cross-entropy, and without targets the loss is
     :func:`projection_loss` with ``seed``. The model runs in its current train/eval mode.
+    ``watched``: what runs instead of ``model``, a :func:`sited_copy` of it (diagnose makes one
+    for all its runs); made here when None.
     """
     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    params = [p for p in model.parameters() if p.requires_grad]
+    if watched is None:
+        watched = sited_copy(model, args, catalogue or DEFAULT) or model
+    params = list({id(p): p for m in (model, watched) for p in m.parameters() if p.requires_grad}.values())
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
-    probe = _Probe(model, catalogue or DEFAULT, regions or {}, threshold)
+    probe = _Probe(watched, catalogue or DEFAULT, regions or {}, threshold)
 
-    def run(watch) -> torch.Tensor:
+    def run(net: nn.Module) -> torch.Tensor:
         with torch.enable_grad():
-            with watch:
-                output = _forward(model, args)
+            output = _forward(net, args)
             if loss is not None:
                 value = _user_loss(loss, output, targets)
             elif targets is not None:
@@ -484,10 +541,10 @@ def measure(
 
     try:
         try:
-            value = run(probe)
+            value = run(watched)
         except _BackwardFailed as failed:
             probe.remove()
-            raise UsageError(_backward_failure(failed.__cause__, lambda: run(contextlib.nullcontext()))) from None
+            raise UsageError(_backward_failure(failed.__cause__, lambda: run(model))) from None
         return probe.collect(float(value.detach()))
     finally:
         probe.remove()

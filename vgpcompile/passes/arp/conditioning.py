@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from ...core.rewriter import active
 from ...core.targets import Layer, Site
 from .modules import unit_norms, unit_rho
 from .recurrent import _AutoRotRecurrent
@@ -50,7 +51,7 @@ def _call_amplification(node: fx.Node) -> torch.Tensor:
     from ...core.runner import get_attr
     from .modules import groups_of
 
-    gm = node.graph.owning_module
+    gm = active().module_of(node)
     kw = dict(node.kwargs)
     w_node = node.args[1] if len(node.args) > 1 else kw.get("weight")
     b_node = node.args[2] if len(node.args) > 2 else kw.get("bias")
@@ -72,10 +73,10 @@ def rotated_amplifications(targets: list) -> list[torch.Tensor]:
         if isinstance(t, Layer):
             a = amplification(t.gm.get_submodule(t.name))
         elif isinstance(t, Site):
-            x = t.node.args[0] if t.node.args else None
+            x = active().input_of(t.node)
             a = None
             if isinstance(x, fx.Node) and x.op == "call_module":
-                a = amplification(x.graph.owning_module.get_submodule(str(x.target)))
+                a = amplification(active().module_of(x).get_submodule(str(x.target)))
             elif isinstance(x, fx.Node) and getattr(x.target, "vgp_pass", None) == "arp":
                 a = _call_amplification(x)
         else:

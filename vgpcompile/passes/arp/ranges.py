@@ -20,6 +20,7 @@ from torch import fx, nn
 
 from ...core import protocol
 from ...core.contract import Env
+from ...core.rewriter import active
 from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, is_passthrough
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
@@ -51,7 +52,7 @@ def describe(node, gm: fx.GraphModule) -> str:
 
 def input_range(x, region: str, env: Env) -> Found:
     """(lo, hi, origin) of the values ``x`` can take, or a description of why it is unknown."""
-    gm = x.graph.owning_module if isinstance(x, fx.Node) else None
+    gm = active().module_of(x) if isinstance(x, fx.Node) else None
     widen, index = False, []  # index: the getitem keys on the way, innermost first once reversed
     while isinstance(x, fx.Node):
         if x.op == "call_function" and x.target is operator.getitem:
@@ -120,7 +121,8 @@ def _model_input_range(x: fx.Node, region: str, env: Env) -> Found:
         lo, hi = (float(v) for v in env.input_range)
         return lo, hi, "input_range"
     inputs = env.example_inputs or ()
-    index = [n for n in x.graph.nodes if n.op == "placeholder"].index(x)
+    queries = active()
+    index = queries.placeholders(queries.module_of(x)).index(x)
     if index < len(inputs) and isinstance(inputs[index], torch.Tensor):
         t = inputs[index].detach().float()
         if not t.numel():

@@ -173,7 +173,7 @@ class ARP(Pass):
                 new = ROTATED_MODULES[type(module)].from_module(module, L=L, q=q, eps=self.eps, floor=self.floor)
             else:  # a declared affine layer (GPT-2's Conv1D)
                 new = rotate_declared(module, L=L, q=q, eps=self.eps, floor=self.floor)
-            rewriter.swap_module(producer.graph.owning_module, str(producer.target), new, site.name)
+            rewriter.swap_module(rewriter.module_of(producer), str(producer.target), new, site.name)
         else:
             kwargs = {**producer.kwargs, "L": L, "q": q, "eps": self.eps, "floor": self.floor}
             rewriter.replace_node(producer, "call_function", ROTATED_FUNCTIONS[producer.target], producer.args, kwargs)
@@ -232,11 +232,11 @@ class ARP(Pass):
 
 
 def _input_of(node: fx.Node) -> fx.Node:
-    return node.args[0] if node.args else node.kwargs["input"]
+    return active().input_of(node)
 
 
 def _site_reason(site: Site) -> str | None:
-    gm = site.node.graph.owning_module
+    gm = active().module_of(site.node)
     if site.producer is None:
         source = _input_of(site.node)
         normalized = normalized_affine(source, gm)

@@ -33,7 +33,6 @@ from torch import fx, nn
 from ...core.affine import declared
 from ...core.catalogue import DEFAULT, Catalogue
 from ...core.rewriter import active
-from ...core.targets import call_counts
 from .modules import GPNActivation
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -52,9 +51,9 @@ _SHIFT_METHODS = ("flatten", "view", "reshape", "mean", "permute", "transpose", 
 
 def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
     """Fold every foldable GPN call in ``gm``; return how many were folded."""
-    calls = call_counts(gm)
-    folded, rewriter = 0, active()
-    for node in list(gm.graph.nodes):
+    rewriter = active()
+    calls, folded = rewriter.call_counts(gm), 0
+    for node in rewriter.nodes(gm):
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), GPNActivation):
             continue
         gpn = gm.get_submodule(node.target)
@@ -66,7 +65,7 @@ def fold_gpn(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
             n, "call_function", t, n.args, k, meta_keys=tuple(n.meta))
         folded += fold_into_consumer(node, gm, calls, gpn.a.item(), gpn.b.item(), replace)
     if folded:
-        gm.delete_all_unused_submodules()
+        rewriter.drop_unused_modules(gm)
     return folded
 
 

@@ -196,7 +196,7 @@ def thin_shell_reason(gm: fx.GraphModule | None) -> str | None:
     """Why the model input cannot be (or need not be) put on the thin shell, or None."""
     if gm is None:
         return NO_ROOT_GRAPH
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    placeholders = active().placeholders(gm)
     if not placeholders:
         return "the model takes no input"
     users = placeholders[0].users
@@ -207,8 +207,9 @@ def thin_shell_reason(gm: fx.GraphModule | None) -> str | None:
 
 def insert_thin_shell(gm: fx.GraphModule) -> str:
     """Call a ThinShell on the first input of ``gm``; return the report text."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    x, rewriter = placeholders[0], active()
+    rewriter = active()
+    placeholders = rewriter.placeholders(gm)
+    x = placeholders[0]
     name = rewriter.add_module(gm, "thin_shell", ThinShell())
     rewriter.replace_uses(x, rewriter.insert_after(placeholders[-1], "call_module", name, (x,)))
     return f"input {x.name!r} rescaled to ||x||^2 = n per sample"

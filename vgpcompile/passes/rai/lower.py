@@ -20,22 +20,21 @@ def lower(model: nn.Module) -> None:
         if not found:
             continue
         rewriter = active()
-        for node in list(gm.graph.nodes):
+        for node in rewriter.nodes(gm):
             if node.op == "call_module" and str(node.target) in found:
                 rewriter.replace_uses(node, node.args[0])
                 rewriter.erase(node)
         guards = {name for name, m in gm.named_modules() if isinstance(m, RAIGuard)}
-        for node in list(gm.graph.nodes):  # the idx guard at the forward's start
+        for node in rewriter.nodes(gm):  # the idx guard at the forward's start
             if node.op == "call_module" and str(node.target) in guards:
                 rewriter.replace_uses(node, node.args[0])
                 rewriter.erase(node)
         idx_names = {cut.settings.idx_name for cut in found.values()}
         found.update({name: gm.get_submodule(name) for name in guards})
-        for node in list(gm.graph.nodes):
+        for node in rewriter.nodes(gm):
             if node.op == "placeholder" and node.target in idx_names and not node.users:
                 rewriter.erase(node)
         for name in sorted(found, key=len, reverse=True):
-            parent, _, child = name.rpartition(".")
-            delattr(gm.get_submodule(parent) if parent else gm, child)
-        gm.graph.lint()
+            rewriter.remove_module(gm, name)
+        rewriter.lint(gm)
         gm.recompile()

@@ -52,7 +52,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ...core.contract import MODEL, Env, Pass, PassResult
 from ...core.rewriter import active
 from ...core.select import target_of
-from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, ModelTarget, find_sites, output_nodes, site_name
+from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, ModelTarget, site_name
 from ...errors import UsageError
 from .guard import RAIGuard
 from .lower import lower as lower_model
@@ -168,8 +168,8 @@ class RAI(Pass):
         kept = [c for c in (found if found is not None else self._cuts(gm, env)) if not c.reason]
         n = self.num_examples or 1  # only a plan gets here without it, and allocates nothing
         rewriter = active()
-        placeholders = [p for p in gm.graph.nodes if p.op == "placeholder"]
-        taken = {p.target for p in placeholders} | {node.name for node in gm.graph.nodes}
+        placeholders = rewriter.placeholders(gm)
+        taken = {p.target for p in placeholders} | {node.name for node in rewriter.nodes(gm)}
         idx_name = next(c for c in ("idx", "rai_idx", *(f"rai_idx{i}" for i in range(1, 100))) if c not in taken)
         shared = Settings(idx_name, self.table_lr_scale, self.resync_every, self.lam_growth)
         # idx goes right after the required inputs, so lifted(x, idx) works when forward has optional
@@ -265,12 +265,14 @@ def candidates(gm: fx.GraphModule, env: Env) -> list[Cut]:
     graph input), and the output of an affine layer that is (a reshaped form of) a model output."""
     by_node: dict[fx.Node, Cut] = {}
     calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
+    queries = active()
+    nodes = queries.nodes(gm)
+    for node in nodes:
         if node.op == "call_module":
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     nth: dict[str, int] = {}
-    for site in find_sites(gm, "", env.catalogue):
-        src = site.node.args[0] if site.node.args else None
+    for site in queries.sites(gm, env.catalogue):
+        src = queries.input_of(site.node)
         if site.unusable or not isinstance(src, fx.Node) or src.op in ("placeholder", "get_attr"):
             continue
         cut = by_node.get(src) or _cut(src, gm, calls, nth)
@@ -279,11 +281,12 @@ def candidates(gm: fx.GraphModule, env: Env) -> list[Cut]:
             cut.objects += (gm.get_submodule(str(site.node.target)),)
         cut.activation = cut.activation or site.activation.name
         by_node[src] = cut
-    for node in output_nodes(gm.graph):
+    for node in queries.outputs(gm):
         if node not in by_node and _affine(node, gm):
             by_node[node] = _cut(node, gm, calls, nth)
-    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    order = {node: i for i, node in enumerate(nodes)}
     return sorted(by_node.values(), key=lambda c: order[c.node])
+
 
 
 def _cut(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int], nth: dict[str, int]) -> Cut:

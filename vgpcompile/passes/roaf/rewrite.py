@@ -240,7 +240,7 @@ class ROAF(Pass):
         filt = ROAFFilter(n, alpha=alpha, beta=beta, spatial=spatial, O=o)
         y, x = site.node, _input_of(site.producer)
         rewriter = active()
-        name = rewriter.add_module(y.graph.owning_module, f"{y.name}_roaf", filt)
+        name = rewriter.add_module(rewriter.module_of(y), f"{y.name}_roaf", filt)
         new = rewriter.insert_after(y, "call_module", name, (y, x))
         new.meta.update({k: v for k, v in y.meta.items() if k == "nn_module_stack"})
         # every use of the block's output goes through the filter; an in-place activation also
@@ -290,7 +290,7 @@ def _features(affine: nn.Module) -> tuple[int, torch.Tensor]:
 
 
 def _input_of(node: fx.Node):
-    return node.args[0] if node.args else node.kwargs.get("input")
+    return active().input_of(node)
 
 
 def _block_reason(block: Block) -> str | None:
@@ -309,7 +309,7 @@ def _block_reason(block: Block) -> str | None:
 
 
 def _already_filtered(y: fx.Node) -> bool:
-    gm = y.graph.owning_module
+    gm = active().module_of(y)
     return any(u.op == "call_module" and inserted_by(gm.get_submodule(str(u.target))) == "roaf" for u in y.users)
 
 

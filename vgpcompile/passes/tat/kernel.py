@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
+from ...core.rewriter import active
 from ...core.targets import Site
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -135,7 +136,7 @@ def derive(gm: fx.GraphModule, sites: list[Site], rewritten: set[str], shapes: d
     inside = {n for s in sites for n in s.nodes[:-1]}  # a formula's inner nodes
     out = Structure()
     graph = nx.DiGraph()
-    for node in gm.graph.nodes:
+    for node in active().nodes(gm):
         if node.op == "output":
             fx.node.map_arg(node.args, lambda n: out.outputs.append(n) if n in out.values else None)
             continue

@@ -19,7 +19,6 @@ from torch import fx, nn
 
 from ...core.catalogue import DEFAULT, Catalogue
 from ...core.rewriter import active
-from ...core.targets import call_counts
 from ..gpn.lower import fold_into_consumer
 from .kernel import AFFINE
 from .modules import TATActivation
@@ -27,9 +26,9 @@ from .modules import TATActivation
 
 def fold_tat(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
     """Fold every TATActivation of ``gm`` as far as exact; return how many became plain calls."""
-    calls = call_counts(gm)
-    plain_calls = 0
-    for node in list(gm.graph.nodes):
+    rewriter = active()
+    calls, plain_calls = rewriter.call_counts(gm), 0
+    for node in rewriter.nodes(gm):
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), TATActivation):
             continue
         if calls[node.target] != 1:
@@ -37,12 +36,12 @@ def fold_tat(gm: fx.GraphModule, catalogue: Catalogue = DEFAULT) -> int:
         act = gm.get_submodule(node.target)
         if _fold_into_producer(node, gm, calls, act):
             act = _with(act, alpha=1.0, beta=0.0)
-            active().swap_module(gm, node.target, act)
+            rewriter.swap_module(gm, node.target, act)
         plain = catalogue.plain_call(act.activation.name, act.params)
         replace = lambda n=node, m=act, p=plain: _remainder(n, gm, m, p)
         if fold_into_consumer(node, gm, calls, act.gamma, act.gamma * act.delta, replace):
             plain_calls += plain is not None and act.alpha == 1.0 and act.beta == 0.0
-    gm.delete_all_unused_submodules()
+    rewriter.drop_unused_modules(gm)
     return plain_calls
 
 
@@ -64,7 +63,7 @@ def _fold_into_producer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int]
     """alpha * (W x + c) + beta as one layer, when the layer feeds only this activation."""
     if act.alpha == 1.0 and act.beta == 0.0:
         return True
-    src = node.args[0] if node.args else None
+    src = active().input_of(node) if node.args else None
     if not isinstance(src, fx.Node) or src.op != "call_module" or calls.get(src.target) != 1 or len(src.users) != 1:
         return False
     layer = gm.get_submodule(str(src.target))

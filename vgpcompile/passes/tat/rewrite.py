@@ -47,7 +47,8 @@ from ...core.contract import LAYER, SITE, Env, Pass, PassResult
 from ...core.facts import Fact
 from ...core.protocol import mark_applied_module
 from ...core.rewrite import replace_activation
-from ...core.targets import Layer, Site, find_sites
+from ...core.rewriter import active
+from ...core.targets import Layer, Site
 from ...errors import UsageError
 from . import constants as C
 from .kernel import AFFINE, CONVS, Refusal, Structure, derive
@@ -112,7 +113,7 @@ class TAT(Pass):
             run.model_reason = ("the model's top-level forward must be traced as one graph (parts of it are in "
                                 "other regions or eager code); DKS/TAT need the whole network's kernel")  # fmt: skip
             return result
-        every = find_sites(gm, "", env.catalogue)
+        every = active().sites(gm, env.catalogue)
         run.reasons = self._site_reasons(sites)
         if run.reasons:
             bad = next(iter(run.reasons.items()))
@@ -218,32 +219,25 @@ def _root_graph(sites: list[Site], targets: list) -> fx.GraphModule | None:
     """The root region's graph when every site is in it."""
     if any(s.node is None or s.region != "" for s in sites):
         return None
-    return sites[0].node.graph.owning_module
+    return active().module_of(sites[0].node)
 
 
 def subnet_max_function(model: nn.Module, example_inputs: tuple | None = None, catalogue: Catalogue = DEFAULT):
     """M(x, r) of ``model`` as the pass derives it (every activation but the output's
     transformed), to hand to ``dks`` by hand or to check; raises Refusal where not covered."""
     gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
-    sites = find_sites(gm, "", catalogue)
+    sites = active().sites(gm, catalogue)
     rewritten = {s.name for s in sites if not s.is_output}
     return derive(gm, sites, rewritten, _shapes(gm, example_inputs)).subnet_max
 
 
 def _shapes(gm: fx.GraphModule, example_inputs: tuple | None) -> dict | None:
     """Each node's output shape, from the example inputs (only when a concatenation needs it)."""
-    cats = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (torch.cat, torch.concat)]
+    queries = active()
+    cats = [n for n in queries.nodes(gm) if n.op == "call_function" and n.target in (torch.cat, torch.concat)]
     if not cats or example_inputs is None:
         return None
-    import copy
-
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    probe = copy.deepcopy(gm)  # running it must not touch the model's buffers
-    with torch.no_grad():
-        ShapeProp(probe).propagate(*example_inputs)
-    by_name = {n.name: n for n in gm.graph.nodes}
-    return {by_name[n.name]: tuple(n.meta["tensor_meta"].shape) for n in probe.graph.nodes if "tensor_meta" in n.meta}
+    return queries.shapes(gm, example_inputs)  # on a copy: running it must not touch the model's buffers
 
 
 def format_constants(solved: dict[str, C.Constants]) -> str:
