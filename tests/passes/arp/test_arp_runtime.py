@@ -168,3 +168,47 @@ def test_torch_func_transforms_use_the_composed_form():
     expected = torch.autograd.functional.jacobian(lambda t: reference(t, w, b, 3.0, 2.0, 1e-5, 0.5), x[0])
     torch.testing.assert_close(jac, expected)
     torch.testing.assert_close(torch.func.vmap(lin)(x), lin(x))
+
+
+class _InPlaceMLP(torch.nn.Module):
+    """Linear -> in-place ReLU, in each spelling; the rotated Linear must not save what ReLU overwrites."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.a, self.b = torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)
+        self.act = torch.nn.ReLU(inplace=spelling == "module")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.spelling == "module":
+            h = self.act(h)
+        elif self.spelling == "function":
+            h = F.relu(h, inplace=True)
+        elif self.spelling == "torch":
+            h = torch.relu_(h)
+        elif self.spelling == "method":
+            h = h.relu_()
+        else:
+            h = torch.relu(h)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("spelling", ["module", "function", "torch", "method"])
+def test_in_place_activation_after_rotated_linear_trains(spelling):
+    """An in-place ReLU overwrote the rotated Linear's saved output (backward raised)."""
+    from vgpcompile import vgpcompile
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    grads = []
+    for s in (spelling, "plain"):
+        torch.manual_seed(1)
+        model = _InPlaceMLP(s).double()
+        compiled = vgpcompile(model, passes=["arp"], example_inputs=(x,))
+        rotated = [m for m in compiled.modules() if isinstance(m, AutoRotLinear)]
+        assert len(rotated) == 1 and rotated[0].save_output is (s == "plain")
+        compiled(x).square().sum().backward()
+        grads.append([p.grad for p in compiled.parameters()])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -24,6 +24,7 @@ def fold_call(node: fx.Node, gm: fx.GraphModule) -> None:
     """
     kwargs = dict(node.kwargs)
     L, q, eps, floor = kwargs.pop("L"), kwargs.pop("q"), kwargs.pop("eps", EPS), kwargs.pop("floor", 0.0)
+    kwargs.pop("save_output", None)  # how the training form saved for backward; the plain call has no such option
     w_node = node.args[1] if len(node.args) > 1 else kwargs.get("weight")
     b_node = node.args[2] if len(node.args) > 2 else kwargs.get("bias")
     for arg in (w_node, b_node):

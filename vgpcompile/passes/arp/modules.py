@@ -173,9 +173,12 @@ def rotate_parameters(
 
 def rotated_linear(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, q: float, L: float, eps: float,
-    floor: float = 0.0,
+    floor: float = 0.0, save_output: bool = True,
 ) -> torch.Tensor:
     """rho * (input @ W^T + b), rho per output unit as :func:`unit_rho`: ``AutoRotLinear``'s forward.
+
+    ``save_output=False`` when the caller modifies the output in place (an in-place activation):
+    the backward then takes dL/drho from the weight gradient, never from the overwritten output.
 
     float32/float64 run :class:`_RotatedLinear` (one autograd node, backward written out);
     float16/bfloat16 the composed ops, which keep rho in float32, and so does a call under a
@@ -184,7 +187,7 @@ def rotated_linear(
     if weight.dtype in _LOW_PRECISION or _under_functorch():
         z = F.linear(input, weight, bias)
         return z * unit_rho(weight, bias, q=q, L=L, eps=eps, floor=floor).to(z.dtype)
-    return _RotatedLinear.apply(input, weight, bias, float(q), float(L), float(eps), float(floor))
+    return _RotatedLinear.apply(input, weight, bias, float(q), float(L), float(eps), float(floor), bool(save_output))
 
 
 def _under_functorch() -> bool:
@@ -214,7 +217,7 @@ class _RotatedLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, q, L, eps, floor):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, q, L, eps, floor, save_output):  # type: ignore[override]
         zq = weight.sum(1) * q if bias is None else torch.add(bias, weight.sum(1), alpha=q)
         den = zq.abs()
         spread = on = None
@@ -224,7 +227,7 @@ class _RotatedLinear(torch.autograd.Function):
             den = torch.where(on, den, spread)
         rho = den.add_(eps).reciprocal_().mul_(L)  # den is a fresh tensor: in place is safe
         y = F.linear(x, weight, bias).mul_(rho)
-        keep_y = y.numel() <= weight.numel()  # batch rows <= in_features
+        keep_y = save_output and y.numel() <= weight.numel()  # batch rows <= in_features
         ctx.save_for_backward(x, weight, bias, rho, zq, spread, on, y if keep_y else None)
         ctx.constants = (q, L, floor)
         return y
@@ -241,7 +244,7 @@ class _RotatedLinear(torch.autograd.Function):
         if need_x:
             gx = gz.mm(weight) if x.dim() == 2 else gz.mm(weight).view(x.shape)
         if not (need_w or need_b):
-            return gx, None, None, None, None, None, None
+            return gx, None, None, None, None, None, None, None
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         gw = gb = None
         if y is not None:
@@ -264,13 +267,13 @@ class _RotatedLinear(torch.autograd.Function):
             if need_w:  # the floor's term first, so the matmul accumulates onto it (one pass less over dW)
                 rows = _pivot_rows(x2, q)
                 gw = gzq.t().mm(rows) if gnorm is None else (weight * gnorm.unsqueeze(1)).addmm_(gzq.t(), rows)
-            return gx, gw, gb if need_b else None, None, None, None, None
+            return gx, gw, gb if need_b else None, None, None, None, None, None
         gw = gw.add_(gzq.unsqueeze(1), alpha=q)
         if gnorm is not None:
             gw = gw.addcmul_(weight, gnorm.unsqueeze(1))
         if gb is not None:
             gb = gb.add_(gzq)
-        return gx, gw if need_w else None, gb if need_b else None, None, None, None, None
+        return gx, gw if need_w else None, gb if need_b else None, None, None, None, None, None
 
 
 def _pivot_rows(x2: torch.Tensor, q: float) -> torch.Tensor:
@@ -384,6 +387,8 @@ class AutoRotLinear(_AutoRot, nn.Linear):
     """
 
     _plain = nn.Linear
+    # False where the consumer overwrites the output in place (ReLU(inplace=True)): arp sets it
+    save_output = True
 
     def __init__(
         self,
@@ -409,7 +414,10 @@ class AutoRotLinear(_AutoRot, nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.rotate:
             return F.linear(input, self.weight, self.bias)
-        return rotated_linear(input, self.weight, self.bias, q=self.q, L=self.L, eps=self.eps, floor=self.floor)
+        return rotated_linear(
+            input, self.weight, self.bias, q=self.q, L=self.L, eps=self.eps, floor=self.floor,
+            save_output=self.save_output,
+        )  # fmt: skip
 
 
 class _AutoRotConv(_AutoRot):
@@ -524,9 +532,10 @@ def groups_of(args: tuple, kwargs: dict) -> int:
 
 
 def _rotated_function(fn: Callable[..., torch.Tensor], name: str, transposed: bool) -> Callable[..., torch.Tensor]:
-    def rotated(input, weight, bias=None, *args, L: float, q: float, eps: float = EPS, floor: float = 0.0, **kwargs):
+    def rotated(input, weight, bias=None, *args, L: float, q: float, eps: float = EPS, floor: float = 0.0,
+                save_output: bool = True, **kwargs):
         if fn is F.linear:  # as AutoRotLinear: scale the output
-            return rotated_linear(input, weight, bias, q=q, L=L, eps=eps, floor=floor)
+            return rotated_linear(input, weight, bias, q=q, L=L, eps=eps, floor=floor, save_output=save_output)
         groups = groups_of(args, kwargs) if transposed else 1
         w, b = rotate_parameters(weight, bias, q=q, L=L, eps=eps, floor=floor, transposed=transposed, groups=groups)
         return fn(input, w, b, *args, **kwargs)

@@ -94,7 +94,7 @@ from ...errors import UsageError
 from .conditioning import conditioning_warning
 from .constants import DEFAULT_FLOOR, TANH_STATE_Q, default_L
 from .declared import rotatable, rotate_declared
-from .modules import ROTATED_FUNCTIONS, ROTATED_MODULES, check_floor, check_positive
+from .modules import ROTATED_FUNCTIONS, ROTATED_MODULES, AutoRotLinear, check_floor, check_positive
 from .ranges import describe, input_range, normalized_affine
 from .recurrent import ROTATED_RECURRENT
 
@@ -173,9 +173,13 @@ class ARP(Pass):
                 new = ROTATED_MODULES[type(module)].from_module(module, L=L, q=q, eps=self.eps, floor=self.floor)
             else:  # a declared affine layer (GPT-2's Conv1D)
                 new = rotate_declared(module, L=L, q=q, eps=self.eps, floor=self.floor)
+            if site.inplace and isinstance(new, AutoRotLinear):  # its backward must not read an overwritten output
+                new.save_output = False
             rewriter.swap_module(rewriter.module_of(producer), str(producer.target), new, site.name)
         else:
             kwargs = {**producer.kwargs, "L": L, "q": q, "eps": self.eps, "floor": self.floor}
+            if site.inplace:
+                kwargs["save_output"] = False
             rewriter.replace_node(producer, "call_function", ROTATED_FUNCTIONS[producer.target], producer.args, kwargs)
         rewriter.mark_applied(site.node, site)
         return f"L={L:g} q={q:g} ({origin})"
