@@ -79,10 +79,10 @@ def scaling(args: argparse.Namespace) -> list[dict]:
     print(f"{'passes':>10} {'layers':>7} {'seconds':>9} {'ms/layer':>9} {'growth':>7}")
     for name in args.passes:
         fn = compile_fn(name, x)
-        fn(mlp(3))  # imports and first-call costs
+        fn(args.build(3))  # imports and first-call costs
         first = None
         for pairs in args.depths:
-            models = [mlp(pairs) for _ in range(args.repeats)]
+            models = [args.build(pairs) for _ in range(args.repeats)]
             seconds = statistics.median(cpu_seconds(lambda m=m, fn=fn: fn(m)) for m in models)
             per_layer = 1e3 * seconds / pairs
             first = first or per_layer
@@ -97,11 +97,11 @@ def versus_trace(args: argparse.Namespace) -> None:
     names = args.passes if args.passes_given else ["off", "gpn", "arp+gpn"]
     fns = {name: compile_fn(name, x) for name in names}
     for fn in fns.values():
-        fn(mlp(3))
+        fn(args.build(3))
     print(f"example_inputs: {'none' if x is None else 'a batch of 8'}; CPU-time medians, arms interleaved")
     print(f"{'layers':>7} {'symbolic_trace s':>17} " + " ".join(f"{n + ' ×':>11}" for n in names))
     for pairs in args.depths:
-        model = mlp(pairs)
+        model = args.build(pairs)
         times: dict[str, list[float]] = {"trace": []} | {n: [] for n in names}
         for _ in range(args.repeats):
             times["trace"].append(cpu_seconds(lambda m=model: fx.symbolic_trace(m)))
@@ -116,9 +116,9 @@ def stages(args: argparse.Namespace) -> None:
     x = None if args.no_example else torch.randn(8, 16)
     for name in args.passes:
         fn = compile_fn(name, x)
-        fn(mlp(3))
+        fn(args.build(3))
         for pairs in args.depths:
-            model = mlp(pairs)
+            model = args.build(pairs)
             base = statistics.median(cpu_seconds(lambda m=model: fx.symbolic_trace(m)) for _ in range(3))
             with timed_stages() as seen:
                 total = cpu_seconds(lambda fn=fn, m=model: fn(m))
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [p for p in args.passes if p not in PASSES]
     if unknown:
         parser.error(f"unknown --passes {unknown}; choose from {', '.join(PASSES)}")
-    global mlp
-    mlp = functools.partial(mlp, act=ACT[args.activation])
+    args.build = functools.partial(mlp, act=ACT[args.activation])
     args.depths = args.depths or (FULL_DEPTHS if args.full else QUICK_DEPTHS)
     warnings.simplefilter("ignore")  # gpn without orthogonal on a deep stack warns; not what is timed
     if args.versus_trace:
