@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import copyreg
 import dataclasses
 import gc
 import math
 import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -250,7 +252,8 @@ def _compile_unguarded(model: nn.Module, passes: Passes, mode: str, opts: Compil
         unrun = verify_run.check(report, cap.root, inserted, example, saved)  # every reported change ran, or undone
     if pass_list:
         selection.check_all_matched(known)
-    report.depth_after, _ = nonlinear_depth(cap.root, catalogue)
+    # no pass ran: the model is the one just measured (the walk costs about a third of a trace)
+    report.depth_after = nonlinear_depth(cap.root, catalogue)[0] if pass_list else report.depth_before
     rules = {k: _rules(getattr(opts, k)) for k in ("select", "ignore", "leaf", "eager")}
     versions = {"vgpcompile": __version__, "torch": torch.__version__}
     cap.root = keep_class(cap.root)  # an eager root gets save_pretrained's guard (core/region.py)
@@ -346,7 +349,73 @@ def copy_model(model: nn.Module) -> nn.Module:
     for b in model.buffers():
         if type(b) is torch.Tensor:
             memo[id(b)] = b.clone()
-    return copy.deepcopy(model, memo)
+    return _copy_module(model, memo)
+
+
+_ATOMIC = (type(None), int, float, bool, str)
+_MISSING = object()
+
+
+def _plain_module_class(cls: type) -> bool:
+    """Whether ``copy.deepcopy`` copies a ``cls`` instance the generic way: a new object whose
+    state is the deep copy of ``Module.__getstate__()``, set by ``Module.__setstate__``."""
+    return (
+        getattr(cls, "__deepcopy__", None) is None
+        and cls not in copyreg.dispatch_table
+        and cls.__reduce_ex__ is object.__reduce_ex__
+        and cls.__reduce__ is object.__reduce__
+        and cls.__getstate__ is nn.Module.__getstate__
+        and cls.__setstate__ is nn.Module.__setstate__
+        and not copyreg._slotnames(cls)
+    )
+
+
+def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``copy.deepcopy(module, memo)``, the same steps written out for a plain module class
+    (_plain_module_class): deepcopy's generic path (__reduce_ex__, then a deep copy of each
+    state dict) is most of the copy's time for the many small modules of a deep model. The
+    module dict and its children are copied here, every other value by deepcopy, in the same
+    order and through the same memo (shared modules and tied weights stay shared)."""
+    found = memo.get(id(module), _MISSING)
+    if found is not _MISSING:
+        return found
+    cls = type(module)
+    if not _plain_module_class(cls):
+        return copy.deepcopy(module, memo)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    state = {}
+    for key, value in module.__getstate__().items():
+        kind = type(value)
+        if kind in _ATOMIC:
+            state[key] = value
+        elif kind is dict:
+            state[key] = _copy_dict(value, memo)
+        elif kind is OrderedDict and not value:  # the empty hook tables
+            state[key] = memo[id(value)] = OrderedDict()
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    new.__setstate__(state)
+    return new
+
+
+def _copy_dict(d: dict, memo: dict[int, Any]) -> dict:
+    """deepcopy of a plain dict of modules, parameters (copied up front: in the memo) or atoms."""
+    found = memo.get(id(d), _MISSING)
+    if found is not _MISSING:
+        return found
+    out: dict = {}
+    memo[id(d)] = out
+    for key, value in d.items():
+        if isinstance(value, nn.Module):
+            out[key] = _copy_module(value, memo)
+        elif type(value) in _ATOMIC:
+            out[key] = value
+        else:
+            out[key] = memo.get(id(value), _MISSING)
+            if out[key] is _MISSING:
+                out[key] = copy.deepcopy(value, memo)
+    return out
 
 
 def _as_tuple(example_inputs: Any) -> tuple | None:

@@ -64,6 +64,8 @@ class Report:
             pass
         rec = SiteRecord(name, kind, spelling, producer, False, eager=spelling.startswith("eager"))
         self.sites.append(rec)
+        if len(self._index) == len(self.sites) - 1:  # the index was whole: keep it so (no rebuild per row)
+            self._index[name] = rec
         return rec
 
     def record(self, name: str, pass_name: str, changed: bool, text: str) -> None:

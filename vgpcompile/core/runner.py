@@ -109,6 +109,7 @@ def _run(pass_: Pass, regions, env: Env, root, eager, index: SiteIndex) -> PassR
     start = time.perf_counter()
     result = PassResult(pass_.name)
     before = {prefix: set(gm.graph.nodes) for prefix, gm in regions.items()}
+    code_before = {prefix: code_shape(gm) for prefix, gm in regions.items()}
     candidates = _candidates(pass_, regions, env, result, index) + _eager_candidates(pass_, eager, env, result, index)
     if pass_.dataflow_order and env.observed:
         candidates.sort(key=lambda t: calibrate.position(env.observed, _key_of(t)))
@@ -123,7 +124,9 @@ def _run(pass_: Pass, regions, env: Env, root, eager, index: SiteIndex) -> PassR
             _invalidate(index, target)
     _guarded(pass_, None, "", lambda: _merge(result, pass_.finish(candidates, env)))
     for prefix, gm in regions.items():
-        _guarded(pass_, None, prefix, lambda gm=gm, prefix=prefix: _finish_graph(gm, before[prefix], pass_.name))
+        unchanged = same_code(code_shape(gm), code_before[prefix])
+        finish = lambda gm=gm, prefix=prefix, same=unchanged: _finish_graph(gm, before[prefix], pass_.name, same)  # noqa: E731
+        _guarded(pass_, None, prefix, finish)
         if len(gm.graph.nodes) != len(before[prefix]) or any(n not in before[prefix] for n in gm.graph.nodes):
             index.invalidate(prefix)  # changed by other means than the rewriter
     result.seconds = time.perf_counter() - start
@@ -239,13 +242,30 @@ def _merge(result: PassResult, extra: PassResult | None) -> None:
         result.resolved.update(extra.resolved)
 
 
-def _finish_graph(gm: fx.GraphModule, before: set[fx.Node], pass_name: str) -> None:
+def _finish_graph(gm: fx.GraphModule, before: set[fx.Node], pass_name: str, unchanged: bool = False) -> None:
     for node in gm.graph.nodes:
         if node not in before:
             node.meta.setdefault(META_PASS, pass_name)
     gm.graph.lint()
     _check_targets(gm)
-    gm.recompile()
+    if not unchanged:  # a graph whose code is as it was (modules swapped by name) keeps its code
+        gm.recompile()
+
+
+def code_shape(gm: fx.GraphModule) -> tuple:
+    """What ``gm``'s generated code is made of: each node's name, op, target, arguments and
+    annotation, in order, and the graph's code generator. Equal before and after a pass: the
+    code is the same, and recompiling it (about as long as tracing it) can be skipped."""
+    graph = gm.graph
+    nodes = tuple((n, n.name, n.op, n.target, n.args, n.kwargs, n.type) for n in graph.nodes)
+    return graph, graph._codegen, nodes
+
+
+def same_code(a: tuple, b: tuple) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # an argument whose == is not a bool (a tensor constant): assume changed
+        return False
 
 
 def _key_of(target: Target) -> str:

@@ -88,6 +88,9 @@ def check(
         return _undo_saved(report, kept, saved or {})
     if not kept:
         return {}
+    always = _always_run(root)
+    if all(id(i.module) in always for i in kept):
+        return {}  # nothing to count: each runs whenever the model runs (its result would be this)
     regions = {id(i.region): i.region for i in kept if i.region is not None}
     counts = count_calls(root, [i.module for i in kept] + list(regions.values()), example_inputs)
     names = {id(m): name for name, m in root.named_modules()}
@@ -105,6 +108,15 @@ def check(
         elif NOT_REACHED not in row.notes:
             row.notes.append(NOT_REACHED)
     return undone
+
+
+def _always_run(root: nn.Module) -> set[int]:
+    """id() of each module a traced root calls from its graph: a graph has no branches, so
+    every one runs on every call of the model (the run of :func:`count_calls` is not needed
+    to see it, and costs a forward pass with a hook per module)."""
+    if not isinstance(root, fx.GraphModule):
+        return set()
+    return {id(root.get_submodule(str(n.target))) for n in root.graph.nodes if n.op == "call_module"}
 
 
 def _part_of_unrun_network(item: Inserted, counts: dict[int, int]) -> bool:

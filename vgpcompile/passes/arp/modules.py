@@ -305,6 +305,12 @@ class _AutoRot:
         super().__init__(*args, **kwargs)  # the torch layer that follows in the MRO
         self._setup_rotation(L, xmin, xmax, xQ, eps, rotate, floor)
 
+    def reset_parameters(self) -> None:
+        # from_module and fold build on the meta device and set the parameters right after: an
+        # init there changes nothing (no data, no random draws) but cost ~10% of arp's compile
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
     def _setup_rotation(
         self, L: float, xmin: float, xmax: float, xQ: float | None, eps: float, rotate: bool, floor: float
     ) -> None:

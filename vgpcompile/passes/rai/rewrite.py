@@ -131,8 +131,9 @@ class RAI(Pass):
         found = self._cuts(model.root_graph, env)
         if env.state is not None:  # apply lifts these: found once per compile
             env.state.cuts = found
+        numbers = {id(c): t for t, c in enumerate((c for c in found if not c.reason), 1)}  # one walk, not one per cut
         for cut in found:
-            result.record(cut.name, not cut.reason, cut.reason or self._describe(cut, found), cut.kind, "cut")
+            result.record(cut.name, not cut.reason, cut.reason or self._describe(cut, numbers), cut.kind, "cut")
         kept = [c for c in found if not c.reason]
         per_example = sum(c.size for c in kept)
         itemsize = max((torch.empty((), dtype=c.dtype).element_size() for c in kept), default=4)
@@ -240,13 +241,13 @@ class RAI(Pass):
             out.append(((features,), dtype))
         return out
 
-    def _describe(self, cut: Cut, found: list[Cut]) -> str:
-        kept = [c for c in found if not c.reason]
-        t = kept.index(cut) + 1
+    def _describe(self, cut: Cut, numbers: dict[int, int]) -> str:
+        """``numbers``: id() of each kept cut -> its number, from 1."""
+        t = numbers[id(cut)]
         n = self.num_examples
         rows = f"{n} x " if n is not None else "n x "
         size = f", {human_bytes(_mb(n * cut.size, cut.dtype) * 2**20)}" if n is not None else ""
-        return f"cut {t}/{len(kept)}: Z {rows}{'x'.join(map(str, cut.shape))}{size}"
+        return f"cut {t}/{len(numbers)}: Z {rows}{'x'.join(map(str, cut.shape))}{size}"
 
 
 def _needs_num_examples() -> str:
