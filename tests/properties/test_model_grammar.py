@@ -305,6 +305,26 @@ def test_arp_equals_reference_formula_without_floor(spec):
     check_arp_reference(spec, 0.0)
 
 
+def input_grad(model: nn.Module, x: torch.Tensor, training: bool) -> torch.Tensor:
+    model.train(training)
+    torch.manual_seed(0)
+    x = x.detach().clone().requires_grad_(True)
+    model(x).square().sum().backward()
+    return x.grad
+
+
+@SOME
+@given(spec=specs(NO_FORMULAS, eager_styles=WORKING_EAGER, clamp=False))
+def test_arp_backward_equals_reference_formula(spec):
+    """Every spelling, in-place ones too, through the rotated layers' written-out backward
+    (an in-place ReLU once overwrote the output a rotated Linear saved for it)."""
+    compiled, net, x = compile_spec(spec, ["arp"], arp={"xQ": 2.0, "floor": 0.25})
+    ref = reference(spec, net, arp=(2.0, 0.25))
+    for training in (False, True):
+        got, want = input_grad(compiled, x, training), input_grad(ref, x, training)
+        assert rel(got, want) <= 1e-4, (training, rel(got, want), compiled.vgp_report)
+
+
 GELU_FORMULA_REPRO = Spec(conv=False, blocks=(Dense(4, SPELLINGS.index(next(
     s for s in SPELLINGS if s.how == "formula" and s.what == "gelu_tanh"))),), seed=0)
 
