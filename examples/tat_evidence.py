@@ -231,9 +231,13 @@ def conv_train(model: nn.Module, lr: float, seed: int, steps: int) -> dict[str, 
     return out
 
 
-def conv(quick: bool, only: set[str] | None = None) -> dict:
-    depth, channels, steps = (50, 8, 120) if quick else (60, 32, 600)
-    sweep = Sweep((1e-3, 1e-2, 1e-1), (0, 1) if quick else (0, 1, 2))
+def conv(
+    quick: bool, only: set[str] | None = None, channels: int | None = None, seeds: tuple[int, ...] | None = None
+) -> dict:
+    """The comparison; ``channels`` and ``seeds`` override the size's (the width check)."""
+    depth, width, steps = (50, 8, 120) if quick else (60, 32, 600)
+    channels = channels or width
+    sweep = Sweep((1e-3, 1e-2, 1e-1), seeds or ((0, 1) if quick else (0, 1, 2)))
     plain = lambda arm: partial(deep_cnn, depth, channels, arm)  # noqa: E731
     compiled = lambda passes: lambda seed: quietly(vgpcompile, deep_cnn(depth, channels, Arm(ORTHOGONAL1), seed),  # noqa: E731
                                                    passes=seeded_passes(passes, seed))  # fmt: skip
@@ -405,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the comparison here")
     ap.add_argument("--merge", type=Path, help="demo: the demo JSON to add the tat arm to (rewritten in place)")
     ap.add_argument("--arms", nargs="+", help="conv, gpn: run only these arms and put them in place of the same "
-                    "arms of the saved --json (the other arms are kept)")  # fmt: skip
+                    "arms of the saved --json (the other arms are kept; a new file if there is none)")  # fmt: skip
+    ap.add_argument("--channels", type=int, help="conv: this many channels instead of the size's")
+    ap.add_argument("--seeds", type=int, nargs="+", help="conv: these seeds instead of the size's")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     merges = {"demo": demo, "bsnn": bsnn_table, "arp": arp_table, "rai": rai_ladder}
@@ -421,10 +427,13 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.json, data)
         return 0
     only = set(args.arms) if args.arms else None
-    data = conv(args.quick, only) if args.experiment == "conv" else gpn_robustness(args.quick, only)
+    if args.experiment == "conv":
+        data = conv(args.quick, only, args.channels, tuple(args.seeds) if args.seeds else None)
+    else:
+        data = gpn_robustness(args.quick, only)
     comparison = Comparison.from_dict(data["comparison"])
     print(comparison.table() + "\n\n" + comparison.lr_table("test_acc"))
-    if only and args.json:
+    if only and args.json and args.json.is_file():  # else a new file with these arms only
         argv_text = shlex.join(["python", "examples/tat_evidence.py", *(argv if argv is not None else sys.argv[1:])])
         data = rerun_into(args.json, data, argv_text)
     if args.json:
