@@ -5,8 +5,13 @@
     python examples/tat_evidence.py arp --merge docs/results/arp_rastrigin.json # and on Rastrigin
     python examples/tat_evidence.py rai --merge docs/results/rai_ladder.json   # and in rai's ladder
     python examples/tat_evidence.py conv --quick --json docs/results/tat_conv.json
+    python examples/tat_evidence.py conv --quick --arms tat bsnn --json docs/results/tat_conv.json  # rerun two arms
+    python examples/tat_evidence.py conv --quick --channels 32 --seeds 0 --arms tat kaiming+batchnorm+residual \
+        --json docs/results/tat_conv_32.json                                   # the width check
     python examples/tat_evidence.py kernel --json docs/results/tat_conv_kernel.json
     python examples/tat_evidence.py gpn --quick --json docs/results/tat_gpn_robustness.json
+    python examples/tat_evidence.py gpn --quick --arms tat 'bsnn (gpn + weights kept orthogonal)' \
+        --json docs/results/tat_gpn_robustness.json                           # rerun two arms
 
 - demo: the demo's loop, data, sweep and seeds (vgpcompile.tools.demo) for the ``tat`` arm only;
   the arm is added to the demo's saved comparison (the other arms are not rerun).
@@ -21,6 +26,12 @@
   orthogonal), gpn with gradient clipping, tat, and the plain reference arms; each run records
   the step it diverged at and the largest spectral norm of a hidden weight at its last finite
   step, which is what the cause analysis reads.
+
+Every compiled arm's passes draw their random init from the run's seed (``seeded_passes``), so
+an arm's seeds differ in init as well as in data and batch order. ``--arms`` runs only the
+named arms and puts them in place of the same arms of the saved ``--json`` (``added`` in the
+JSON records the command). ``kernel``: the tat-compiled CNN at init against the q and C-map
+prediction per channel count.
 
 ``--quick`` keeps the CPU small (the committed JSONs); without it the runs are the full size
 (the ``experiment`` marker's test runs them).
@@ -170,7 +181,8 @@ def rai_ladder(path: Path) -> dict:
 
 
 def digits(seed: int) -> dict[str, torch.Tensor]:
-    """sklearn's 8x8 digits, standardised over all pixels (q = 1 per location, as DKS assumes),
+    """sklearn's 8x8 digits, standardised over all pixels (mean q = 1; with one channel a
+    location's q is its pixel's square, not the 1 per location DKS assumes: docs/results.md),
     split 1 197 / 300 / 300 by a seeded permutation."""
     from sklearn.datasets import load_digits
 
