@@ -244,11 +244,15 @@ def conv_train(model: nn.Module, lr: float, seed: int, steps: int) -> dict[str, 
 
 
 def conv(
-    quick: bool, only: set[str] | None = None, channels: int | None = None, seeds: tuple[int, ...] | None = None
+    quick: bool,
+    only: set[str] | None = None,
+    channels: int | None = None,
+    seeds: tuple[int, ...] | None = None,
+    steps: int | None = None,
 ) -> dict:
-    """The comparison; ``channels`` and ``seeds`` override the size's (the width check)."""
-    depth, width, steps = (50, 8, 120) if quick else (60, 32, 600)
-    channels = channels or width
+    """The comparison; ``channels``, ``seeds`` and ``steps`` override the size's (the width check)."""
+    depth, width, size_steps = (50, 8, 120) if quick else (60, 32, 600)
+    channels, steps = channels or width, steps or size_steps
     sweep = Sweep((1e-3, 1e-2, 1e-1), seeds or ((0, 1) if quick else (0, 1, 2)))
     plain = lambda arm: partial(deep_cnn, depth, channels, arm)  # noqa: E731
     compiled = lambda passes: lambda seed: quietly(vgpcompile, deep_cnn(depth, channels, Arm(ORTHOGONAL1), seed),  # noqa: E731
@@ -424,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                     "arms of the saved --json (the other arms are kept; a new file if there is none)")  # fmt: skip
     ap.add_argument("--channels", type=int, help="conv: this many channels instead of the size's")
     ap.add_argument("--seeds", type=int, nargs="+", help="conv: these seeds instead of the size's")
+    ap.add_argument("--steps", type=int, help="conv: this many steps instead of the size's")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     merges = {"demo": demo, "bsnn": bsnn_table, "arp": arp_table, "rai": rai_ladder}
@@ -440,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     only = set(args.arms) if args.arms else None
     if args.experiment == "conv":
-        data = conv(args.quick, only, args.channels, tuple(args.seeds) if args.seeds else None)
+        data = conv(args.quick, only, args.channels, tuple(args.seeds) if args.seeds else None, args.steps)
     else:
         data = gpn_robustness(args.quick, only)
     comparison = Comparison.from_dict(data["comparison"])
@@ -454,20 +459,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def rerun_into(path: Path, new: dict, command: str) -> dict:
-    """The saved comparison at ``path`` with the arms of ``new`` (a run of some of its arms, same
-    configuration) put in place of the old ones; ``added`` records which arms that command ran."""
+    """The saved comparison at ``path`` with the arms of ``new`` (a run of some arms, same
+    configuration) put in place of the same arms, or after them if it has none of that name;
+    ``added`` records which arms that command ran."""
     data = json.loads(path.read_text())
     if data["config"] != new["config"]:
         raise SystemExit(f"{path} was run with {data['config']}, this run with {new['config']}: rerun it whole")
     saved, fresh = Comparison.from_dict(data["comparison"]), Comparison.from_dict(new["comparison"])
-    names = [a.name for a in fresh.arms]
-    unknown = set(names) - {a.name for a in saved.arms}
-    if unknown:
-        raise SystemExit(f"{path} has no arm {sorted(unknown)}")
+    old = {a.name for a in saved.arms}
     saved.arms = [next((f for f in fresh.arms if f.name == a.name), a) for a in saved.arms]
+    saved.arms += [f for f in fresh.arms if f.name not in old]
     data["comparison"] = saved.to_dict()
-    for name in names:
-        data.setdefault("added", {})[name] = {"command": command, "seconds": new["seconds"], "rerun": True}
+    for arm in fresh.arms:
+        data.setdefault("added", {})[arm.name] = {"command": command, "seconds": new["seconds"],
+                                                  "rerun": arm.name in old}  # fmt: skip
     return data
 
 

@@ -117,6 +117,13 @@ def test_rerunning_some_arms_keeps_the_others_and_says_so(tmp_path):
     assert got["runs"]["0.001"][0]["test_acc"] == 0.5 and merged["added"]["tat"]["rerun"] is True
     assert [a for a in merged["comparison"]["arms"] if a["name"] != "tat"] == \
         [a for a in saved["comparison"]["arms"] if a["name"] != "tat"]  # fmt: skip
+    other = copy.deepcopy(arm)
+    other["name"] = "tat (another arm)"
+    new["comparison"]["arms"] = [other]
+    path.write_text(json.dumps(merged))
+    grown = tat_evidence.rerun_into(path, new, "python examples/tat_evidence.py conv --quick --arms x")
+    assert [a["name"] for a in grown["comparison"]["arms"]] == [*names, "tat (another arm)"]
+    assert grown["added"]["tat (another arm)"]["rerun"] is False  # an arm added, not rerun
     new["config"] = {**new["config"], "channels": 99}
     with pytest.raises(SystemExit, match="rerun it whole"):
         tat_evidence.rerun_into(path, new, "x")
