@@ -56,6 +56,8 @@ QUICK_RUNS = {
     "tat_conv_kernel": "python examples/tat_evidence.py kernel --json docs/results/tat_conv_kernel.json",
     "tat_conv_32": "python examples/tat_evidence.py conv --quick --channels 32 --seeds 0 --arms tat "
     "kaiming+batchnorm+residual --json docs/results/tat_conv_32.json",
+    "tat_conv_8_600": "python examples/tat_evidence.py conv --quick --steps 600 --seeds 0 --arms tat "
+    "--json docs/results/tat_conv_8_600.json",
     "tat_conv_32_600": "python examples/tat_evidence.py conv --quick --channels 32 --steps 600 --seeds 0 --arms tat "
     "--json docs/results/tat_conv_32_600.json",
 }
@@ -72,7 +74,9 @@ TAT_CONV_CHECKS = (
     "0.05). With one input channel the digits "
     "add a degeneracy (every location's vector starts on one line, so through the positively homogeneous leaky "
     "ReLU all of them stay on two rays and the spread over locations is that of two random walks: 30 at 8 "
-    "channels)."
+    "channels). The training result is the budget more than the width: at 600 steps (one seed) tat reaches 0.86 at "
+    "8 channels and 0.97 at 32, as BatchNorm + residual does, while Kaiming init stays at chance; at 120 steps it "
+    "had not started at either width."
 )
 KIND_LABEL = {"plain": "best plain rung (same architecture)", "architectural": "best architectural fix",
               "paper": "the paper's plain row"}  # fmt: skip
@@ -239,11 +243,12 @@ def tat_section() -> list[str]:
         out += [f"The same net at {data['config']['channels']} channels, tat and the best architectural fix, one "
                 "seed (the width check).", "", describe("tat_conv_32", data), "",
                 *comparison_section(comparison, "test_acc")]  # fmt: skip
-    data = load("tat_conv_32_600")
-    if data:
-        comparison = Comparison.from_dict(data["comparison"])
-        out += [f"And at {data['config']['channels']} channels with {data['config']['steps']} steps, one seed.", "",
-                describe("tat_conv_32_600", data), "", *comparison_section(comparison, "test_acc")]  # fmt: skip
+    for name in ("tat_conv_8_600", "tat_conv_32_600"):
+        data = load(name)
+        if data:
+            comparison = Comparison.from_dict(data["comparison"])
+            out += [f"At {data['config']['channels']} channels with {data['config']['steps']} steps, one seed.", "",
+                    describe(name, data), "", *comparison_section(comparison, "test_acc")]  # fmt: skip
     data = load("tat_conv_kernel")
     if data:
         lines = [f"The tat-compiled CNN ({data['config']['depth'] + 2} layers) at init, per channel count, against "
