@@ -108,7 +108,7 @@ def arm(name: str, depth: int, args, data: dict) -> dict:
     out: dict = {"name": name}
     if name.startswith("roaf"):  # roaf-hadamard: the structured filter
         start, cpu = time.perf_counter(), time.process_time()
-        options = {"roaf": {"filter": "hadamard"}} if name == "roaf-hadamard" else None
+        options = {"roaf": {"seed": args.seed, **({"filter": "hadamard"} if name == "roaf-hadamard" else {})}}
         net = vgpcompile(net, passes=["roaf"], options=options, inplace=True)
         out["compile_s"], out["compile_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
         out["stats"] = net.vgp_report.stats["roaf"]

@@ -57,7 +57,7 @@ def make_model(kind: str, d_in: int, hidden: int, classes: int, horizon: int, se
     torch.manual_seed(seed)
     net = SeqClassifier("lstm" if kind == "lstm" else "rnn", d_in, hidden, classes)
     if kind == "roaf":
-        net = vgpcompile(net, passes=["roaf"], options={"roaf": {"horizon": horizon}})
+        net = vgpcompile(net, passes=["roaf"], options={"roaf": {"horizon": horizon, "seed": seed}})  # O per seed too
     return net
 
 

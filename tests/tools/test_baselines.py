@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from vgpcompile.tools.baselines import Arm, init_linear, ladder, plain_mlp, standard_inits
+from vgpcompile.tools.baselines import Arm, init_linear, ladder, plain_mlp, seeded_passes, standard_inits
 
 
 @pytest.mark.parametrize(
@@ -96,3 +96,20 @@ def test_an_arm_run_at_one_fixed_rate_joins_a_sweep():
     assert comparison.verdict("acc")[0]["word"] == "wins"
     broken = ArmResult("x", "plain", sweep, {0.1: [{"val_loss": math.nan}]})
     assert broken.score(0.1) == math.inf  # a diverged run is still the worst, not a fixed-rate arm
+
+
+def test_seeded_passes_give_every_random_draw_the_runs_seed():
+    passes = seeded_passes(["bsnn", "roaf{beta=0.5}"], 3)
+    assert [(p.name, getattr(p, "seed", None)) for p in passes] == [("gpn", None), ("orthogonal", 3), ("roaf", 3)]
+    assert passes[2].beta == 0.5  # the other options are kept
+
+
+def test_an_arm_compiled_with_seeded_passes_differs_between_seeds():
+    from vgpcompile import vgpcompile
+
+    def first_weight(seed: int, build_seed: int) -> torch.Tensor:
+        net = plain_mlp("tanh", 3, 16, 4, 2, Arm("default"), seed=build_seed)
+        return vgpcompile(net, passes=seeded_passes(["orthogonal"], seed)).state_dict()["2.0.weight"]
+
+    assert torch.equal(first_weight(0, 0), first_weight(0, 1))  # the pass's draw alone decides the init
+    assert not torch.equal(first_weight(0, 0), first_weight(1, 0))

@@ -146,6 +146,21 @@ def plain_mlp(
     return net
 
 
+def seeded_passes(passes, seed: int) -> list:
+    """``passes`` (names, pipeline strings or instances) as instances, each pass that draws
+    random values (a ``seed`` option: orthogonal, roaf, tat) drawing them from ``seed``.
+
+    A comparison's seeds must differ in everything a run draws: left at its default (0), such
+    a pass would give every seed of an arm the same init, and its sd would only measure data
+    and batch order."""
+    import dataclasses
+
+    from ..core.registry import resolve
+
+    seeds = lambda p: "seed" in {f.name for f in dataclasses.fields(p)}  # noqa: E731
+    return [dataclasses.replace(p, seed=seed) if seeds(p) else p for p in resolve(passes)]
+
+
 def _module_class(activation: str) -> Callable[[], nn.Module]:
     kind = DEFAULT.get(activation).name
     return next(cls for cls, (k, _) in DEFAULT.modules.items() if k == kind)

@@ -28,7 +28,17 @@ import torch
 from torch import nn
 
 from ..core.report import VgpWarning
-from .baselines import ORTHOGONAL1, Arm, Comparison, Sweep, ladder, plain_mlp, run_arms, standard_inits
+from .baselines import (
+    ORTHOGONAL1,
+    Arm,
+    Comparison,
+    Sweep,
+    ladder,
+    plain_mlp,
+    run_arms,
+    seeded_passes,
+    standard_inits,
+)
 from .probes import layer_grad_norms, measure
 
 CHANCE = 0.5
@@ -111,7 +121,7 @@ def compiled(seed: int, cfg: DemoConfig) -> nn.Module:
     net = plain_mlp(cfg.activation, cfg.depth, cfg.width, 2, 2, Arm(ORTHOGONAL1), seed=seed)
     with warnings.catch_warnings():  # "gpn without orthogonal": the weights are orthogonal already
         warnings.simplefilter("ignore", VgpWarning)
-        return vgpcompile(net, passes=list(cfg.passes))
+        return vgpcompile(net, passes=seeded_passes(list(cfg.passes), seed))
 
 
 def arms(cfg: DemoConfig) -> dict[str, tuple[str, Callable[[int], nn.Module]]]:
@@ -141,13 +151,14 @@ def available(rivals: Sequence[str]) -> list[str]:
 
 
 def compiled_rival(seed: int, cfg: DemoConfig, passes: str) -> nn.Module:
-    """A rival compiled arm: the plain architecture (PyTorch's default init) compiled with ``passes``."""
+    """A rival compiled arm: the plain architecture (PyTorch's default init) compiled with
+    ``passes``, whose own random draws (tat's init) come from ``seed`` too."""
     from ..api import vgpcompile
 
     net = plain_mlp(cfg.activation, cfg.depth, cfg.width, 2, 2, Arm("default"), seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VgpWarning)
-        return vgpcompile(net, passes=passes)
+        return vgpcompile(net, passes=seeded_passes(passes, seed))
 
 
 def _seeded(build):
