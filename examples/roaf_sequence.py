@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -233,6 +234,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=200, help="recall training steps")
     parser.add_argument("--noise", type=float, default=0.0, help="recall distractor std (0: zeros after x_1)")
     parser.add_argument("--json", help="write the Comparisons here (tasks not run are kept from an existing file)")
+    parser.add_argument("--rates-from", metavar="TASK",
+                        help='recall: each T at the rates chosen in this task of --json ("recall T=100")')  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, 2 epochs, T = 20 and 40, 10 steps")
     args = parser.parse_args(argv)
     if args.quick:
@@ -241,9 +244,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_tasks(args: argparse.Namespace) -> dict[str, dict]:
-    """{task: {"comparison": Comparison, "seconds": wall time}}; tasks "digits", "recall T=<T>"."""
-    out: dict[str, dict] = {}
+def run_tasks(args: argparse.Namespace):
+    """Yield (task, {"comparison": Comparison, "seconds": wall time}) as each task ends; tasks
+    "digits", "recall T=<T>"."""
     if args.task in ("all", "digits"):
         data, start = digit_sequences(), time.perf_counter()
         print(f"permuted sequential digits: hidden {args.hidden}, batch {args.batch}, {args.epochs} epochs", flush=True)
@@ -252,33 +255,48 @@ def run_tasks(args: argparse.Namespace) -> dict[str, dict]:
         title = f"permuted sequential digits (64 steps of one pixel), hidden {args.hidden}"
         budget = f"Adam, clip 1, batch {args.batch}, {args.epochs} epochs"
         comp = comparison(title, budget, arms, 0.1, ("test_acc", "test_acc_epoch1", "val_acc", "train_loss"))
-        out["digits"] = {"comparison": comp, "seconds": time.perf_counter() - start}
+        yield "digits", {"comparison": comp, "seconds": time.perf_counter() - start}
     if args.task in ("all", "recall"):
-        best = None
-        for T in args.T:
+        best, source = saved_rates(args) if args.rates_from else (None, f"recall T={args.T[0]}")
+        for T in [T for T in args.T if f"recall T={T}" != args.rates_from]:
             start = time.perf_counter()
             print(
                 f"recall T = {T}: hidden {args.hidden}, batch 64, {args.steps} steps, noise {args.noise:g}", flush=True
             )
             run = lambda kind, lr, seed, T=T: run_recall(kind, lr, seed, T, args.steps, args.noise, args.hidden, 64)
             arms = sweep(run, args.recall_lrs, args.seeds, f"recall T={T}", fixed=best)
+            fixed = best is not None
             best = best or {a.name: a.best_lr for a in arms}  # later T: each model at its rate of the first
             title = f"recall sign(x_1) after T = {T} steps (distractor std {args.noise:g}), hidden {args.hidden}"
             budget = f"Adam, clip 1, batch 64, {args.steps} steps" + (
-                "" if T == args.T[0] else f"; each arm at its best rate at T = {args.T[0]}, not swept"
+                f"; each arm at its best rate in {source}, not swept" if fixed else ""
             )
             comp = comparison(title, budget, arms, 0.5, ("test_acc", "val_acc", "train_loss"))
-            out[f"recall T={T}"] = {"comparison": comp, "seconds": time.perf_counter() - start}
-    return out
+            yield f"recall T={T}", {"comparison": comp, "seconds": time.perf_counter() - start}
+
+
+def saved_rates(args: argparse.Namespace) -> tuple[dict[str, float], str]:
+    """Each model's chosen rate in the --json file's ``--rates-from`` task (e.g. T = 1000 run
+    later, at the rates of a saved T = 100 sweep)."""
+    saved = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
+    raw = saved.get("comparisons", {}).get(args.rates_from)
+    if raw is None:
+        raise SystemExit(f"--rates-from {args.rates_from!r}: no such task in --json {args.json}")
+    comp = Comparison.from_dict(raw)
+    if tuple(args.recall_lrs) != comp.sweep.lrs:
+        raise SystemExit(f"--rates-from {args.rates_from!r} swept {list(comp.sweep.lrs)}; give them as --recall-lrs")
+    return {a.name: a.best_lr for a in comp.arms}, args.rates_from
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parse(argv)
     torch.set_num_threads(1)
-    tasks = run_tasks(args)
+    tasks = {}
+    for name, entry in run_tasks(args):
+        tasks[name] = entry
+        if args.json:  # after every task: a later one cut short keeps the earlier ones
+            save(args.json, {name: entry}, args, argv)
     print_tables(tasks, args)
-    if args.json:
-        save(args.json, tasks, args, argv)
     return tasks
 
 
@@ -288,7 +306,7 @@ def save(path: str, tasks: dict[str, dict], args: argparse.Namespace, argv: list
     together write what the default ``--task all`` writes."""
     old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
     config = {k: v for k, v in vars(args).items() if k not in ("json", "task")}
-    command = " ".join(["python examples/roaf_sequence.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "examples/roaf_sequence.py", *(sys.argv[1:] if argv is None else argv)])
     comparisons = {**old.get("comparisons", {}), **{name: t["comparison"].to_dict() for name, t in tasks.items()}}
     runs = {**old.get("runs", {}), **{name: {"command": command, "config": config, "seconds": round(t["seconds"], 1)}
                                       for name, t in tasks.items()}}  # fmt: skip

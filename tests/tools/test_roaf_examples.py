@@ -56,6 +56,14 @@ def test_sequence_quick(capsys, tmp_path, monkeypatch):
     assert "| lstm-fb1 | architectural |" in section and "Seeds that solve it" in section
     assert "### Long-delay recall, T = 1000\n\nNot run." in section
     assert len(make_results.roaf_headline_rows()) == 2  # digits and T = 20
+    # T = 40 again, at the rates saved for T = 20 (how a T = 1000 run joins a saved T = 100 sweep)
+    again = roaf_sequence.main(["--quick", "--task", "recall", "--rates-from", "recall T=20", "--json", str(path)])
+    assert (
+        list(again) == ["recall T=40"]
+        and "rates-from" in json.loads(path.read_text())["runs"]["recall T=40"]["command"]
+    )
+    for a, b in zip(again["recall T=40"]["comparison"].arms, tasks["recall T=40"]["comparison"].arms):
+        assert a.runs[3e-3][0]["test_acc"] == b.runs[3e-3][0]["test_acc"]  # seeded: the same runs
 
 
 def _model(kind: str, seed: int = 0) -> nn.Module:
