@@ -249,7 +249,7 @@ def roaf_headline_rows() -> list[str]:
     if not data:
         return []
     hidden, comparisons = data["config"]["hidden"], data["comparisons"]
-    return [headline_row(f"roaf, {title.lower()}, RNN hidden {hidden} (test accuracy)",
+    return [headline_row(f"roaf, {title[0].lower() + title[1:]}, RNN hidden {hidden} (test accuracy)",
                          Comparison.from_dict(comparisons[task]), "test_acc", 3)
             for task, title in ROAF_TASKS.items() if task in comparisons]  # fmt: skip
 

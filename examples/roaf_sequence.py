@@ -177,12 +177,12 @@ SOLVED = 0.95  # recall: a seed "solves" the task at this test accuracy
 
 
 def sweep(run: Callable[[str, float, int], dict], lrs: list[float], seeds: int, label: str,
-          fixed: dict[str, float] | None = None) -> list[ArmResult]:  # fmt: skip
+          fixed: dict[str, float] | None = None, models: tuple[str, ...] = MODELS) -> list[ArmResult]:  # fmt: skip
     """Every model at every rate and seed (or only at its own ``fixed`` rate, picked from the same
     ``lrs`` at another T); the rate is chosen by mean final validation accuracy (``Comparison``'s
     rule, ties to the smaller rate)."""
     arms = []
-    for kind in MODELS:
+    for kind in models:
         start, runs = time.perf_counter(), {}
         for lr in [fixed[kind]] if fixed else lrs:
             runs[lr] = [run(kind, lr, s) for s in range(seeds)]
@@ -236,6 +236,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="write the Comparisons here (tasks not run are kept from an existing file)")
     parser.add_argument("--rates-from", metavar="TASK",
                         help='recall: each T at the rates chosen in this task of --json ("recall T=100")')  # fmt: skip
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="a subset: --json merges its arms into the saved tasks' (parallel runs)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, 2 epochs, T = 20 and 40, 10 steps")
     args = parser.parse_args(argv)
     if args.quick:
@@ -251,7 +253,7 @@ def run_tasks(args: argparse.Namespace):
         data, start = digit_sequences(), time.perf_counter()
         print(f"permuted sequential digits: hidden {args.hidden}, batch {args.batch}, {args.epochs} epochs", flush=True)
         run = lambda kind, lr, seed: run_digits(kind, lr, seed, data, args.epochs, args.hidden, args.batch)
-        arms = sweep(run, args.digits_lrs, args.seeds, "digits")
+        arms = sweep(run, args.digits_lrs, args.seeds, "digits", models=args.models)
         title = f"permuted sequential digits (64 steps of one pixel), hidden {args.hidden}"
         budget = f"Adam, clip 1, batch {args.batch}, {args.epochs} epochs"
         comp = comparison(title, budget, arms, 0.1, ("test_acc", "test_acc_epoch1", "val_acc", "train_loss"))
@@ -264,7 +266,7 @@ def run_tasks(args: argparse.Namespace):
                 f"recall T = {T}: hidden {args.hidden}, batch 64, {args.steps} steps, noise {args.noise:g}", flush=True
             )
             run = lambda kind, lr, seed, T=T: run_recall(kind, lr, seed, T, args.steps, args.noise, args.hidden, 64)
-            arms = sweep(run, args.recall_lrs, args.seeds, f"recall T={T}", fixed=best)
+            arms = sweep(run, args.recall_lrs, args.seeds, f"recall T={T}", fixed=best, models=args.models)
             fixed = best is not None
             best = best or {a.name: a.best_lr for a in arms}  # later T: each model at its rate of the first
             title = f"recall sign(x_1) after T = {T} steps (distractor std {args.noise:g}), hidden {args.hidden}"
@@ -302,18 +304,31 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
 def save(path: str, tasks: dict[str, dict], args: argparse.Namespace, argv: list[str] | None) -> None:
     """Write the results page's JSON: one Comparison per task under "comparisons". An existing
-    file's other tasks are kept, so ``--task digits`` and ``--task recall`` (run side by side)
-    together write what the default ``--task all`` writes."""
-    old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
-    config = {k: v for k, v in vars(args).items() if k not in ("json", "task")}
-    command = shlex.join(["python", "examples/roaf_sequence.py", *(sys.argv[1:] if argv is None else argv)])
-    comparisons = {**old.get("comparisons", {}), **{name: t["comparison"].to_dict() for name, t in tasks.items()}}
-    runs = {**old.get("runs", {}), **{name: {"command": command, "config": config, "seconds": round(t["seconds"], 1)}
-                                      for name, t in tasks.items()}}  # fmt: skip
-    payload = {"example": "roaf_sequence", "config": config, "kinds": KIND, "threads": torch.get_num_threads(),
-               "seconds": round(sum(r["seconds"] for r in runs.values()), 1), "runs": runs,
-               "comparisons": comparisons}  # fmt: skip
-    write_json(path, payload)
+    file's other tasks, and a task's arms that ``--models`` left out, are kept, so ``--task
+    digits`` and ``--task recall`` (or disjoint ``--models``), run side by side, together
+    write what the default command writes."""
+    import fcntl
+    import tempfile
+    import zlib
+
+    lock = Path(tempfile.gettempdir()) / f"roaf_sequence.{zlib.crc32(str(Path(path).resolve()).encode())}.lock"
+    with open(lock, "w") as handle:  # parallel writers: one read-modify-write at a time
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+        config = {k: v for k, v in vars(args).items() if k not in ("json", "task", "models")}
+        command = shlex.join(["python", "examples/roaf_sequence.py", *(sys.argv[1:] if argv is None else argv)])
+        comparisons, runs = old.get("comparisons", {}), old.get("runs", {})
+        for name, t in tasks.items():
+            new = t["comparison"].to_dict()
+            kept = [a for a in comparisons.get(name, {}).get("arms", []) if a["name"] not in args.models]
+            new["arms"] = sorted(kept + new["arms"], key=lambda a: MODELS.index(a["name"]))
+            comparisons[name] = new
+            key = name if tuple(args.models) == MODELS else f"{name} ({' '.join(args.models)})"
+            runs[key] = {"command": command, "config": config, "seconds": round(t["seconds"], 1)}
+        payload = {"example": "roaf_sequence", "config": config, "kinds": KIND, "threads": torch.get_num_threads(),
+                   "seconds": round(sum(r["seconds"] for r in runs.values()), 1), "runs": runs,
+                   "comparisons": comparisons}  # fmt: skip
+        write_json(path, payload)
 
 
 def print_tables(tasks: dict[str, dict], args) -> None:
