@@ -1,10 +1,14 @@
 """ROAF on recurrent nets (research/roaf.md §4): a single-layer Elman RNN compiled with ``roaf``
 against the recurrent baselines a practitioner would try at the same width and budget.
 
-    python examples/roaf_sequence.py                    # both tasks, 3 seeds, lr sweep; ~30 min of one core
+    python examples/roaf_sequence.py                    # both tasks, 3 seeds, lr sweep; ~40 min of one core
     python examples/roaf_sequence.py --task digits      # permuted sequential digits only
     python examples/roaf_sequence.py --json docs/results/roaf_sequence.json   # the results page's Comparisons
     python examples/roaf_sequence.py --quick            # tiny budgets: a smoke test
+
+Side by side on a shared machine: ``--task digits`` and ``--task recall --T 100`` at once, then
+``--task recall --T 1000 --rates-from "recall T=100" --models roaf rnn`` (and the other arms in
+other processes) with the same ``--json``: the file ends up what the one command writes.
 
 Tasks (ours: the paper's psMNIST setup and its long-dependency task are not known in detail):
 

@@ -115,19 +115,19 @@ def test_deep_mlp_50000_layers_compiles_and_steps():
     assert roaf["stats"]["blocks"] == 50_000 and len(roaf["losses"]) == 1
 
 
-def _final(out: dict) -> dict[str, float]:
+def _final(comparison: Comparison) -> dict[str, float]:
     """Mean final test accuracy per model at its chosen learning rate."""
-    return {m: statistics.mean(r["test"][-1] for r in out["results"][m][out["lr"][m]]) for m in out["lr"]}
+    return {a.name: a.summary("test_acc")[0] for a in comparison.arms}
 
 
 @pytest.mark.experiment
-def test_sequence_digits_roaf_beats_rnn_and_lstm_after_ten_epochs():
-    acc = _final(roaf_sequence.main(["--task", "digits"])["digits"])
-    assert acc["roaf"] > 0.9 and acc["roaf"] > max(acc["rnn"], acc["lstm"]) + 0.05
+def test_sequence_digits_roaf_beats_every_recurrent_baseline_after_ten_epochs():
+    acc = _final(roaf_sequence.main(["--task", "digits"])["digits"]["comparison"])
+    assert acc["roaf"] > 0.9 and acc["roaf"] > max(v for k, v in acc.items() if k != "roaf") + 0.03, acc
 
 
 @pytest.mark.experiment
-def test_sequence_recall_roaf_remembers_where_rnn_and_lstm_forget():
-    for T, out in roaf_sequence.main(["--task", "recall"])["recall"].items():
-        acc = _final(out)
-        assert acc["roaf"] > 0.95 and acc["roaf"] > acc["rnn"] + 0.1 and acc["lstm"] < 0.7, (T, acc)
+def test_sequence_recall_100_roaf_orthogonal_rnn_and_gru_solve_it_lstms_do_not():
+    acc = _final(roaf_sequence.main(["--task", "recall", "--T", "100"])["recall T=100"]["comparison"])
+    assert min(acc["roaf"], acc["rnn-orthogonal"], acc["gru"]) > 0.95, acc
+    assert max(acc["rnn"], acc["lstm"], acc["lstm-fb1"]) < 0.9, acc
