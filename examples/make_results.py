@@ -268,7 +268,8 @@ def roaf_sequence_section() -> list[str]:
     commands = sorted({r["command"] for r in data["runs"].values()})
     split = "" if commands == [RUNS["roaf_sequence"]] else (
         " This JSON was written by " + " and ".join(f"`{c}`" for c in commands)
-        + " (run side by side; together the same runs as the command).")  # fmt: skip
+        + " (run side by side; together the same runs as the command; the wall time is their sum, on a "
+        "shared machine).")  # fmt: skip
     out = ["## roaf: recurrent nets against LSTM, GRU and orthogonal RNNs", "", describe("roaf_sequence", data) + split,
            "", "One tanh Elman RNN layer (`nn.RNN`) and a Linear readout of the last state, the same width for every "
            "arm: `roaf` is it compiled with `passes=[\"roaf\"]` (β = 1/T); `rnn` is it with PyTorch's default init, "
