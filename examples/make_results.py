@@ -47,6 +47,7 @@ RUNS = {
     "gradient_norms": "python examples/gradient_norms.py --json docs/results/gradient_norms.json",
     "rai_ladder": "python examples/rai_moons.py ladder --seeds 0,1,2 --log docs/results/rai_moons.jsonl "
     "--json docs/results/rai_ladder.json",
+    "roaf_sequence": "python examples/roaf_sequence.py --json docs/results/roaf_sequence.json",
 }
 # Quick-size runs (fewer seeds than RUNS' three where the CPU budget said so; the full size is the
 # `experiment` test's): the tat pass's evidence (examples/tat_evidence.py)
@@ -60,6 +61,8 @@ QUICK_RUNS = {
     "--json docs/results/tat_conv_8_600.json",
     "tat_conv_32_600": "python examples/tat_evidence.py conv --quick --channels 32 --steps 600 --seeds 0 --arms tat "
     "--json docs/results/tat_conv_32_600.json",
+    # one seed at one rate (not a Comparison): roaf's 10 000-layer MLP against the plain net
+    "roaf_deep_mlp": "python examples/roaf_deep_mlp.py --json docs/results/roaf_deep_mlp.json",
 }
 # What was checked before accepting the deep CNN's result (tests/tools/test_tat_evidence.py pins the first three)
 TAT_CONV_CHECKS = (
@@ -135,6 +138,7 @@ def headline() -> str:
         cfg = data["config"]
         label = f"tat, deep vanilla CNN ({cfg['depth'] + 2} layers), digits (test accuracy)"
         lines.append(headline_row(label, Comparison.from_dict(data["comparison"]), "test_acc", 3))
+    lines += roaf_headline_rows()
     return "\n".join(lines)
 
 
@@ -195,6 +199,8 @@ def page() -> str:
             out += [f"### {act}, every init", "", *gradient_section({"gradients": rows})]
     out += rai_section()
     out += tat_section()
+    out += roaf_sequence_section()
+    out += roaf_deep_mlp_section()
     data = load("bsnn_table")
     if data:
         out += ["## bsnn: the BSNN paper's table on digits", "", describe("bsnn_table", data), ""]
@@ -274,6 +280,103 @@ def tat_section() -> list[str]:
                 describe("tat_gpn_robustness", data), "", *comparison_section(comparison, "test_acc"),
                 *fit_rates(comparison), "", *divergence_lines(data), ""]  # fmt: skip
     return out
+
+
+ROAF_TASKS = {"digits": "Permuted sequential digits", "recall T=100": "Long-delay recall, T = 100",
+              "recall T=1000": "Long-delay recall, T = 1000"}  # fmt: skip
+
+
+def roaf_headline_rows() -> list[str]:
+    data = load("roaf_sequence")
+    if not data:
+        return []
+    hidden, comparisons = data["config"]["hidden"], data["comparisons"]
+    return [headline_row(f"roaf, {title[0].lower() + title[1:]}, RNN hidden {hidden} (test accuracy)",
+                         Comparison.from_dict(comparisons[task]), "test_acc", 3)
+            for task, title in ROAF_TASKS.items() if task in comparisons]  # fmt: skip
+
+
+def solved_line(comparison: Comparison, level: float = 0.95) -> str:
+    cells = [f"{a.name} {sum(v >= level for v in a.values('test_acc'))}/{len(a.values('test_acc'))}"
+             for a in comparison.arms]  # fmt: skip
+    return f"Seeds that solve it (test accuracy ≥ {level}) at each arm's rate: {', '.join(cells)}."
+
+
+def roaf_sequence_section() -> list[str]:
+    """roaf's Elman RNN against the recurrent baselines (examples/roaf_sequence.py), one
+    Comparison per task; a task the JSON lacks is said to be not run."""
+    data = load("roaf_sequence")
+    if not data:
+        return []
+    commands = sorted({r["command"] for r in data["runs"].values()})
+    split = "" if commands == [RUNS["roaf_sequence"]] else (
+        " This JSON was written by " + " and ".join(f"`{c}`" for c in commands)
+        + " (run side by side; together the same runs as the command; the wall time is their sum, on a "
+        "shared machine).")  # fmt: skip
+    out = ["## roaf: recurrent nets against LSTM, GRU and orthogonal RNNs", "", describe("roaf_sequence", data) + split,
+           "", "One tanh Elman RNN layer (`nn.RNN`) and a Linear readout of the last state, the same width for every "
+           "arm: `roaf` is it compiled with `passes=[\"roaf\"]` (β = 1/T); `rnn` is it with PyTorch's default init, "
+           "`rnn-orthogonal` with W_hh orthogonal (gain 1); `lstm` is `nn.LSTM` with the default init, `lstm-fb1` "
+           "with forget-gate bias 1 (b_ih's forget slice 1, b_hh's 0: the effective bias, their sum, is 1); `gru` is "
+           "`nn.GRU`. Adam with gradient-norm clipping at 1 for all. The recurrent baselines that change the cell "
+           "count as *architectural*.", ""]  # fmt: skip
+    for task, title in ROAF_TASKS.items():
+        raw = data["comparisons"].get(task)
+        if raw is None:
+            out += [f"### {title}", "", "Not run.", ""]
+            continue
+        comparison = Comparison.from_dict(raw)
+        out += [f"### {title}", "", *comparison_section(comparison, "test_acc")]
+        if task.startswith("recall"):
+            out += [solved_line(comparison), ""]
+    return out
+
+
+ROAF_MLP_ARMS = {"plain": "`plain` is the net with PyTorch's default init.",
+                 "plain-xavier": "`plain-xavier` is it with tanh's standard init (Glorot, gain 5/3).",
+                 "roaf": "`roaf` is the plain net compiled (β = 1/depth).",
+                 "roaf-hadamard": "`roaf-hadamard` is it compiled with `filter=hadamard`."}  # fmt: skip
+
+
+def roaf_deep_mlp_section() -> list[str]:
+    """roaf's seed experiment (examples/roaf_deep_mlp.py): one seed, one rate, arms side by side."""
+    data = load("roaf_deep_mlp")
+    if not data:
+        return []
+    cfg, arms = data["config"], data["arms"]
+    depth, tenth = cfg["depth"], max(1, cfg["steps"] // 10)
+
+    def row(label: str, cell) -> str:
+        return "| " + " | ".join([label, *(cell(a) for a in arms)]) + " |"
+
+    def number(value, spec: str) -> str:
+        return "inf/NaN" if value is None else format(value, spec)
+
+    def window(losses: list, start: int) -> str:
+        part = [v for v in losses[start : start + tenth] if v is not None]
+        return f"{statistics.mean(part):.3f}" if len(part) == len(losses[start : start + tenth]) else "inf/NaN"
+
+    lines = [f"## roaf: a {depth:,}-layer tanh MLP".replace(",", " "), "", describe("roaf_deep_mlp", data), "",
+             f"Width {cfg['width']}, tanh, scikit-learn digits; Adam lr {cfg['lr']:g}, batch {cfg['batch']}, "
+             f"{cfg['steps']} steps, seed {cfg['seed']} (one seed: one run of each arm at this depth costs minutes). "
+             f"{' '.join(ROAF_MLP_ARMS[a['name']] for a in arms)} Gradient norms ‖dL/dW‖ at initialisation on one "
+             "batch; early/late = "
+             "the mean over the first 10 blocks over the mean over the last 10; losses are means over a tenth of the "
+             "run. Times are one process on a shared machine (the CPU time is the load-independent figure).", "",
+             "| | " + " | ".join(a["name"] for a in arms) + " |", "|---|" + "---|" * len(arms),
+             row("compile s (wall / cpu)", lambda a: f"{a['compile_s']:.1f} / {a['compile_cpu_s']:.1f}"
+                 if "compile_s" in a else "—"),
+             row("train step s (median wall / cpu)", lambda a: f"{a['step_s']:.2f} / {a['step_cpu_s']:.2f}"),
+             row("‖dL/dW‖ block 1", lambda a: number(a["norm_first"], ".2e")),
+             row(f"‖dL/dW‖ block {depth // 2}", lambda a: number(a["norm_mid"], ".2e")),
+             row(f"‖dL/dW‖ block {depth}", lambda a: number(a["norm_last"], ".2e")),
+             row("early/late gradient ratio", lambda a: number(a["ratio"], ".3g"))]  # fmt: skip
+    if cfg["steps"]:
+        lines += [row(f"loss, steps {s + 1}-{min(s + tenth, cfg['steps'])}", lambda a, s=s: window(a["losses"], s))
+                  for s in (0, cfg["steps"] - tenth)]  # fmt: skip
+        lines.append(row("test accuracy", lambda a: f"{a['test_acc']:.3f}"))
+    lines.append(row("peak RSS MB (process, so far)", lambda a: f"{a['peak_mb']:.0f}"))
+    return [*lines, ""]
 
 
 @functools.cache

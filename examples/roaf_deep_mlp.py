@@ -3,6 +3,7 @@
     python examples/roaf_deep_mlp.py                    # depth 10 000, width 32: roaf vs plain, ~10 min on 2 cores
     python examples/roaf_deep_mlp.py --depth 50000      # compile + one training step; time and peak memory
     python examples/roaf_deep_mlp.py --quick            # depth 200, a few steps (the smoke test)
+    python examples/roaf_deep_mlp.py --arms plain plain-xavier roaf --json docs/results/roaf_deep_mlp.json
 
 Protocol (the paper's task and optimiser are unknown; ours):
 
@@ -17,6 +18,9 @@ Protocol (the paper's task and optimiser are unknown; ours):
 - Printed: compile time and seconds per training step (wall and process CPU time: on a
   shared machine the CPU time is the figure that does not depend on the load), the loss
   every tenth of the run, test accuracy, and the process's peak resident memory.
+- ``--json``: the configuration, wall time, threads and per arm these figures (the gradient
+  norms of blocks 1, depth/2 and depth and of every depth/100-th block, the loss of every
+  step) for the results page.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import argparse
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vgpcompile import vgpcompile
+from vgpcompile.tools.baselines import write_json
 
 
 def digits(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -165,6 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="default: plain and roaf up to depth 20 000, roaf alone above; plain-xavier is the "
                         "plain net with tanh's standard init (Glorot, gain 5/3)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="depth 200, 8 steps: a smoke test")
+    parser.add_argument("--json", type=Path, help="write the configuration and every arm's figures here")
     args = parser.parse_args(argv)
     if args.quick:
         args.depth, args.steps = 200, args.steps or 8
@@ -173,9 +180,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     arms = args.arms or (["roaf"] if big else ["plain", "roaf"])
     torch.set_num_threads(1)
     data = digits(args.seed)
+    start = time.perf_counter()
     results = [arm(name, args.depth, args, data) for name in arms]
     report(results, args.depth, args)
+    if args.json:
+        config = {k: v for k, v in vars(args).items() if k not in ("json", "quick")} | {"arms": arms}
+        write_json(args.json, {"example": "roaf_deep_mlp", "config": config, "threads": torch.get_num_threads(),
+                               "seconds": round(time.perf_counter() - start, 1),
+                               "arms": [summary(r, args.depth) for r in results]})  # fmt: skip
     return results
+
+
+def summary(result: dict, depth: int) -> dict:
+    """One arm's figures for the JSON: every norm would be ``depth`` numbers, so blocks 1,
+    depth/2, depth and every depth/100-th block."""
+    every = max(1, depth // 100)
+    out = {k: v for k, v in result.items() if k != "norms"}
+    norms = result["norms"]
+    out["norm_first"], out["norm_mid"], out["norm_last"] = norms[0], norms[depth // 2 - 1], norms[-1]
+    out["norms_every"], out["norms_blocks"] = norms[::every], list(range(1, depth + 1, every))
+    return out
 
 
 if __name__ == "__main__":
