@@ -200,13 +200,11 @@ class _RotatedLinear(torch.autograd.Function):
 
     Composed, the same math records about a dozen small ops per layer (each with its
     backward node, ~5 us apiece on a CPU) and saves z = x W^T + b for the product's
-    backward. Here the forward is the plain Linear's matmul plus per-unit vectors (the
-    forward keeps the floor's winner mask for the backward), and
+    backward. Here the forward is the plain Linear's matmul plus per-unit vectors, and the
+    backward needs t_j = rho_j * dL/drho_j = sum_b g_bj * y_bj, which it gets either
 
-    - the backward needs t_j = rho_j * dL/drho_j = sum_b g_bj * y_bj, which it gets either
-      from the output y, saved when it is no larger than the weight (rows <= in_features,
-      the usual training batch); then dW's rank-1 term q * dL/dz_Q rides in dW's matmul as
-      one more row (no broadcast pass over dW);
+    - from the output y, saved when it is no larger than the weight (rows <= in_features,
+      the usual training batch); then dW's rank-1 term from the pivot folds into dW's matmul;
     - or, for larger batches, from the weight gradient without y:
       t_j = W_j . dW_j + b_j * db_j, with dW = (g * rho)^T x, db = sum_b g * rho,
 
@@ -220,66 +218,51 @@ class _RotatedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, q, L, eps, floor, save_output):  # type: ignore[override]
         zq = weight.sum(1) * q if bias is None else torch.add(bias, weight.sum(1), alpha=q)
         den = zq.abs()
-        spread = on = None
-        if floor:
-            spread = torch.linalg.vector_norm(weight, dim=1).mul_(floor * abs(q))
-            on = den >= spread
-            den = torch.where(on, den, spread)
+        norms = torch.linalg.vector_norm(weight, dim=1) if floor else None
+        if norms is not None:
+            den = torch.maximum(den, norms * (floor * abs(q)))
         rho = den.add_(eps).reciprocal_().mul_(L)  # den is a fresh tensor: in place is safe
         y = F.linear(x, weight, bias).mul_(rho)
         keep_y = save_output and y.numel() <= weight.numel()  # batch rows <= in_features
-        ctx.save_for_backward(x, weight, bias, rho, zq, spread, on, y if keep_y else None)
+        ctx.save_for_backward(x, weight, bias, rho, zq, norms, y if keep_y else None)
         ctx.constants = (q, L, floor)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        x, weight, bias, rho, zq, spread, on, y = ctx.saved_tensors
+        x, weight, bias, rho, zq, norms, y = ctx.saved_tensors
         q, L, floor = ctx.constants
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        g2 = grad if grad.dim() == 2 else grad.reshape(-1, grad.shape[-1])
-        gz = g2 * rho
-        gx = None
-        if need_x:
-            gx = gz.mm(weight) if x.dim() == 2 else gz.mm(weight).view(x.shape)
+        gz = grad * rho
+        gx = gz.matmul(weight) if need_x else None
         if not (need_w or need_b):
             return gx, None, None, None, None, None, None, None
-        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        gw = gb = None
+        gz2, x2 = gz.reshape(-1, gz.shape[-1]), x.reshape(-1, x.shape[-1])
+        gb = gz2.sum(0) if bias is not None else None
+        gw = None
         if y is not None:
-            t = torch.linalg.vecdot(g2, y if y.dim() == 2 else y.reshape(g2.shape), dim=0)
+            t = (grad * y).reshape(-1, grad.shape[-1]).sum(0)
         else:
-            gw = gz.t().mm(x2)
-            t = torch.linalg.vecdot(weight, gw)
-            if bias is not None:
-                gb = gz.sum(0)
-                t = t.addcmul_(bias, gb)
+            gw = gz2.t().mm(x2)
+            t = torch.linalg.vecdot(weight, gw) if gb is None else torch.linalg.vecdot(weight, gw).addcmul_(bias, gb)
         gden = t.mul_(rho).mul_(-1.0 / L)  # dL/dden = dL/drho * (-rho^2 / L)
         gzq = gden * zq.sign()
-        gnorm = None  # dL/dW_ji through the floor, per unit of W_ji
-        if on is not None:
-            gzq = gzq.mul_(on)
-            gnorm = gden.div_(spread).mul_((floor * q) ** 2).masked_fill_(on, 0.0)  # c / ||W_j|| = c^2 / spread
+        gnorm = None
+        if norms is not None:
+            spread = norms * (floor * abs(q))
+            on_pivot = zq.abs() >= spread
+            gzq = torch.where(on_pivot, gzq, 0.0)
+            gnorm = torch.where(on_pivot, 0.0, gden * (floor * abs(q)) / norms)  # per unit of W_ji
         if gw is None:
-            gzq = torch.cat([gz, gzq.unsqueeze(0)])  # [g * rho; dL/dzq]^T [x; q...q]: dW with its rank-1 term
-            gb = gzq.sum(0) if bias is not None else None
-            if need_w:  # the floor's term first, so the matmul accumulates onto it (one pass less over dW)
-                rows = _pivot_rows(x2, q)
-                gw = gzq.t().mm(rows) if gnorm is None else (weight * gnorm.unsqueeze(1)).addmm_(gzq.t(), rows)
-            return gx, gw, gb if need_b else None, None, None, None, None, None
-        gw = gw.add_(gzq.unsqueeze(1), alpha=q)
+            gw = torch.addmm(gzq.unsqueeze(1), gz2.t(), x2, beta=q)  # q * dL/dzq_j, every i: rank 1
+        else:
+            gw = gw.add_(gzq.unsqueeze(1), alpha=q)
         if gnorm is not None:
             gw = gw.addcmul_(weight, gnorm.unsqueeze(1))
         if gb is not None:
             gb = gb.add_(gzq)
         return gx, gw if need_w else None, gb if need_b else None, None, None, None, None, None
-
-
-def _pivot_rows(x2: torch.Tensor, q: float) -> torch.Tensor:
-    """x2 with one more row of q's: [G; u]^T [x2; q...q] = G^T x2 + q * u 1^T, a rank-1 term
-    inside the matmul (a broadcast input to addmm costs a copy of the whole product)."""
-    return torch.cat([x2, x2.new_full((1, x2.shape[1]), q)])
 
 
 class _AutoRot:
