@@ -68,7 +68,7 @@ from vgpcompile.tools.baselines import (
     seeded_passes,
     write_json,
 )
-from vgpcompile.tools.demo import DemoConfig, compiled_rival, moons
+from vgpcompile.tools.demo import DemoConfig, compiled_rival, fit, moons
 from vgpcompile.tools.demo import train as demo_train
 
 
@@ -223,24 +223,8 @@ def deep_cnn(depth: int, channels: int, arm: Arm, seed: int, act: str = "leaky_r
 
 
 def conv_train(model: nn.Module, lr: float, seed: int, steps: int) -> dict[str, float]:
-    d = digits(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(d["x_train"]), (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(d["x_train"][idx]), d["y_train"][idx])
-        if not torch.isfinite(loss):
-            return {"val_loss": math.nan, "test_acc": math.nan, "train_loss": math.nan}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        out = {f"{s}_loss": nn.functional.cross_entropy(model(d[f"x_{s}"]), d[f"y_{s}"]).item()
-               for s in ("val", "train")}  # fmt: skip
-        out["test_acc"] = (model(d["x_test"]).argmax(1) == d["y_test"]).float().mean().item()
-    return out
+    """The demo's loop (SGD, momentum 0.9, batch 64) on the digits; no test loss, only accuracy."""
+    return fit(model, digits(seed), lr, seed, DemoConfig(steps=steps), losses=("val", "train"))
 
 
 def conv(

@@ -88,7 +88,15 @@ def data(seed: int) -> dict[str, torch.Tensor]:
 
 def train(model: nn.Module, lr: float, seed: int, cfg: DemoConfig) -> dict[str, float]:
     """The one loop every arm gets; a run whose loss stops being finite is reported as diverged."""
-    d = data(seed)
+    return fit(model, data(seed), lr, seed, cfg)
+
+
+def fit(
+    model: nn.Module, d: dict[str, torch.Tensor], lr: float, seed: int, cfg: DemoConfig,
+    losses: tuple[str, ...] = ("val", "test", "train"),
+) -> dict[str, float]:
+    """:func:`train`'s loop on any split dict ``d`` (``x_train``, ``y_train``, ... as :func:`data`
+    gives them): the final loss on each split of ``losses`` and the test accuracy."""
     params = model.parameters()
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9) if cfg.optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
@@ -97,14 +105,13 @@ def train(model: nn.Module, lr: float, seed: int, cfg: DemoConfig) -> dict[str, 
         idx = torch.randint(0, len(d["x_train"]), (cfg.batch,), generator=g)
         loss = nn.functional.cross_entropy(model(d["x_train"][idx]), d["y_train"][idx])
         if not torch.isfinite(loss):
-            return {"val_loss": math.nan, "test_loss": math.nan, "test_acc": math.nan, "train_loss": math.nan}
+            return {**{f"{s}_loss": math.nan for s in losses}, "test_acc": math.nan}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        out = {f"{s}_loss": nn.functional.cross_entropy(model(d[f"x_{s}"]), d[f"y_{s}"]).item()
-               for s in ("val", "test", "train")}  # fmt: skip
+        out = {f"{s}_loss": nn.functional.cross_entropy(model(d[f"x_{s}"]), d[f"y_{s}"]).item() for s in losses}
         out["test_acc"] = accuracy(model, d["x_test"], d["y_test"])
     return out
 
