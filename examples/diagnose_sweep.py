@@ -86,24 +86,6 @@ def hf_model(name: str):
     return net, ids, None
 
 
-class LSTMStack(nn.Module):
-    """A language-model-like stack: embedding, LSTM + projection blocks, head (its forward
-    signal collapses over the blocks; the LSTM gates are inside the fused kernel)."""
-
-    def __init__(self, blocks: int = 3, width: int = 32, vocab: int = 50) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(vocab, width)
-        self.rnns = nn.ModuleList([nn.LSTM(width, width, batch_first=True) for _ in range(blocks)])
-        self.proj = nn.ModuleList([nn.Linear(width, width) for _ in range(blocks)])
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.emb(x)
-        for rnn, proj in zip(self.rnns, self.proj):
-            x = proj(rnn(x)[0])
-        return self.head(x)
-
-
 class RNN50(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -140,7 +122,7 @@ def repo_model(name: str):
     if name == "small_cnn":
         return models.small_cnn(), torch.randn(4, 3, 16, 16, generator=gen), None
     if name == "lstm_stack":
-        return LSTMStack(), torch.randint(0, 50, (8, 20), generator=gen), torch.float64
+        return models.LSTMStack(), torch.randint(0, 50, (8, 20), generator=gen), torch.float64
     if name == "rnn_50":
         return RNN50(), torch.randn(8, 50, 4, generator=gen), torch.float64
     return saturated_mlp(), torch.randn(64, 64, generator=gen), torch.float64

@@ -76,3 +76,21 @@ class SmallCNN(nn.Module):
 
 def small_cnn() -> nn.Module:
     return SmallCNN()
+
+
+class LSTMStack(nn.Module):
+    """A language-model-like stack: embedding, LSTM + projection blocks, head (its forward
+    signal collapses over the blocks; the LSTM gates are inside the fused kernel)."""
+
+    def __init__(self, blocks: int = 3, width: int = 32, vocab: int = 50) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.rnns = nn.ModuleList([nn.LSTM(width, width, batch_first=True) for _ in range(blocks)])
+        self.proj = nn.ModuleList([nn.Linear(width, width) for _ in range(blocks)])
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.emb(x)
+        for rnn, proj in zip(self.rnns, self.proj):
+            x = proj(rnn(x)[0])
+        return self.head(x)

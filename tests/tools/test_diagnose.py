@@ -12,6 +12,7 @@ import matplotlib.image
 import pytest
 import torch
 import torch.nn.functional as F
+from models import LSTMStack
 from torch import nn
 
 import vgpcompile
@@ -151,24 +152,6 @@ def test_per_step_gradients_equal_autograd():
 
 
 # ---- recommendations: drawn from the evidence, re-measured before they are made (issue 22) ----
-
-
-class LSTMStack(nn.Module):
-    """Embedding, LSTM + projection blocks, head: the forward signal collapses over the blocks
-    and the gates' activations are inside the fused kernel (no activation site to rewrite)."""
-
-    def __init__(self, blocks: int = 3, width: int = 32, vocab: int = 50) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(vocab, width)
-        self.rnns = nn.ModuleList([nn.LSTM(width, width, batch_first=True) for _ in range(blocks)])
-        self.proj = nn.ModuleList([nn.Linear(width, width) for _ in range(blocks)])
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.emb(x)
-        for rnn, proj in zip(self.rnns, self.proj):
-            x = proj(rnn(x)[0])
-        return self.head(x)
 
 
 def _lstm():
