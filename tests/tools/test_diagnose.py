@@ -90,13 +90,19 @@ def test_flat_ratio_with_a_collapsing_signal_is_still_flagged():
     assert drive["figure"] == "signal_ratio" and drive["value"] == f.signal_ratio
 
 
-def test_saturated_tanh_proposes_arp():
+def saturated_tanh() -> nn.Sequential:
+    """Two tanh layers with weights x30: both saturate."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
     with torch.no_grad():
         for m in net:
             if isinstance(m, nn.Linear):
                 m.weight.mul_(30)
+    return net
+
+
+def test_saturated_tanh_proposes_arp():
+    net = saturated_tanh()
     report = vgpcompile.diagnose(net, torch.randn(64, 16), verify=False)
     acts = report.before.measurement.activations
     assert all(a.saturation > 0.5 and a.region == (-1.82, 1.82) for a in acts)
@@ -322,12 +328,7 @@ def test_candidates_are_bounded_and_a_failing_compile_is_reported(monkeypatch):
 def test_a_candidate_whose_extra_is_missing_fails_with_the_reason_and_the_next_is_tried(monkeypatch):
     """A plain install has no dks: tat is reported as failed, naming the extra; bsnn is tried."""
     monkeypatch.setitem(sys.modules, "dks.base", None)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, nn.Linear):
-                m.weight.mul_(30)
+    net = saturated_tanh()
     report = vgpcompile.diagnose(net, torch.randn(64, 16), max_candidates=2)
     tat, bsnn, arp = report.before.verdict.candidates
     assert tat.status == "failed" and "needs the dks package" in tat.why and "vgpcompile[tat]" in tat.why
