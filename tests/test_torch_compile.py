@@ -136,6 +136,15 @@ CNN_CASES = {
 }
 
 
+def train_ten_steps(model: nn.Module, compiled, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(10):
+        loss = F.cross_entropy(compiled(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.mark.parametrize("case", list(CNN_CASES))
 def test_conv_models_compile_whole_too(case):
     passes, options = CNN_CASES[case]
@@ -146,12 +155,7 @@ def test_conv_models_compile_whole_too(case):
         assert any(getattr(m, "structured", False) for m in model.modules())  # c2's block is filtered
     fresh_counters()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for _ in range(10):
-        loss = F.cross_entropy(compiled(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_ten_steps(model, compiled, x, y)
     assert_one_graph(f"{case} CNN, training form")
     frozen = freeze(model).eval()
     fresh_counters()
@@ -178,12 +182,7 @@ def test_roaf_rnn_compiles_whole():
     x, y = torch.randn(4, 6, 3), torch.randint(0, 2, (4,))
     fresh_counters()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for _ in range(10):
-        loss = F.cross_entropy(compiled(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_ten_steps(model, compiled, x, y)
     assert_one_graph("roaf RNN")
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-6)
