@@ -330,11 +330,7 @@ class Side:
         }
 
 
-def _num(value: Any) -> Any:
-    """JSON has no inf/nan: write them as the strings "inf", "-inf", "nan"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
+_num = rec.json_number
 
 
 @dataclass

@@ -175,17 +175,18 @@ class Candidate:
         return {
             "passes": self.passes,
             "targets": list(self.targets),
-            "drivers": [dict(d, value=_num(d["value"])) for d in self.drivers],
+            "drivers": [dict(d, value=json_number(d["value"])) for d in self.drivers],
             "evidence": self.evidence,
             "status": self.status,
             "why": self.why,
             "problems_after": list(self.problems_after),
-            "figures_after": {k: _num(v) for k, v in self.figures_after.items()},
+            "figures_after": {k: json_number(v) for k, v in self.figures_after.items()},
             "seconds": self.seconds,
         }
 
 
-def _num(value: Any) -> Any:
+def json_number(value: Any) -> Any:
+    """JSON has no inf/nan: write them as the strings "inf", "-inf", "nan" (diagnose's reports too)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return value
