@@ -212,3 +212,18 @@ def test_in_place_activation_after_rotated_linear_trains(spelling):
         grads.append([p.grad for p in compiled.parameters()])
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [(3,), (2, 3)], ids=["from-output", "from-weight-grad"])
+def test_rotated_linear_zero_weight_row_has_finite_gradients(batch):
+    """A unit whose weights are all zero has ||W_j|| = 0: the floor's coefficient 1/||W_j|| is
+    inf there, and must not reach dW as 0 * inf = NaN (the unit sits on its pivot, |b_j| > 0)."""
+    x, w, b = _tensors(True, seed=4, batch=batch)
+    w[1] = 0.0
+    inputs = [t.requires_grad_() for t in (x, w, b)]
+    y = rotated_linear(*inputs, q=1.5, L=2.0, eps=1e-5, floor=0.5)
+    g = torch.randn_like(y)
+    ours = torch.autograd.grad(y, inputs, g)
+    assert all(torch.isfinite(t).all() for t in ours)
+    ref = torch.autograd.grad(reference(*inputs, 1.5, 2.0, 1e-5, 0.5), inputs, g)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)

@@ -204,64 +204,67 @@ class _RotatedLinear(torch.autograd.Function):
     backward needs t_j = rho_j * dL/drho_j = sum_b g_bj * y_bj, which it gets either
 
     - from the output y, saved when it is no larger than the weight (rows <= in_features,
-      the usual training batch); then dW's rank-1 term from the pivot folds into dW's matmul;
+      the usual training batch);
     - or, for larger batches, from the weight gradient without y:
       t_j = W_j . dW_j + b_j * db_j, with dW = (g * rho)^T x, db = sum_b g * rho,
 
     whichever touches fewer elements. rho's own derivative is per unit: through
     |z_Q| = |q * sum(W_j) + b_j| where that term wins the max, else through the floor
     floor * |q| * ||W_j|| (``rotation``); a tie counts as |z_Q| (torch.maximum would split it).
+    Both are t_j times a per-unit coefficient that depends on the weights only, so the
+    forward computes the coefficients (kz, kn) and the backward is t * kz into dW's rank-1
+    pivot term and db, t * kn times W_j into dW for floored units: on a CPU every small op
+    costs a few microseconds, and this halves the backward's count of them.
     Not twice differentiable (``once_differentiable``): the saved per-unit vectors carry no graph.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, q, L, eps, floor, save_output):  # type: ignore[override]
         zq = weight.sum(1) * q if bias is None else torch.add(bias, weight.sum(1), alpha=q)
-        den = zq.abs()
-        norms = torch.linalg.vector_norm(weight, dim=1) if floor else None
-        if norms is not None:
-            den = torch.maximum(den, norms * (floor * abs(q)))
-        rho = den.add_(eps).reciprocal_().mul_(L)  # den is a fresh tensor: in place is safe
+        mag = zq.abs()
+        kn = None  # dL/dden = t * (-rho / L); kz, kn: that coefficient through z_Q's sign, the floor's norm
+        if floor:
+            norms = torch.linalg.vector_norm(weight, dim=1)
+            spread = norms * (floor * abs(q))
+            on_pivot = mag >= spread
+            # maximum and where, not where(on_pivot, mag, spread) and in-place products with the mask:
+            # those measured 1.45x the plain step under torch.compile, these 1.19x (eager: the same)
+            rho = torch.maximum(mag, spread).add_(eps).reciprocal_().mul_(L)
+            k = rho * (-1.0 / L)
+            kn = torch.where(on_pivot, 0.0, k * (floor * abs(q)) / norms)  # a zero row: 0, not 0 * inf
+            kz = torch.where(on_pivot, k * zq.sign(), 0.0)
+        else:
+            rho = (mag + eps).reciprocal_().mul_(L)
+            kz = zq.sign().mul_(rho).mul_(-1.0 / L)
         y = F.linear(x, weight, bias).mul_(rho)
         keep_y = save_output and y.numel() <= weight.numel()  # batch rows <= in_features
-        ctx.save_for_backward(x, weight, bias, rho, zq, norms, y if keep_y else None)
-        ctx.constants = (q, L, floor)
+        ctx.save_for_backward(x, weight, bias, rho, kz, kn, y if keep_y else None)
+        ctx.q, ctx.has_bias = q, bias is not None
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        x, weight, bias, rho, zq, norms, y = ctx.saved_tensors
-        q, L, floor = ctx.constants
+        x, weight, bias, rho, kz, kn, y = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gz = grad * rho
         gx = gz.matmul(weight) if need_x else None
         if not (need_w or need_b):
             return gx, None, None, None, None, None, None, None
-        gz2, x2 = gz.reshape(-1, gz.shape[-1]), x.reshape(-1, x.shape[-1])
-        gb = gz2.sum(0) if bias is not None else None
-        gw = None
+        out = gz.shape[-1]
+        gz2, x2 = gz.reshape(-1, out), x.reshape(-1, x.shape[-1])
+        gb = gz2.sum(0) if ctx.has_bias else None
+        gw = gz2.t().mm(x2)
         if y is not None:
-            t = (grad * y).reshape(-1, grad.shape[-1]).sum(0)
+            t = (grad * y).reshape(-1, out).sum(0)
         else:
-            gw = gz2.t().mm(x2)
             t = torch.linalg.vecdot(weight, gw) if gb is None else torch.linalg.vecdot(weight, gw).addcmul_(bias, gb)
-        gden = t.mul_(rho).mul_(-1.0 / L)  # dL/dden = dL/drho * (-rho^2 / L)
-        gzq = gden * zq.sign()
-        gnorm = None
-        if norms is not None:
-            spread = norms * (floor * abs(q))
-            on_pivot = zq.abs() >= spread
-            gzq = torch.where(on_pivot, gzq, 0.0)
-            gnorm = torch.where(on_pivot, 0.0, gden * (floor * abs(q)) / norms)  # per unit of W_ji
-        if gw is None:
-            gw = torch.addmm(gzq.unsqueeze(1), gz2.t(), x2, beta=q)  # q * dL/dzq_j, every i: rank 1
-        else:
-            gw = gw.add_(gzq.unsqueeze(1), alpha=q)
-        if gnorm is not None:
-            gw = gw.addcmul_(weight, gnorm.unsqueeze(1))
+        if kn is not None:
+            gw.addcmul_(weight, (t * kn).unsqueeze(1))  # through ||W_j||: d||W_j|| / dW_j = W_j / ||W_j||
+        gzq = t.mul_(kz)
+        gw.add_(gzq.unsqueeze(1), alpha=ctx.q)  # z_Q = q * sum(W_j) + b_j: q * dL/dz_Q for every i
         if gb is not None:
-            gb = gb.add_(gzq)
+            gb.add_(gzq)
         return gx, gw if need_w else None, gb if need_b else None, None, None, None, None, None
 
 
