@@ -9,7 +9,9 @@ Sections (``SECTIONS``; each row is one line of its table, so adding a pass or a
 - ``step``: one eager training step (forward, MSE, backward, SGD momentum) of a depth-20 tanh
   MLP compiled with each pass of ``STEP_ARMS``, over the plain model, at each (width, batch)
   of ``STEP_SIZES``. Also the arithmetic written by hand (a * tanh + b) and, as "before",
-  main's composed arp Linear (``LegacyAutoRotLinear``, kept here verbatim).
+  main's composed arp Linear (``LegacyAutoRotLinear``, kept here verbatim), and arp's floor:
+  the same rotated forward with rho held constant in backward (``DetachedRotLinear``; not the
+  method, which differentiates through rho: what any exact forward costs at the least).
 - ``rai``: a lifted step against RAI written by hand (benchmarks/step_overhead_rai.py's arms).
 - ``compiled``: the same step under ``torch.compile(model, fullgraph=True)``, over the compiled
   plain model; dynamo's counters give graph breaks and recompiles over all the steps run.
@@ -78,10 +80,22 @@ class LegacyAutoRotLinear(AutoRotLinear):
         return z if not self.rotate else z * self.rho().to(z.dtype)
 
 
-def _legacy_arp(model: nn.Module) -> nn.Module:
+class DetachedRotLinear(AutoRotLinear):
+    """arp's forward with rho's gradient dropped: the plain Linear's backward on g * rho. Not the
+    method (the reference differentiates through rho, research/arp.md §1.4); it bounds from
+    below what an exact rotated forward costs in eager: rho from the weights, and one pass
+    over the output each way."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            rho = self.rho()
+        return F.linear(input, self.weight, self.bias) * rho
+
+
+def _legacy_arp(model: nn.Module, cls: type[nn.Module] = LegacyAutoRotLinear) -> nn.Module:
     for m in model.modules():
         if type(m) is AutoRotLinear:
-            m.__class__ = LegacyAutoRotLinear
+            m.__class__ = cls
     return model
 
 
@@ -106,6 +120,8 @@ STEP_ARMS: dict[str, tuple[Callable[[int, int, torch.Tensor], nn.Module], bool]]
     "hand-written a·tanh+b": (lambda d, w, x: _hand_gpn(d, w), False),
     "arp": (_compiled(["arp"]), True),
     "arp, before (main's composed Linear)": (lambda d, w, x: _legacy_arp(_compiled(["arp"])(d, w, x)), False),
+    "arp floor: rho without gradient (not the method)": (
+        lambda d, w, x: _legacy_arp(_compiled(["arp"])(d, w, x), DetachedRotLinear), False),
     "arp+gpn": (_compiled(["arp", "gpn"]), True),
     "orthogonal": (_compiled(["orthogonal"]), True),
     "roaf": (_compiled(["roaf"]), True),
