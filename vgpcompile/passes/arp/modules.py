@@ -222,20 +222,22 @@ class _RotatedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, q, L, eps, floor, save_output):  # type: ignore[override]
         zq = weight.sum(1) * q if bias is None else torch.add(bias, weight.sum(1), alpha=q)
         mag = zq.abs()
-        kn = None  # dL/dden = t * (-rho / L); kz, kn: that coefficient through z_Q's sign, the floor's norm
+        # inv = 1/(den + eps): rho = L * inv and dL/dden = t * (-rho / L) = -t * inv. kz, kn carry that
+        # through z_Q's sign and through the floor's norm, each zero where the other term wins the max
+        kn = None
         if floor:
             norms = torch.linalg.vector_norm(weight, dim=1)
-            spread = norms * (floor * abs(q))
-            on_pivot = mag >= spread
-            # maximum and where, not where(on_pivot, mag, spread) and in-place products with the mask:
-            # those measured 1.45x the plain step under torch.compile, these 1.19x (eager: the same)
-            rho = torch.maximum(mag, spread).add_(eps).reciprocal_().mul_(L)
-            k = rho * (-1.0 / L)
-            kn = torch.where(on_pivot, 0.0, k * (floor * abs(q)) / norms)  # a zero row: 0, not 0 * inf
-            kz = torch.where(on_pivot, k * zq.sign(), 0.0)
+            spread = norms.mul(floor * abs(q))
+            off_pivot = mag < spread  # a tie counts as |z_Q| (torch.maximum's own gradient would split it)
+            # maximum and masked_fill_, not where(off_pivot, spread, mag) and in-place products with the
+            # mask: those measured 1.45x the plain step under torch.compile, these 1.18x (eager: the same)
+            inv = torch.maximum(mag, spread).add_(eps).reciprocal_()
+            kn = inv.mul(-floor * abs(q)).div_(norms).masked_fill_(~off_pivot, 0.0)  # a zero row: 0, not inf
+            kz = zq.sign().mul_(inv).neg_().masked_fill_(off_pivot, 0.0)
         else:
-            rho = (mag + eps).reciprocal_().mul_(L)
-            kz = zq.sign().mul_(rho).mul_(-1.0 / L)
+            inv = mag.add_(eps).reciprocal_()  # mag is a fresh tensor: in place is safe
+            kz = zq.sign().mul_(inv).neg_()
+        rho = inv * L
         y = F.linear(x, weight, bias).mul_(rho)
         keep_y = save_output and y.numel() <= weight.numel()  # batch rows <= in_features
         ctx.save_for_backward(x, weight, bias, rho, kz, kn, y if keep_y else None)
