@@ -64,9 +64,10 @@ def test_rotated_linear_golden(floor, bias):
 
 @pytest.mark.parametrize("floor", [0.0, 0.5, 3.0])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("batch", [(3,), (2, 3)], ids=["from-output", "from-weight-grad"])
+@pytest.mark.parametrize("batch", [(3,), (2, 3), ()], ids=["from-output", "from-weight-grad", "one-vector"])
 def test_rotated_linear_matches_reference_and_gradcheck(floor, bias, batch):
-    # 3 rows <= 4 inputs: dL/drho from the saved output; 6 rows (a (batch, seq) shape): from dW
+    # 3 rows <= 4 inputs: dL/drho from the saved output; 6 rows (a (batch, seq) shape): from dW;
+    # () an unbatched input, as F.linear takes it
     x, w, b = _tensors(bias, seed=1, batch=batch)
     inputs = [t.requires_grad_() for t in (x, w, b) if t is not None]
     opts = dict(q=1.5, L=2.0, eps=1e-5, floor=floor)

@@ -253,12 +253,13 @@ class _RotatedLinear(torch.autograd.Function):
         gx = gz.matmul(weight) if need_x else None
         if not (need_w or need_b):
             return gx, None, None, None, None, None, None, None
-        out = gz.shape[-1]
-        gz2, x2 = gz.reshape(-1, out), x.reshape(-1, x.shape[-1])
-        gb = gz2.sum(0) if ctx.has_bias else None
-        gw = gz2.t().mm(x2)
+        if gz.dim() != 2:  # (features,) or (batch, ..., features): every leading index is a row for dW
+            gz, x, grad = gz.reshape(-1, gz.shape[-1]), x.reshape(-1, x.shape[-1]), grad.reshape(-1, gz.shape[-1])
+            y = None if y is None else y.reshape(-1, y.shape[-1])
+        gb = gz.sum(0) if ctx.has_bias else None
+        gw = gz.t().mm(x)
         if y is not None:
-            t = (grad * y).reshape(-1, out).sum(0)
+            t = torch.linalg.vecdot(grad, y, dim=0)
         else:
             t = torch.linalg.vecdot(weight, gw) if gb is None else torch.linalg.vecdot(weight, gw).addcmul_(bias, gb)
         if kn is not None:
