@@ -1,9 +1,10 @@
 """onnxruntime latency and node count of a small CNN, plain vs compiled with ``gpn`` and frozen.
 
 A 3-conv CNN (3x3 zero-padded convs, ReLU / GELU / tanh, a max pool, global average pool,
-Linear). Frozen gpn folds a into each next conv and keeps one Add of b/a before
-each zero-padded conv (b != 0; zero padding and a shift do not commute), and folds
-the last GPN through the pool into the Linear: the plain ops plus 2 Adds.
+Linear). Frozen gpn folds a into each next conv; before a zero-padded conv b/a cannot go
+into its bias (zero padding and a shift do not commute): after ReLU it goes into the first
+conv's bias and ReLU becomes Clip(min=b/a), after GELU it stays one Add of b/a. The last
+GPN folds through the pool into the Linear: the plain ops (ReLU as Clip) plus 1 Add.
 Median of >= 200 interleaved runs per batch size, one onnxruntime thread.
 Run: python benchmarks/inference_cnn.py [--runs 300] [--size 32]
 """

@@ -46,8 +46,12 @@ def test_gpn_folds_exactly_into_every_conv(conv, act):
     assert max_abs(frozen(x), model(x)) < 1e-12
     assert gpn_left(frozen) == 0
     shifts = [n for n in frozen.graph.nodes if n.target is operator.add]
+    clamps = [n for n in frozen.graph.nodes if n.target is torch.clamp]
     zero_padded = conv in ("pad1", "same-even-kernel-1d", "stride-dilation-asym", "grouped", "3d")
-    assert len(shifts) == zero_padded  # the one Add of b/a a zero-padded conv needs
+    # the one Add of b/a a zero-padded conv needs; relu(z) + b/a = clamp(z + b/a, min=b/a) instead
+    # puts b/a in the first conv's bias and the clamp's bound, leaving no op beyond the plain ones
+    assert len(shifts) == (zero_padded and act != "relu")
+    assert len(clamps) == (zero_padded and act == "relu")
 
 
 def test_zero_b_keeps_the_convs_own_padding():
@@ -119,7 +123,7 @@ def test_max_pool_needs_a_positive_scale():
     assert max_abs(frozen(x), model(x)) < 1e-12 and gpn_left(frozen) == 1
 
 
-def test_frozen_cnn_onnx_has_the_plain_ops_plus_one_add_per_padded_conv(tmp_path):
+def test_frozen_cnn_onnx_has_the_plain_ops_plus_one_add_per_padded_conv_after_a_non_clamp(tmp_path):
     pytest.importorskip("onnxruntime")
     from vgpcompile import export_onnx
 
@@ -133,5 +137,50 @@ def test_frozen_cnn_onnx_has_the_plain_ops_plus_one_add_per_padded_conv(tmp_path
     x = torch.randn(2, 3, 16, 16)
     plain = export_onnx(vgpcompile(cnn()), tmp_path / "plain.onnx", (x,))
     compiled = export_onnx(vgpcompile(cnn(), passes=["gpn"]), tmp_path / "gpn.onnx", (x,))
-    assert compiled.op_types == {**plain.op_types, "Add": 2}  # b/a before each zero-padded conv; no Mul
-    assert compiled.nodes == plain.nodes + 2 and compiled.max_abs < 1e-5
+    # ReLU -> Clip(min=b/a) with b/a in the first conv's bias; GELU keeps its Add of b/a; no Mul
+    want = {**plain.op_types, "Add": 1, "Clip": 1}
+    del want["Relu"]
+    assert compiled.op_types == want
+    assert compiled.nodes == plain.nodes + 1 and compiled.max_abs < 1e-5
+
+
+class ClampNet(nn.Module):
+    """producer -> clamp activation -> zero-padded conv, in the spellings the shift must handle."""
+
+    def __init__(self, producer: str, act: str) -> None:
+        super().__init__()
+        bias = producer != "conv-no-bias"
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, bias=bias)
+        self.norm = nn.BatchNorm2d(6, affine=producer != "bn-no-affine") if producer.startswith("bn") else None
+        self.act = {"relu": nn.ReLU(), "relu-inplace": nn.ReLU(inplace=True), "relu6": nn.ReLU6()}[act]
+        self.next = nn.Conv2d(6, 6, 3, padding=1)
+        self.shared = producer == "shared"
+
+    def forward(self, x):
+        z = self.conv(x)
+        z = self.norm(z) if self.norm is not None else z
+        y = self.next(self.act(z))
+        return y + z.mean() if self.shared else y  # z read twice: the bias cannot take the shift
+
+
+CLAMP_CASES = [(p, a) for p in ("conv", "conv-no-bias", "bn", "bn-no-affine", "shared")
+               for a in ("relu", "relu-inplace", "relu6") if (p, a) != ("shared", "relu-inplace")]
+# (an in-place ReLU on a value read again changes that other read too: another model, not a shared producer)
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("producer,act", CLAMP_CASES)
+def test_clamp_activation_takes_the_shift_into_its_producer(producer, act, training):
+    torch.manual_seed(0)
+    net = ClampNet(producer, act)
+    model, frozen = frozen_pair(net)
+    model.train(training), frozen.train(training)
+    x = torch.randn(4, 3, 7, 7, dtype=torch.float64)
+    assert max_abs(frozen(x), model(x)) < 1e-12
+    assert gpn_left(frozen) == 0
+    adds = [n for n in frozen.graph.nodes if n.target is operator.add and n.args[1].__class__ is float]
+    clamps = [n for n in frozen.graph.nodes if n.target is torch.clamp]
+    shifted = producer in ("conv", "conv-no-bias", "bn")
+    assert (len(adds), len(clamps)) == ((0, 1) if shifted else (1, 0))
+    if shifted and act == "relu6":
+        assert clamps[0].kwargs["max"] - clamps[0].kwargs["min"] == 6.0

@@ -10,7 +10,13 @@ A zero-padded Conv sees padded zeros, not a * phi + b, at its borders, so b cann
 its bias; b = 0 (ReLU with ``root="plus"``) folds completely, any other b keeps one Add of
 the constant b/a (zero padding and a constant shift do not commute, so some elementwise op
 is unavoidable; an explicit Pad with the value -b/a and b folded into the bias is just as
-exact, and measured slower in onnxruntime: benchmarks/inference_cnn.py). Between the GPN
+exact, and measured slower in onnxruntime: benchmarks/inference_cnn.py) -- unless phi is a
+clamp whose input comes from a layer with a bias that feeds nothing else:
+
+    Layer(z) -> relu  + b/a   ==>  Layer'(z) (bias + b/a) -> clamp(min=b/a)          (relu6: max 6 + b/a)
+
+relu(z) + c = max(z + c, c), so the shift rides in the producer's bias (Linear, Conv, or an
+affine BatchNorm: conv -> BN -> ReLU -> conv) and the clamp's bound, and no op is added. Between the GPN
 and the layer there may be ops f with f(a x + b) = a f(x) + b (reshapes, means, average
 pools without zero padding, and for a > 0 max pools): the usual CNN's act -> max pool ->
 conv and act -> global pool -> flatten -> Linear. Exact in real arithmetic; in floating
@@ -83,11 +89,38 @@ def fold_into_consumer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int],
     rewriter = active()
     rewriter.swap_module(gm, layer_node.target, absorb(layer, a, 0.0 if shift_input else b))
     phi = replace()
+    if shift_input and _shift_into_producer(phi, gm, calls, b / a):
+        return True
     if shift_input:  # after the pools and reshapes, where the tensor is smallest
         last = phi if last is node else last
         shifted = rewriter.insert_after(last, "call_function", operator.add, (last, b / a))
         shifted.meta.update({k: v for k, v in layer_node.meta.items() if k == "nn_module_stack"})
         rewriter.replace_input(layer_node, last, shifted)
+    return True
+
+
+# clamps phi with phi(z) + c = clamp(z + c, lo + c, hi + c): the activation -> (lo, hi)
+_CLAMPS = {F.relu: (0.0, None), torch.relu: (0.0, None), F.relu6: (0.0, 6.0)}
+# layers whose output a shift folds into exactly: the bias (one value per output channel, dim 1)
+_SHIFTABLE = (nn.Linear, *_CONVS, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _shift_into_producer(phi: fx.Node, gm: fx.GraphModule, calls: dict[str, int], c: float) -> bool:
+    """clamp(Layer(x) + c, lo + c, hi + c) in place of phi(Layer(x)) + c, with c in Layer's bias,
+    when phi is a clamp (relu, relu6) and Layer feeds phi only; False (nothing changed) otherwise."""
+    bounds = _CLAMPS.get(phi.target) if phi.op == "call_function" and not phi.kwargs else None
+    src = phi.args[0] if bounds is not None and len(phi.args) == 1 else None
+    alone = isinstance(src, fx.Node) and src.op == "call_module" and calls.get(src.target) == 1
+    if not (alone and len(src.users) == 1):
+        return False
+    layer = gm.get_submodule(str(src.target))
+    if type(layer) not in _SHIFTABLE or getattr(layer, "weight", None) is None:  # BatchNorm(affine=False)
+        return False
+    rewriter = active()
+    rewriter.swap_module(gm, str(src.target), scale_output(layer, 1.0, c))
+    lo, hi = bounds
+    clamp = {"min": lo + c} | ({} if hi is None else {"max": hi + c})
+    rewriter.replace_node(phi, "call_function", torch.clamp, (src,), clamp, meta_keys=tuple(phi.meta))
     return True
 
 
@@ -174,4 +207,18 @@ def absorb(layer: nn.Module, a: float, b: float) -> nn.Module:
         out.bias = nn.Parameter(shift.clone())
     else:
         out.bias.copy_(layer.bias + shift)
+    return out
+
+
+@torch.no_grad()
+def scale_output(layer: nn.Module, a: float, b: float) -> nn.Module:
+    """``a * layer(x) + b`` as one layer of the same type (Linear, ConvNd, affine BatchNorm)."""
+    out = copy.deepcopy(layer)
+    out.weight.mul_(a)
+    if out.bias is None:
+        if b != 0:
+            out.bias = nn.Parameter(torch.full((layer.weight.shape[0],), b, dtype=layer.weight.dtype,
+                                               device=layer.weight.device))  # fmt: skip
+    else:
+        out.bias.mul_(a).add_(b)
     return out

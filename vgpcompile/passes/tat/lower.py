@@ -12,14 +12,11 @@ TATActivation holding only the constants left, so the frozen model equals the tr
 
 from __future__ import annotations
 
-import copy
-
-import torch
-from torch import fx, nn
+from torch import fx
 
 from ...core.catalogue import DEFAULT, Catalogue
 from ...core.rewriter import active
-from ..gpn.lower import fold_into_consumer
+from ..gpn.lower import fold_into_consumer, scale_output
 from .kernel import AFFINE
 from .modules import TATActivation
 
@@ -71,17 +68,3 @@ def _fold_into_producer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int]
         return False
     active().swap_module(gm, str(src.target), scale_output(layer, act.alpha, act.beta))
     return True
-
-
-@torch.no_grad()
-def scale_output(layer: nn.Module, a: float, b: float) -> nn.Module:
-    """``a * layer(x) + b`` as one layer of the same type."""
-    out = copy.deepcopy(layer)
-    out.weight.mul_(a)
-    if out.bias is None:
-        if b != 0:
-            out.bias = nn.Parameter(torch.full((layer.weight.shape[0],), b, dtype=layer.weight.dtype,
-                                               device=layer.weight.device))  # fmt: skip
-    else:
-        out.bias.mul_(a).add_(b)
-    return out
