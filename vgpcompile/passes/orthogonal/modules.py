@@ -212,6 +212,18 @@ class OrthogonalState:
     drift: float = 0.0  # retraction: the largest error bound seen when retracting (see drift())
     handles: list[Any] = field(default_factory=list)
     module: Any = field(default=None, repr=False, compare=False)  # retraction: the layer, to register copies
+    # retraction's certified skip (see certified_bound): the weight as last retracted, float32, in the
+    # weight's own shape, and the bound on ‖XᵀX − I‖₂ of that weight / gain; None: retract at the next step
+    anchor: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    anchor_error: float = math.inf
+    retractions: int = 0  # retraction: Gram matrices computed (retractions, explicit ones included)
+    skips: int = 0  # retraction: optimizer-step retractions certified without a Gram matrix
+    streak: int = 0  # retraction: of those, since the last Gram matrix
+
+    def __getstate__(self) -> dict:
+        """The anchor is a cache, not state: a copy or a pickle goes without it (no second copy
+        of every weight in a checkpoint) and retracts in full at its first step."""
+        return {**self.__dict__, "anchor": None, "anchor_error": math.inf}
 
     def __setstate__(self, state: dict) -> None:
         """A deep copy or an unpickled layer retracts after optimizer steps like the original."""
@@ -367,7 +379,7 @@ class _Retraction:
                 continue
             state.steps += 1
             if state.steps >= state.every:
-                retract_layer(module)
+                retract_layer(module, certify=True)
 
 
 def newton_schulz(mat: torch.Tensor, tol: float = DEFAULT_TOL, max_iter: int = 8) -> tuple[torch.Tensor, float, bool]:
@@ -386,18 +398,33 @@ def newton_schulz(mat: torch.Tensor, tol: float = DEFAULT_TOL, max_iter: int = 8
     return x, err, changed
 
 
-def _newton_schulz(mat: torch.Tensor, tol: float, max_iter: int = 8) -> tuple[torch.Tensor, float, bool, float]:
-    """:func:`newton_schulz`, plus the error bound of ``mat`` itself (before any step)."""
+AIM = 1 / 16  # a retraction that measured the error anyway leaves it below tol * AIM (see _newton_schulz)
+
+
+def _newton_schulz(
+    mat: torch.Tensor, tol: float, max_iter: int = 8, aim: float | None = None
+) -> tuple[torch.Tensor, float, bool, float]:
+    """:func:`newton_schulz`, plus the error bound of ``mat`` itself (before any step).
+
+    ``aim`` (<= tol) is headroom for the certified skip (:func:`certified_bound`): a matrix
+    measured within tol but not within ``aim`` takes one step anyway, one matmul on top of
+    the Gram already paid for, to land near the float32 floor. A matrix outside tol is not
+    iterated past tol to reach it: one step from error e lands at ~3e²/4, below tol/16
+    already when e <= 3e-3 (tol 1e-4); larger e means the optimizer moves the weight more
+    than a skip could ever allow (δ ≈ e/2 per step, against a budget of ~tol/2), so a second
+    step (two more matmuls) would buy headroom that no later step can use.
+    """
     wide = mat.shape[-2] < mat.shape[-1]
     x = mat.mT if wide else mat
     floor = 4 * torch.finfo(torch.float32).eps * math.sqrt(x.shape[-1])
+    aim = tol if aim is None else min(tol, max(aim, 2 * floor))
     changed, err, first = False, math.inf, None
     for _ in range(max_iter):
         e = x.mT @ x
         e.diagonal(dim1=-2, dim2=-1).sub_(1.0)
         err = float(torch.linalg.matrix_norm(e).max()) + floor
         first = err if first is None else first
-        if err <= tol:
+        if err <= aim or (changed and err <= tol):
             break
         changed = True
         if err > 0.5:
@@ -410,21 +437,114 @@ def _newton_schulz(mat: torch.Tensor, tol: float, max_iter: int = 8) -> tuple[to
     return (x.mT if wide else x), err, changed, first
 
 
+U32 = 2.0**-24  # float32 unit roundoff
+CHUNK = 2**16  # squares summed in float32 per chunk (the rounding bound grows with it); chunks in float64
+
+
+def certified_bound(state: OrthogonalState, weight: torch.Tensor) -> float | None:
+    """A rigorous bound on ‖XᵀX − I‖₂ for the current weight (X its thin-side matrices / gain)
+    from the anchor A (the weight as last retracted, X_r = A / gain, with ‖X_rᵀX_r − I‖₂ <= e_r)
+    and one O(weights) pass: δ = ‖W − A‖_F / gain. None without a usable anchor.
+
+    Why it holds: per group, with X = X_r + D (both read on the thin side, as Newton–Schulz
+    measures them; the Frobenius norm does not depend on the layout, so δ over the whole
+    weight bounds every group's ‖D‖₂ <= ‖D‖_F):
+        XᵀX − I = (X_rᵀX_r − I) + X_rᵀD + DᵀX_r + DᵀD,
+    and ‖X_r‖₂ <= sqrt(1 + e_r) (all eigenvalues of X_rᵀX_r are <= 1 + e_r), so
+        ‖XᵀX − I‖₂ <= e_r + 2 sqrt(1 + e_r) δ + δ².
+    Rounding is accounted for, not estimated: δ is computed from float32 (or wider)
+    differences fl(w − a) = (w − a)(1 + ε), squared and summed in float32 in chunks of at most
+    CHUNK terms (any summation order errs by at most γ_(CHUNK) relatively on nonnegative terms;
+    a float32 square underflows by at most 2⁻¹²⁶ each), the chunks in float64; the computed
+    value is inflated by those worst cases. With gain != 1 the stored anchor is gain·X_r
+    rounded, off by at most 3u‖X_r‖_F <= 3u sqrt(k (1 + e_r)) (k thin columns), added to δ.
+    """
+    anchor = state.anchor
+    if anchor is None or anchor.shape != weight.shape or anchor.device != weight.device:
+        return None
+    diff = (weight.detach() - anchor).flatten()  # float32, or the weight's dtype if wider
+    n = diff.numel()
+    rows = max(n // CHUNK, 1)
+    parts = [torch.linalg.vector_norm(diff[: rows * (n // rows)].view(rows, -1), dim=1)]
+    if n % rows:
+        parts.append(torch.linalg.vector_norm(diff[rows * (n // rows) :]).reshape(1))
+    squares = float(torch.cat(parts).double().square().sum())
+    chunk = n // rows + n % rows
+    slack = 2 * (chunk + 8) * U32 + 1e-9  # every rounding above, relative (chunk * U32 <= 1/128)
+    delta = math.sqrt(squares / (1 - slack) + n * 2.0**-126) / state.gain
+    if state.gain != 1.0:
+        g, m, k = state.layout.matrix_shape
+        delta += 3 * U32 * math.sqrt(g * min(m, k) * (1 + state.anchor_error))
+    e_r = state.anchor_error
+    return e_r + 2 * math.sqrt(1 + e_r) * delta + delta**2
+
+
 @torch.no_grad()
-def retract_layer(module: nn.Module) -> float:
-    """Retract one layer's weight now; returns the bound on its orthogonality error."""
+def retract_layer(module: nn.Module, certify: bool = False) -> float:
+    """Retract one layer's weight now; returns the bound on its orthogonality error.
+
+    ``certify`` (the optimizer-step hook): first try :func:`certified_bound`, and leave the
+    weight as it is, with no Gram matrix, when that bound is within tol. Otherwise, and
+    always without ``certify`` (``retract()``, a load, freeze), Newton–Schulz measures and
+    retracts as it always did: a weight within tol is left unchanged, so freezing changes no
+    output. See :func:`_plan_anchor` for when the result becomes the next anchor. FSDP2
+    (DTensor) weights keep no anchor and always retract: the bound would need the norm of
+    the difference across all shards.
+    """
     state: OrthogonalState = getattr(module, STATE)
     weight = module.weight
     sharded = isinstance(weight, DTensor)  # FSDP2: retract the whole matrix, write back each shard
+    bound = certified_bound(state, weight) if certify and not sharded else None
+    if bound is not None and bound <= state.tol:
+        state.steps, state.skips, state.streak = 0, state.skips + 1, state.streak + 1
+        state.drift = max(state.drift, bound)
+        return bound
+    keep, aim = _plan_anchor(state, bound)
     full = weight.full_tensor() if sharded else weight
     mat = state.layout.to_matrix(full.float()) / state.gain
-    mat, err, changed, before = _newton_schulz(mat, state.tol)
+    mat, err, changed, before = _newton_schulz(mat, state.tol, aim=state.tol * AIM if aim else None)
+    new = state.layout.from_matrix(mat * state.gain).contiguous() if changed else None  # float32
     if changed:
-        new = state.layout.from_matrix(mat * state.gain).to(full.dtype)
-        weight.copy_(distribute_tensor(new, weight.device_mesh, weight.placements) if sharded else new)
-    state.steps = 0
+        weight.copy_(distribute_tensor(new.to(full.dtype), weight.device_mesh, weight.placements) if sharded else new)
+    keep = not sharded and (keep if bound is not None else before <= state.tol)
+    _set_anchor(state, weight, new if keep else None, keep, err)
+    state.steps, state.streak, state.retractions = 0, 0, state.retractions + 1
     state.drift = max(state.drift, before)
     return err
+
+
+def _plan_anchor(state: OrthogonalState, bound: float | None) -> tuple[bool, bool]:
+    """(keep an anchor after this retraction, aim below tol) from the failed certificate.
+
+    An anchor costs a float32 copy of the weight and an O(weights) pass per step; headroom
+    costs a Newton–Schulz step. Both pay only if the next interval could be certified: if
+    the bound grew per interval by ``step`` (its increase over the anchor's own error, over
+    the intervals since the last Gram), the next one fits from an error near tol * AIM when
+    step <= tol (1 − AIM); it is asked that step <= tol / 2, so that an aimed retraction
+    buys at least one skipped Gram, not a coin flip (measured: at step ~ 0.9 tol aiming
+    cost 7 % more than not). Without a bound (no anchor, or an explicit retraction) the anchor
+    is kept when the error measured now is within tol — the bound is at least that error
+    (see certified_bound), so a larger one says the certificate could not have passed. At
+    a realistic learning rate neither holds and the retraction costs what it did before.
+    """
+    if bound is None:
+        return False, False
+    step = (bound - state.anchor_error) / (state.streak + 1)
+    hopeful = step <= state.tol / 2
+    return hopeful, hopeful
+
+
+def _set_anchor(state: OrthogonalState, weight: torch.Tensor, new: torch.Tensor | None, keep: bool, err: float) -> None:
+    anchor = state.anchor
+    if not keep:
+        state.anchor = None
+    elif new is not None:
+        state.anchor = new  # the float32 result of this retraction: a fresh tensor, not the weight's storage
+    elif anchor is not None and anchor.shape == weight.shape and anchor.device == weight.device:
+        anchor.copy_(weight)
+    else:
+        state.anchor = weight.detach().float().clone()
+    state.anchor_error = err
 
 
 def _retract_loaded(module: nn.Module, incompatible_keys: Any) -> None:
