@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from vgpcompile import vgpcompile as compile_
-from vgpcompile.orthogonal import Layout, gram_error, layers, orthogonality_error, retract
+from vgpcompile.orthogonal import Layout, gram_error, layers, newton_schulz, orthogonality_error, polar, retract
 from vgpcompile.passes.orthogonal.modules import STATE, certified_bound, haar, keep_orthogonal, retract_layer
 
 TOL = 1e-4
@@ -234,3 +234,30 @@ def test_a_load_refreshes_the_anchor_and_a_copy_starts_without_one():
     assert state.anchor is not None  # the original kept its own
     errors = run(model, opt, 2)
     assert max(errors) <= TOL and orthogonality_error(model.square) <= TOL
+
+
+# ---- far from the manifold -----------------------------------------------------------------------
+
+
+def spread_out(n: int = 64) -> torch.Tensor:
+    """Q diag(s): half the singular values sqrt(1.3), so ‖E‖_F = 0.3 sqrt(n / 2) = 1.7 > 1/2
+    while ‖E‖₂ = 0.3, what an Adam step leaves (every entry moved a little)."""
+    q = haar(Layout((n, n)), torch.Generator().manual_seed(0))
+    s = torch.ones(n)
+    s[: n // 2] = 1.3**0.5
+    return q * s
+
+
+def test_a_large_frobenius_error_of_small_spectral_norm_takes_newton_schulz(monkeypatch):
+    x = spread_out()
+    polar_factor = polar(x)
+    calls = []
+    monkeypatch.setattr("vgpcompile.passes.orthogonal.modules.polar", lambda m: calls.append(m) or polar_factor)
+    y, err, changed = newton_schulz(x, TOL)
+    assert not calls and changed and err <= TOL
+    assert gram_error(y) <= err and (y - polar_factor).abs().max() < 1e-4  # it converges to the polar factor
+
+
+def test_out_of_iterations_it_takes_the_polar_factor():
+    y, err, _ = newton_schulz(spread_out(), TOL, max_iter=1)
+    assert gram_error(y) <= err <= TOL
