@@ -11,6 +11,9 @@ orthonormal columns, of each such matrix, times ``gain``. How it stays so in tra
 - retraction: the weight stays a plain parameter; Newton–Schulz pulls it back inside each
   ``optimizer.step()`` (every ``every``-th; a global torch.optim post-step hook) and after
   ``load_state_dict``, or explicitly with :func:`retract`. The forward is the plain layer's.
+  A step is certified without a Gram matrix when ‖W − W_r‖_F against the weight as last
+  retracted proves the error within tol (:func:`certified_bound`); the host-side float
+  comparison runs in the hook, outside any compiled forward.
 """
 
 from __future__ import annotations
@@ -608,9 +611,10 @@ def retract_after(optimizer: torch.optim.Optimizer, model: nn.Module):
 
 def drift(model: nn.Module) -> float:
     """The largest orthogonality error bound (‖WᵀW − I‖₂, by Frobenius) any ``keep="retraction"``
-    layer of ``model`` had when it was retracted: with ``every=k`` the error a forward may see
-    between retractions (drift grows with the steps taken, so the end of each interval is
-    its worst point); with ``every=1`` the drift of one optimizer step."""
+    layer of ``model`` had when it was retracted, or the certified bound where a step skipped
+    the Gram matrix: with ``every=k`` the error a forward may see between retractions (drift
+    grows with the steps taken, so the end of each interval is its worst point); with
+    ``every=1`` the drift of one optimizer step."""
     states = (getattr(m, STATE, None) for m in model.modules())
     return max((s.drift for s in states if s is not None and s.keep == "retraction"), default=0.0)
 
