@@ -530,6 +530,7 @@ def retract_layer(module: nn.Module, certify: bool = False) -> float:
         state.steps, state.skips, state.streak = 0, state.skips + 1, state.streak + 1
         state.drift = max(state.drift, bound)
         return bound
+
     def hopeful(before: float) -> bool:
         return not sharded and _hopeful(state, bound, before)
 
@@ -562,8 +563,10 @@ def _hopeful(state: OrthogonalState, bound: float | None, before: float) -> bool
     """
     if bound is not None:
         growth = (bound - state.anchor_error) / (state.streak + 1)
+    elif math.isinf(state.anchor_error):
+        return False  # a fresh layer (or a copy): no growth seen yet; a copy of every weight at step 1 could OOM
     else:
-        growth = 2 * max(before - state.anchor_error, 0.0)  # an inf anchor_error: a fresh layer, try
+        growth = 2 * max(before - state.anchor_error, 0.0)
     return growth <= state.tol / 2
 
 
