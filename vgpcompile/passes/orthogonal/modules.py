@@ -415,11 +415,11 @@ def _newton_schulz(
     ``aim(first measured error)`` says whether to make headroom for the certified skip
     (:func:`certified_bound`): then a matrix measured within tol but not within tol * AIM
     takes one step anyway, one matmul on top of the Gram already paid for, to land near the
-    float32 floor. A matrix outside tol is not
-    iterated past tol to reach it: one step from error e lands at ~3e²/4, below tol/16
-    already when e <= 3e-3 (tol 1e-4); larger e means the optimizer moves the weight more
-    than a skip could ever allow (δ ≈ e/2 per step, against a budget of ~tol/2), so a second
-    step (two more matmuls) would buy headroom that no later step can use.
+    float32 floor. A matrix outside tol is not iterated past tol to reach it: one step from
+    error e lands at ~3e²/4, below tol/16 already when e <= 3e-3 (tol 1e-4); a larger e means
+    the optimizer moves the weight more than a skip could ever allow (δ ≈ e/2 per step,
+    against a budget of ~tol/2), so a second step (two more matmuls) would buy headroom
+    that no later step can use.
     """
     wide = mat.shape[-2] < mat.shape[-1]
     x = mat.mT if wide else mat
@@ -518,7 +518,7 @@ def retract_layer(module: nn.Module, certify: bool = False) -> float:
     weight as it is, with no Gram matrix, when that bound is within tol. Otherwise, and
     always without ``certify`` (``retract()``, a load, freeze), Newton–Schulz measures and
     retracts as it always did: a weight within tol is left unchanged, so freezing changes no
-    output. See :func:`_plan_anchor` for when the result becomes the next anchor. FSDP2
+    output. :func:`_hopeful` says when the result becomes the next anchor. FSDP2
     (DTensor) weights keep no anchor and always retract: the bound would need the norm of
     the difference across all shards.
     """
