@@ -62,7 +62,8 @@ def table(section: str, after: dict, before: dict | None) -> list[str]:
         return []
     old = {_key(r): r for r in (before or {}).get("sections", {}).get(section, [])}
     extra = {"compiled": ["graph_breaks", "recompiles", "graphs"], "inference": ["plain_nodes", "nodes"],
-             "memory": ["mib"], "compile_time": ["seconds", "ms_per_layer"]}.get(section, [])  # fmt: skip
+             "memory": ["mib"], "compile_time": ["seconds", "ms_per_layer"],
+             "orthogonal_lr": ["skipped"]}.get(section, [])  # fmt: skip
     head = ["row", "width / batch"] + (["before"] if before else []) + ["now", "target"] + extra
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -76,6 +77,8 @@ def table(section: str, after: dict, before: dict | None) -> list[str]:
 
 TITLES = {
     "step": "Eager training step / plain step (depth-20 tanh MLP; median ratio per round, interquartile range)",
+    "orthogonal_lr": "orthogonal's step / plain with the same optimizer; the share of retractions skipped by the "
+    "certificate (the step table's SGD lr 1e-4 moves each layer too far for a skip)",
     "rai": "rai: a lifted step / RAI written by hand, and / the plain step",
     "compiled": "torch.compile(model, fullgraph=True): step / compiled plain step, graph breaks and recompiles",
     "compile_time": "Compile time: vgpcompile / torch.fx.symbolic_trace, and arp with example inputs against depth",

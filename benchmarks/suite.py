@@ -12,6 +12,9 @@ Sections (``SECTIONS``; each row is one line of its table, so adding a pass or a
   main's composed arp Linear (``LegacyAutoRotLinear``, kept here verbatim), and arp's floor:
   the same rotated forward with rho held constant in backward (``DetachedRotLinear``; not the
   method, which differentiates through rho: what any exact forward costs at the least).
+- ``orthogonal_lr``: orthogonal's step over plain at the step table's optimizer (SGD lr 1e-4)
+  and at realistic ones (SGD lr 1e-2 momentum 0.9, Adam lr 1e-3) and a fine-tuning rate, with
+  the share of layer-steps whose retraction was certified without a Gram matrix ("skipped").
 - ``rai``: a lifted step against RAI written by hand (benchmarks/step_overhead_rai.py's arms).
 - ``compiled``: the same step under ``torch.compile(model, fullgraph=True)``, over the compiled
   plain model; dynamo's counters give graph breaks and recompiles over all the steps run.
@@ -185,8 +188,8 @@ def ratios(times: dict[str, dict[str, list]], base: str, cuda: bool) -> dict[str
     return out
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.5)
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer=None) -> Callable[[], None]:
+    opt = (optimizer or (lambda p: torch.optim.SGD(p, lr=1e-4, momentum=0.5)))(model.parameters())
 
     def step() -> None:
         loss = F.mse_loss(model(x), y)
@@ -214,6 +217,37 @@ def section_step(cfg: argparse.Namespace) -> list[dict]:
                              "plain_ms": ratios(times, "plain", cfg.cuda)["plain"]["ms"]})  # fmt: skip
         done = ", ".join(f"{r['row']} {_key(r, cfg)}" for r in rows[-len(STEP_ARMS) :])
         log(cfg, f"step {width}x{batch}: {done}")
+    return rows
+
+
+# orthogonal's retraction skips its Gram matrix only on steps that provably stay within tol
+# (small updates): the step table's optimizer and realistic ones, and how often it skipped
+ORTHOGONAL_OPTIMIZERS: dict[str, Callable] = {
+    "SGD lr 1e-4, momentum 0.5 (the step table's)": lambda p: torch.optim.SGD(p, lr=1e-4, momentum=0.5),
+    "SGD lr 1e-2, momentum 0.9": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
+    "Adam lr 1e-3": lambda p: torch.optim.Adam(p, lr=1e-3),
+    "SGD lr 1e-6, momentum 0.5 (fine-tuning)": lambda p: torch.optim.SGD(p, lr=1e-6, momentum=0.5),
+}
+ORTHOGONAL_SIZES = [(256, 128), (1024, 32)]
+
+
+def section_orthogonal_lr(cfg: argparse.Namespace) -> list[dict]:
+    from vgpcompile.orthogonal import layers
+
+    rows = []
+    for width, batch in [(32, 8)] if cfg.quick else ORTHOGONAL_SIZES:
+        x, y = torch.randn(batch, width, device=cfg.device), torch.randn(batch, 1, device=cfg.device)
+        for name, optimizer in ORTHOGONAL_OPTIMIZERS.items():
+            model = _compiled(["orthogonal"])(cfg.depth, width, x.cpu()).to(cfg.device)
+            fns = {"plain": train_step(mlp(cfg.depth, width).to(cfg.device), x, y, optimizer),
+                   "orthogonal": train_step(model, x, y, optimizer)}  # fmt: skip
+            r = ratios(cfg.clock.rounds(fns, cfg.steps, cfg.warmup), "plain", cfg.cuda)["orthogonal"]
+            states = [m.vgp_orthogonal for m in layers(model)]
+            skips = sum(getattr(s, "skips", 0) for s in states)  # 0 on a tree without the skip
+            grams = sum(getattr(s, "retractions", 0) for s in states)
+            rows.append({"row": f"orthogonal, {name}", "width": width, "batch": batch, **r, "target": None,
+                         "skipped": f"{skips / max(skips + grams, 1):.0%}"})  # fmt: skip
+        log(cfg, f"orthogonal_lr {width}x{batch}: " + ", ".join(f"{_key(r, cfg)} ({r['skipped']})" for r in rows[-4:]))
     return rows
 
 
@@ -402,6 +436,7 @@ def section_inference(cfg: argparse.Namespace) -> list[dict]:
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "step": section_step,
+    "orthogonal_lr": section_orthogonal_lr,
     "rai": section_rai,
     "compiled": section_compiled,
     "compile_time": section_compile_time,

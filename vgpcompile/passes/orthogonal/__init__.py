@@ -8,6 +8,7 @@ input module, and the lowering (baking). The helpers below are public:
     ...                                                        # opt.step() retracts
     print(max(vgpcompile.orthogonal.orthogonality_error(m) for m in vgpcompile.orthogonal.layers(model)))
     print(vgpcompile.orthogonal.drift(model))                  # the largest error seen at a retraction
+    print(sum(m.vgp_orthogonal.skips for m in vgpcompile.orthogonal.layers(model)))  # steps certified without a Gram
 """
 
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from .modules import (
     Layout,
     RowNorm,
     ThinShell,
+    certified_bound,
     drift,
     gram_error,
     haar,
@@ -44,6 +46,7 @@ __all__ = [
     "RowNorm",
     "ThinShell",
     "bake_parametrizations",
+    "certified_bound",
     "drift",
     "gram_error",
     "haar",

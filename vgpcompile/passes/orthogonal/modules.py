@@ -11,12 +11,16 @@ orthonormal columns, of each such matrix, times ``gain``. How it stays so in tra
 - retraction: the weight stays a plain parameter; Newton–Schulz pulls it back inside each
   ``optimizer.step()`` (every ``every``-th; a global torch.optim post-step hook) and after
   ``load_state_dict``, or explicitly with :func:`retract`. The forward is the plain layer's.
+  A step is certified without a Gram matrix when ‖W − W_r‖_F against the weight as last
+  retracted proves the error within tol (:func:`certified_bound`); the host-side float
+  comparison runs in the hook, outside any compiled forward.
 """
 
 from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,6 +216,18 @@ class OrthogonalState:
     drift: float = 0.0  # retraction: the largest error bound seen when retracting (see drift())
     handles: list[Any] = field(default_factory=list)
     module: Any = field(default=None, repr=False, compare=False)  # retraction: the layer, to register copies
+    # retraction's certified skip (see certified_bound): the weight as last retracted, float32, in the
+    # weight's own shape, and the bound on ‖XᵀX − I‖₂ of that weight / gain; None: retract at the next step
+    anchor: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    anchor_error: float = math.inf
+    retractions: int = 0  # retraction: Gram matrices computed (retractions, explicit ones included)
+    skips: int = 0  # retraction: optimizer-step retractions certified without a Gram matrix
+    streak: int = 0  # retraction: of those, since the last Gram matrix
+
+    def __getstate__(self) -> dict:
+        """The anchor is a cache, not state: a copy or a pickle goes without it (no second copy
+        of every weight in a checkpoint) and retracts in full at its first step."""
+        return {**self.__dict__, "anchor": None, "anchor_error": math.inf}
 
     def __setstate__(self, state: dict) -> None:
         """A deep copy or an unpickled layer retracts after optimizer steps like the original."""
@@ -367,7 +383,7 @@ class _Retraction:
                 continue
             state.steps += 1
             if state.steps >= state.every:
-                retract_layer(module)
+                retract_layer(module, certify=True)
 
 
 def newton_schulz(mat: torch.Tensor, tol: float = DEFAULT_TOL, max_iter: int = 8) -> tuple[torch.Tensor, float, bool]:
@@ -380,51 +396,192 @@ def newton_schulz(mat: torch.Tensor, tol: float = DEFAULT_TOL, max_iter: int = 8
     Frobenius norms (>= the spectral norm; in training the drift is low-rank and the two
     differ by ~1.5x, measured) plus a float32 rounding floor, so ``err <= tol`` certifies
     ‖XᵀX − I‖₂ <= tol. Far from the manifold (error > 1/2, e.g. a freshly loaded weight)
-    Newton–Schulz may diverge, so the SVD polar factor is taken instead.
+    Newton–Schulz may diverge, so the SVD polar factor is taken instead — unless a power
+    iteration puts the spectral norm of E within 1 (a large Frobenius error spread over
+    many directions, as an Adam step leaves) and each step at least halves the error.
     """
     x, err, changed, _ = _newton_schulz(mat, tol, max_iter)
     return x, err, changed
 
 
-def _newton_schulz(mat: torch.Tensor, tol: float, max_iter: int = 8) -> tuple[torch.Tensor, float, bool, float]:
-    """:func:`newton_schulz`, plus the error bound of ``mat`` itself (before any step)."""
+AIM = 1 / 16  # a retraction that measured the error anyway leaves it below tol * AIM (see _newton_schulz)
+
+
+def _newton_schulz(
+    mat: torch.Tensor, tol: float, max_iter: int = 8, aim: Callable[[float], bool] | None = None
+) -> tuple[torch.Tensor, float, bool, float]:
+    """:func:`newton_schulz`, plus the error bound of ``mat`` itself (before any step).
+
+    ``aim(first measured error)`` says whether to make headroom for the certified skip
+    (:func:`certified_bound`): then a matrix measured within tol but not within tol * AIM
+    takes one step anyway, one matmul on top of the Gram already paid for, to land near the
+    float32 floor. A matrix outside tol is not iterated past tol to reach it: one step from
+    error e lands at ~3e²/4, below tol/16 already when e <= 3e-3 (tol 1e-4); a larger e means
+    the optimizer moves the weight more than a skip could ever allow (δ ≈ e/2 per step,
+    against a budget of ~tol/2), so a second step (two more matmuls) would buy headroom
+    that no later step can use.
+    """
     wide = mat.shape[-2] < mat.shape[-1]
     x = mat.mT if wide else mat
     floor = 4 * torch.finfo(torch.float32).eps * math.sqrt(x.shape[-1])
-    changed, err, first = False, math.inf, None
+    changed, err, first, goal, last = False, math.inf, None, tol, math.inf
     for _ in range(max_iter):
         e = x.mT @ x
         e.diagonal(dim1=-2, dim2=-1).sub_(1.0)
         err = float(torch.linalg.matrix_norm(e).max()) + floor
-        first = err if first is None else first
-        if err <= tol:
+        if first is None:
+            first = err
+            goal = min(tol, max(tol * AIM, 2 * floor)) if aim is not None and aim(err) else tol
+        if err <= goal or (changed and err <= tol):
             break
         changed = True
-        if err > 0.5:
+        # far out by Frobenius (an Adam step moves every entry: ~1.5 at 1024 x 1024, lr 1e-3) is
+        # nearer by the spectral norm that decides convergence (0.5-1.2 measured in training):
+        # Newton–Schulz from ‖E‖₂ = 1 takes 5 steps (10 matmuls), the polar factor costs ~18 on
+        # one CPU thread. Each step must halve the error, or the polar factor is taken after all.
+        # The choice is only about cost: every error above is measured or a proven bound.
+        if err > 0.5 and (err > last / 2 or _spectral_estimate(e) > 1.0):
             x = polar(x)
+            last = math.inf
             continue
+        last = err
         x = x - 0.5 * (x @ e)
         err = 0.75 * err**2 + 0.25 * err**3 + floor
         if err <= tol:
             break
+    else:
+        if err > tol:  # out of iterations: the polar factor, measured
+            x = polar(x)
+            e = x.mT @ x
+            e.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+            err = float(torch.linalg.matrix_norm(e).max()) + floor
     return (x.mT if wide else x), err, changed, first
 
 
+def _spectral_estimate(e: torch.Tensor, iters: int = 6) -> float:
+    """max over the batch of ‖E‖₂ for symmetric E, by power iteration from a seeded start:
+    matrix-vector products only; an estimate from below (for a choice, never a bound)."""
+    gen = torch.Generator(device=e.device).manual_seed(0)
+    v = torch.randn(*e.shape[:-1], 1, generator=gen, device=e.device, dtype=e.dtype)
+    for _ in range(iters):
+        v = e @ (v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(1e-30))
+    return float(torch.linalg.vector_norm(v, dim=-2).max())
+
+
+U32 = 2.0**-24  # float32 unit roundoff
+CHUNK = 2**16  # squares summed in float32 per chunk (the rounding bound grows with it); chunks in float64
+
+
+def certified_bound(state: OrthogonalState, weight: torch.Tensor) -> float | None:
+    """A rigorous bound on ‖XᵀX − I‖₂ for the current weight (X its thin-side matrices / gain)
+    from the anchor A (the weight as last retracted, X_r = A / gain, with ‖X_rᵀX_r − I‖₂ <= e_r)
+    and one O(weights) pass: δ = ‖W − A‖_F / gain. None without a usable anchor.
+
+    Why it holds: per group, with X = X_r + D (both read on the thin side, as Newton–Schulz
+    measures them; the Frobenius norm does not depend on the layout, so δ over the whole
+    weight bounds every group's ‖D‖₂ <= ‖D‖_F):
+        XᵀX − I = (X_rᵀX_r − I) + X_rᵀD + DᵀX_r + DᵀD,
+    and ‖X_r‖₂ <= sqrt(1 + e_r) (all eigenvalues of X_rᵀX_r are <= 1 + e_r), so
+        ‖XᵀX − I‖₂ <= e_r + 2 sqrt(1 + e_r) δ + δ².
+    Rounding is accounted for, not estimated: δ is computed from float32 (or wider)
+    differences fl(w − a) = (w − a)(1 + ε), squared and summed in float32 in chunks of at most
+    CHUNK terms (any summation order errs by at most γ_(CHUNK) relatively on nonnegative terms;
+    a float32 square underflows by at most 2⁻¹²⁶ each), the chunks in float64; the computed
+    value is inflated by those worst cases. With gain != 1 the stored anchor is gain·X_r
+    rounded, off by at most 3u‖X_r‖_F <= 3u sqrt(k (1 + e_r)) (k thin columns), added to δ.
+    """
+    anchor = state.anchor
+    if anchor is None or anchor.shape != weight.shape or anchor.device != weight.device:
+        return None
+    diff = (weight.detach() - anchor).flatten()  # float32, or the weight's dtype if wider
+    n = diff.numel()
+    rows = max(n // CHUNK, 1)
+    parts = [torch.linalg.vector_norm(diff[: rows * (n // rows)].view(rows, -1), dim=1)]
+    if n % rows:
+        parts.append(torch.linalg.vector_norm(diff[rows * (n // rows) :]).reshape(1))
+    squares = float(torch.cat(parts).double().square().sum())
+    chunk = n // rows + n % rows
+    slack = 2 * (chunk + 8) * U32 + 1e-9  # every rounding above, relative (chunk * U32 <= 1/128)
+    delta = math.sqrt(squares / (1 - slack) + n * 2.0**-126) / state.gain
+    if state.gain != 1.0:
+        g, m, k = state.layout.matrix_shape
+        delta += 3 * U32 * math.sqrt(g * min(m, k) * (1 + state.anchor_error))
+    e_r = state.anchor_error
+    return e_r + 2 * math.sqrt(1 + e_r) * delta + delta**2
+
+
 @torch.no_grad()
-def retract_layer(module: nn.Module) -> float:
-    """Retract one layer's weight now; returns the bound on its orthogonality error."""
+def retract_layer(module: nn.Module, certify: bool = False) -> float:
+    """Retract one layer's weight now; returns the bound on its orthogonality error.
+
+    ``certify`` (the optimizer-step hook): first try :func:`certified_bound`, and leave the
+    weight as it is, with no Gram matrix, when that bound is within tol. Otherwise, and
+    always without ``certify`` (``retract()``, a load, freeze), Newton–Schulz measures and
+    retracts as it always did: a weight within tol is left unchanged, so freezing changes no
+    output. :func:`_hopeful` says when the result becomes the next anchor. FSDP2
+    (DTensor) weights keep no anchor and always retract: the bound would need the norm of
+    the difference across all shards.
+    """
     state: OrthogonalState = getattr(module, STATE)
     weight = module.weight
     sharded = isinstance(weight, DTensor)  # FSDP2: retract the whole matrix, write back each shard
+    bound = certified_bound(state, weight) if certify and not sharded else None
+    if bound is not None and bound <= state.tol:
+        state.steps, state.skips, state.streak = 0, state.skips + 1, state.streak + 1
+        state.drift = max(state.drift, bound)
+        return bound
+
+    def hopeful(before: float) -> bool:
+        return not sharded and _hopeful(state, bound, before)
+
     full = weight.full_tensor() if sharded else weight
     mat = state.layout.to_matrix(full.float()) / state.gain
-    mat, err, changed, before = _newton_schulz(mat, state.tol)
+    mat, err, changed, before = _newton_schulz(mat, state.tol, aim=hopeful if certify else None)
+    new = state.layout.from_matrix(mat * state.gain).contiguous() if changed else None  # float32
     if changed:
-        new = state.layout.from_matrix(mat * state.gain).to(full.dtype)
-        weight.copy_(distribute_tensor(new, weight.device_mesh, weight.placements) if sharded else new)
-    state.steps = 0
+        weight.copy_(distribute_tensor(new.to(full.dtype), weight.device_mesh, weight.placements) if sharded else new)
+    _set_anchor(state, weight, new, hopeful(before), err)
+    state.steps, state.streak, state.retractions = 0, 0, state.retractions + 1
     state.drift = max(state.drift, before)
     return err
+
+
+def _hopeful(state: OrthogonalState, bound: float | None, before: float) -> bool:
+    """Whether the next interval could be certified: then this retraction keeps an anchor and
+    (in an optimizer step) aims at tol * AIM; otherwise neither, and the step costs what it
+    did before the skip existed.
+
+    An anchor costs a float32 copy of the weight and an O(weights) pass per step; headroom
+    costs a Newton–Schulz step. From an error near tol * AIM the next interval fits if the
+    bound grows by at most ~tol per interval; asked is tol / 2, so that an aimed retraction
+    buys at least one skipped Gram rather than a coin flip (measured: aiming at a growth of
+    ~0.9 tol cost 7 % more than not). The growth per interval is the failed bound's increase
+    over its anchor's error, per interval since the last Gram; without a bound (no anchor, an
+    explicit retraction) it is guessed as twice the error measured now over the last
+    retraction's (the bound's first-order term 2δ is ~1.4x the measured growth for a square
+    layer; more for thin ones). A realistic learning rate fails both tests every step.
+    """
+    if bound is not None:
+        growth = (bound - state.anchor_error) / (state.streak + 1)
+    elif math.isinf(state.anchor_error):
+        return False  # a fresh layer (or a copy): no growth seen yet; a copy of every weight at step 1 could OOM
+    else:
+        growth = 2 * max(before - state.anchor_error, 0.0)
+    return growth <= state.tol / 2
+
+
+def _set_anchor(state: OrthogonalState, weight: torch.Tensor, new: torch.Tensor | None, keep: bool, err: float) -> None:
+    """The retracted weight (``new``, or the unchanged ``weight``) becomes the anchor if ``keep``."""
+    anchor = state.anchor
+    if not keep:
+        state.anchor = None
+    elif new is not None:
+        state.anchor = new  # the float32 result of this retraction: a fresh tensor, not the weight's storage
+    elif anchor is not None and anchor.shape == weight.shape and anchor.device == weight.device:
+        anchor.copy_(weight)
+    else:
+        state.anchor = weight.detach().float().clone()
+    state.anchor_error = err
 
 
 def _retract_loaded(module: nn.Module, incompatible_keys: Any) -> None:
@@ -457,9 +614,10 @@ def retract_after(optimizer: torch.optim.Optimizer, model: nn.Module):
 
 def drift(model: nn.Module) -> float:
     """The largest orthogonality error bound (‖WᵀW − I‖₂, by Frobenius) any ``keep="retraction"``
-    layer of ``model`` had when it was retracted: with ``every=k`` the error a forward may see
-    between retractions (drift grows with the steps taken, so the end of each interval is
-    its worst point); with ``every=1`` the drift of one optimizer step."""
+    layer of ``model`` had when it was retracted, or the certified bound where a step skipped
+    the Gram matrix: with ``every=k`` the error a forward may see between retractions (drift
+    grows with the steps taken, so the end of each interval is its worst point); with
+    ``every=1`` the drift of one optimizer step."""
     states = (getattr(m, STATE, None) for m in model.modules())
     return max((s.drift for s in states if s is not None and s.keep == "retraction"), default=0.0)
 

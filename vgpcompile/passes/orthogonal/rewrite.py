@@ -23,8 +23,13 @@ Options:
     ‖WᵀW − I‖₂ <= ``tol``. Chosen as default because it is the cheapest mode that keeps
     orthogonality and it keeps parameter names, so original state_dicts load and the
     unfrozen model exports. It costs two n³ matmuls per layer and step, about
-    1 + n / (3·batch) x a plain step in flops (DESIGN.md has the measurements); keep="rownorm"
-    and "init" are cheaper but do not keep orthogonality.
+    1 + n / (3·batch) x a plain step in flops (docs/performance.md has the measurements),
+    more when a step moves the weight far (several Newton–Schulz steps); keep="rownorm"
+    and "init" are cheaper but do not keep orthogonality. A step whose update is small
+    enough is certified without the Gram matrix: ‖W − W_r‖_F against the weight as last
+    retracted bounds the error (vgpcompile.orthogonal.certified_bound); that pays in
+    fine-tuning (tiny learning rates), not at usual ones, where every step leaves the
+    tol-ball and the retraction costs what it did.
   - "rownorm": the BSNN authors' code (research/bsnn.md §2.2): orthogonal init, then each
     output unit's fan-in vector rescaled to unit length on every forward. **This is the
     mode that reproduces the paper.** It keeps unit rows, not orthogonality.
@@ -38,10 +43,11 @@ Options:
   householder for far-from-square ones, where cayley's square embedding costs more.
 - gain: scale, W = gain * Q, for activations that need it (GPN activations need 1).
 - seed: Haar draws are seeded per layer by (seed, layer name), so independent of order.
-- tol: the bound on ‖WᵀW − I‖₂ that keep="retraction" maintains.
-- every: keep="retraction" retracts after every ``every``-th optimizer step (default 1):
-  k times less retraction work, while the weight drifts for up to k steps;
-  ``vgpcompile.orthogonal.drift(model)`` reports the largest error seen at a retraction.
+- tol: the bound on ‖WᵀW − I‖₂ that keep="retraction" maintains after every optimizer
+  step (proved from a measured Gram matrix, or from ‖W − W_r‖_F when that is small).
+- every: keep="retraction" retracts (or certifies) after every ``every``-th optimizer step
+  (default 1): k times less retraction work, while the weight drifts for up to k steps;
+  ``vgpcompile.orthogonal.drift(model)`` reports the largest error bound seen then.
 - thin_shell: rescale the model input to ‖x‖² = n per sample, as the paper's theory
   assumes (its code does not); needs a traced top-level forward.
 """
