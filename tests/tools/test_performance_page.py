@@ -44,3 +44,16 @@ def test_suite_smoke_run_writes_a_page(tmp_path):
     args = ["--json", str(out), "--before", str(out), "--page", str(page), "--readme", str(readme)]
     assert make_performance.main(args) == 0 and make_performance.main([*args, "--check"]) == 0
     assert "| gpn | 32 / 8 |" in page.read_text() and "old" not in readme.read_text()
+
+
+def test_cheaper_settings_quote_the_run_and_vanish_without_its_rows():
+    data = json.loads(make_performance.AFTER.read_text())
+    text = make_performance.cheaper_settings(data)
+    compiled = {r["row"]: r for r in data["sections"]["compiled"]}
+    step = {(r["row"], r["width"], r["batch"]): r for r in data["sections"]["step"]}
+    clock = data["meta"]["clock"]
+    assert f"arp costs {compiled['arp'][clock]:.2f}×" in text
+    assert f"(eager: {step[('arp', 256, 128)][clock]:.2f}×)" in text
+    assert f"{step[('orthogonal{every=8}', 1024, 32)][clock + '_total']:.2f}× on average" in text
+    partial = {**data, "sections": {**data["sections"], "compiled": []}}
+    assert make_performance.cheaper_settings(partial) == ""
