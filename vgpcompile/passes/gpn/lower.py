@@ -109,11 +109,8 @@ def _shift_into_producer(phi: fx.Node, gm: fx.GraphModule, calls: dict[str, int]
     """clamp(Layer(x) + c, lo + c, hi + c) in place of phi(Layer(x)) + c, with c in Layer's bias,
     when phi is a clamp (relu, relu6) and Layer feeds phi only; False (nothing changed) otherwise."""
     bounds = _CLAMPS.get(phi.target) if phi.op == "call_function" and not phi.kwargs else None
-    src = phi.args[0] if bounds is not None and len(phi.args) == 1 else None
-    alone = isinstance(src, fx.Node) and src.op == "call_module" and calls.get(src.target) == 1
-    if not (alone and len(src.users) == 1):
-        return False
-    layer = gm.get_submodule(str(src.target))
+    src = sole_producer(phi, calls) if bounds is not None and len(phi.args) == 1 else None
+    layer = gm.get_submodule(str(src.target)) if src is not None else None
     if type(layer) not in _SHIFTABLE or getattr(layer, "weight", None) is None:  # BatchNorm(affine=False)
         return False
     rewriter = active()
@@ -122,6 +119,14 @@ def _shift_into_producer(phi: fx.Node, gm: fx.GraphModule, calls: dict[str, int]
     clamp = {"min": lo + c} | ({} if hi is None else {"max": hi + c})
     rewriter.replace_node(phi, "call_function", torch.clamp, (src,), clamp, meta_keys=tuple(phi.meta))
     return True
+
+
+def sole_producer(node: fx.Node, calls: dict[str, int]) -> fx.Node | None:
+    """The module call that produces ``node``'s input, when that module is called once and its
+    value feeds ``node`` only (so its bias or scale may change); else None."""
+    src = active().input_of(node) if node.args else None
+    alone = isinstance(src, fx.Node) and src.op == "call_module" and calls.get(src.target) == 1
+    return src if alone and len(src.users) == 1 else None
 
 
 def _consuming_layer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int], a: float):

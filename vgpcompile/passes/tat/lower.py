@@ -16,7 +16,7 @@ from torch import fx
 
 from ...core.catalogue import DEFAULT, Catalogue
 from ...core.rewriter import active
-from ..gpn.lower import fold_into_consumer, scale_output
+from ..gpn.lower import fold_into_consumer, scale_output, sole_producer
 from .kernel import AFFINE
 from .modules import TATActivation
 
@@ -60,10 +60,8 @@ def _fold_into_producer(node: fx.Node, gm: fx.GraphModule, calls: dict[str, int]
     """alpha * (W x + c) + beta as one layer, when the layer feeds only this activation."""
     if act.alpha == 1.0 and act.beta == 0.0:
         return True
-    src = active().input_of(node) if node.args else None
-    if not isinstance(src, fx.Node) or src.op != "call_module" or calls.get(src.target) != 1 or len(src.users) != 1:
-        return False
-    layer = gm.get_submodule(str(src.target))
+    src = sole_producer(node, calls)
+    layer = gm.get_submodule(str(src.target)) if src is not None else None
     if type(layer) not in AFFINE:
         return False
     active().swap_module(gm, str(src.target), scale_output(layer, act.alpha, act.beta))
