@@ -159,6 +159,29 @@ def test_rotated_linear_compiles_whole():
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"] and not counters["recompiles"]
 
 
+@pytest.mark.parametrize("floor", [0.0, 0.5, 3.0])
+@pytest.mark.parametrize("bias", [True, False])
+def test_compiled_rotated_linear_takes_rho_gradient_from_the_weight_gradient(floor, bias):
+    """Eager takes t = sum_b g * y from the saved output at this batch (3 rows, 4 inputs); under
+    torch.compile the Function saves no output and takes t from dW and db instead (fused into
+    the pass over dW). Both must give the reference's gradients, in float64."""
+    torch._dynamo.reset()
+    x, w, b = _tensors(bias)
+    upstream = torch.linspace(-1, 2, 15, dtype=torch.float64).view(3, 5)
+
+    def grads(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        (fn(leaves[0], leaves[1], leaves[2] if bias else None) * upstream).sum().backward()
+        return [t.grad for t in leaves]
+
+    opts = dict(q=-0.7, L=2.0, eps=1e-5, floor=floor)
+    compiled = torch.compile(lambda x, w, b: rotated_linear(x, w, b, **opts), fullgraph=True, backend="aot_eager")
+    expected = grads(lambda x, w, b: reference(x, w, b, **opts))
+    for got in (grads(lambda x, w, b: rotated_linear(x, w, b, **opts)), grads(compiled)):
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
 def test_torch_func_transforms_use_the_composed_form():
     x, w, b = _tensors(True)
     lin = AutoRotLinear(4, 5, L=2.0, xQ=3.0, floor=0.5, dtype=torch.float64)
