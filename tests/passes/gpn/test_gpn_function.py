@@ -214,3 +214,22 @@ def test_a_consumer_changing_the_output_in_place_keeps_the_plain_path():
     model(torch.randn(3, 4)).sum().backward()  # the Function's saved y would make autograd refuse this
     plain = vgpcompile(mlp(), passes=["gpn"])
     assert all(m.from_output is not None for m in plain.modules() if isinstance(m, GPNActivation))
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.act, self.out = nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.lin(x))
+        if h.sum() > 1e9:  # data-dependent: the root stays eager, its tanh is an eager site
+            h = h * 2
+        return self.out(h)
+
+
+def test_a_site_in_eager_code_keeps_the_plain_path():
+    """The pass cannot see what eager code does with y, so it does not make the backward read it."""
+    model = vgpcompile(_Untraceable(), passes=["gpn"])
+    gpns = [m for m in model.modules() if isinstance(m, GPNActivation)]
+    assert len(gpns) == 1 and gpns[0].from_output is None

@@ -57,6 +57,11 @@ class GPNActivation(nn.Module):
     so the state_dict keeps the original model's keys) unless ``learnable=True``, where
     they become parameters and are saved. It declares the activation it wraps, so sites and
     the nonlinear depth see through it, and its output range, a * range(phi) + b.
+
+    With fixed a, b and an activation in derivatives.py its backward reads its own output
+    (``from_output``): code that changes that output in place before backward makes autograd
+    refuse the step. The pass clears ``from_output`` at such sites (and at sites in eager code);
+    a module built by hand for such a consumer should set ``from_output = None``.
     """
 
     vgp_pass = "gpn"
