@@ -8,7 +8,8 @@ pass arm twice: as compiled today (GPNActivation's Function saving only y = a ta
 every GPNActivation's ``from_output`` cleared, which is the former forward (one addcmul, autograd's
 backward saving tanh's output too). The arms run interleaved in one process; a ratio is the median
 over rounds of arm / plain. Eager, and under ``torch.compile(fullgraph=True)`` over the compiled
-plain model; then the peak memory of one forward + backward at width 1024, batch 128 (eager).
+plain model; then, at width 1024, batch 128 (eager), the peak memory of one forward + backward
+and what the forward holds for backward (the saved activations), each over plain's.
 """
 
 from __future__ import annotations

@@ -23,13 +23,12 @@ class _AffineFromOutput(torch.autograd.Function):
     a and b are constants here (buffers); a learnable a or b takes the plain path.
     Twice differentiable: the backward is made of differentiable ops on the saved output.
 
-    One implementation for eager and torch.compile (benchmarks/step_overhead_gpn.py, depth-20
-    tanh MLP, one thread, step / plain, this Function vs the former addcmul): compiled 1.07 vs
-    1.08 at 64/32, 1.02 vs 1.12 at 256/128, 0.98 vs 1.02 at 1024/128; eager 1.43 vs 1.19,
-    1.22 vs 1.13, 1.03 vs 1.00 (a Python Function's own cost, ~10 us a layer, and two more
-    elementwise passes in backward); what the forward leaves for backward at 1024/128 is
-    1.00x plain instead of 1.95x. The forward stays one addcmul (FMA on a CPU): the value
-    is the plain path's bit for bit (no_grad, export, learnable).
+    One implementation for eager and torch.compile, chosen by measurement (DESIGN.md,
+    benchmarks/step_overhead_gpn.py; depth-20 tanh MLP, one thread, step / plain, this vs the
+    former addcmul): compiled 1.02 vs 1.13 at 256/128, 1.01 vs 1.06 at 1024/128; eager 1.47 vs
+    1.20 at 64/32, 1.23 vs 1.13 at 256/128 (a Python Function's own cost, ~10 us a layer);
+    the forward leaves 1.00x plain's activations for backward instead of 1.95x. The forward
+    stays one addcmul (FMA on a CPU): the value is the plain path's bit for bit.
     """
 
     @staticmethod
