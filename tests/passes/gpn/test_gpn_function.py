@@ -126,19 +126,26 @@ def test_no_grad_and_inputs_without_grad_take_the_plain_formula():
         assert gpn(z.requires_grad_()).grad_fn is None
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind,params", [("tanh", {}), ("sigmoid", {}), ("softplus", {})])
-def test_low_precision_matches_the_plain_path(kind, params, dtype, tol):
+def test_low_precision_is_as_accurate_as_the_plain_path(kind, params, dtype):
+    """Against float64, the largest gradient error is within 4x the plain path's (measured: tanh 2.4x in
+    float32, 2.7x in bfloat16; sigmoid 1.6x, 3.1x; softplus 1.0x, 2.3x): t read back from y carries y's
+    rounding, which is coarser than t's own where |y| > |t|."""
     gpn = module(kind, params, dtype=dtype)
     z = inputs(64, 32).detach().to(dtype).requires_grad_()
-    y = gpn(z)
-    (ours,) = torch.autograd.grad(y, [z], torch.ones_like(y))
-    z64 = z.detach().double().requires_grad_()
-    y64 = gpn.a.double() * gpn.activation.fn(z64, **gpn.params) + gpn.b.double()
-    (ref,) = torch.autograd.grad(y64, [z64], torch.ones_like(y64))
-    assert ours.dtype == dtype
-    # against float64: an absolute error of the order of the dtype's rounding times max |a phi'|
-    assert (ours.double() - ref).abs().max() <= tol * gpn.a.abs().item() * 4
+    errors = []
+    for from_output in (gpn.from_output, None):  # None: the plain addcmul path
+        gpn.from_output = from_output
+        y = gpn(z)
+        (grad,) = torch.autograd.grad(y, [z], torch.ones_like(y))
+        z64 = z.detach().double().requires_grad_()
+        y64 = gpn.a.double() * gpn.activation.fn(z64, **gpn.params) + gpn.b.double()
+        (ref,) = torch.autograd.grad(y64, [z64], torch.ones_like(y64))
+        assert grad.dtype == dtype
+        errors.append((grad.double() - ref).abs().max().item())
+    ours, plain = errors
+    assert ours <= 4 * plain
 
 
 def test_torch_func_transforms_take_the_plain_formula():

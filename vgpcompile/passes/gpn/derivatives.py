@@ -11,7 +11,9 @@ hardsigmoid): y = fl(a * t + b) maps a band of width ~ulp(b) / |a| on both sides
 kink onto the same values, so the side (and with it phi') cannot be read back from y. (From
 t itself a mask would be exact, but saving t is what autograd already does.) Non-monotone
 activations (gelu, silu, mish, hardswish) have no phi'(t) at all. Those, and user-registered
-activations, keep the plain addcmul.
+activations, keep the plain addcmul. In float32/bfloat16, y's rounding is coarser than t's
+own where |y| > |t|: the largest gradient error against float64 measured 1.0-2.4x the plain
+path's in float32, 2.3-3.1x in bfloat16 (tests/passes/gpn/test_gpn_function.py).
 
 Each entry takes (grad, t) and returns grad * phi'(z), as torch's own ``*_backward(grad,
 output)`` kernels do (one fused op in eager where torch has one).
