@@ -37,6 +37,7 @@ from ...core.facts import Fact
 from ...core.rewrite import replace_activation
 from ...core.targets import Site
 from ...errors import ActivationError
+from ..rai.rewrite import mutation_free
 from .constants import gpn_constants
 from .lower import fold_gpn
 from .modules import GPNActivation
@@ -78,7 +79,11 @@ class GPN(Pass):
 
     def apply(self, site: Site, env: Env) -> str:
         module = GPNActivation(site.activation, site.params, root=self.root, learnable=self.learnable)
-        replace_activation(site, module, self.name, "gpn")
+        new = replace_activation(site, module, self.name, "gpn")
+        if new is None or not mutation_free(new, env.rewriter.module_of(new)):
+            # the output-form backward reads y: a consumer that may change y in place (or eager code,
+            # which the pass cannot see) would make autograd refuse it; the plain path saves phi(x) instead
+            module.from_output = None
         return f"a={module.a.item():.4f} b={module.b.item():+.4f}"
 
     def lower(self, model: nn.Module) -> None:
