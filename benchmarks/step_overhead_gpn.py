@@ -6,7 +6,10 @@
 benchmarks/suite.py's step (depth-20 tanh MLP, MSE, SGD momentum) for plain, gpn and arp+gpn, each
 pass arm twice: as compiled today (GPNActivation's Function saving only y = a tanh + b) and with
 every GPNActivation's ``from_output`` cleared, which is the former forward (one addcmul, autograd's
-backward saving tanh's output too). The arms run interleaved in one process; a ratio is the median
+backward saving tanh's output too). GPNActivation takes the Function under torch.compile only, so
+the eager pair runs the same addcmul (a control for the noise), and the memory figures (eager)
+show what the Function would hold if eager took it (``from_output`` forced through
+``_AffineFromOutput``). The arms run interleaved in one process; a ratio is the median
 over rounds of arm / plain. Eager, and under ``torch.compile(fullgraph=True)`` over the compiled
 plain model; then, at width 1024, batch 128 (eager), the peak memory of one forward + backward
 and what the forward holds for backward (the saved activations), each over plain's.
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import Clock, _compiled, mlp, peak_bytes, ratios, train_step  # noqa: E402
 
 from vgpcompile.nn import GPNActivation  # noqa: E402
+from vgpcompile.passes.gpn import modules as gpn_modules  # noqa: E402
 
 DEPTH = 20
 
@@ -73,6 +77,8 @@ def main() -> None:
             print(f"{width}x{batch} {mode} (plain {r['plain']['ms']:.2f} ms): {row}", flush=True)
     x, y = torch.randn(128, 1024), torch.randn(128, 1)
     peaks, held = {}, {}
+    # eager as the Function would run it: GPNActivation takes it under torch.compile only
+    gpn_modules._saves_output = lambda x, a, b: torch.is_grad_enabled() and x.requires_grad
     for name, model in arms(1024, x).items():
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.5)
         F.mse_loss(model(x), y).backward()

@@ -9,7 +9,7 @@ from torch import fx, nn
 from .rewriter import Rewriter, active, formula_input, unique_name
 from .targets import Site
 
-__all__ = ["formula_input", "mark_applied", "replace_activation", "replace_node", "unique_name"]
+__all__ = ["formula_input", "mark_applied", "mutation_free", "replace_activation", "replace_node", "unique_name"]
 
 
 def _for(pass_name: str) -> Rewriter:
@@ -42,3 +42,30 @@ def replace_activation(site: Site, module: nn.Module, pass_name: str, tag: str) 
     eager code is rewritten by core.eager (returns None: there is no node).
     """
     return _for(pass_name).replace_activation(site, module, tag)
+
+
+def mutation_free(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """No user of ``node`` can change it in place: each is a torch.nn module or a module a pass
+    inserted, without ``inplace=True``, or a call whose name does not end in ``_`` and that has no
+    ``inplace=True``. A view, a model output or anything else (an eager module) may be mutated
+    later, so a cut feeding it keeps its copy."""
+    for user in node.users:
+        if user.op == "call_module":
+            module = gm.get_submodule(str(user.target))
+            leaf = next(module.children(), None) is None  # a container's children could work in place
+            trusted = leaf and (type(module).__module__.startswith("torch.nn.") or hasattr(module, "vgp_pass"))
+            if not trusted or getattr(module, "inplace", False) or isinstance(module, nn.Identity):
+                return False
+        elif user.op in ("call_function", "call_method"):
+            name = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", "")
+            if not name or name.endswith("_") or user.kwargs.get("inplace") or name in _VIEWS:
+                return False
+        else:
+            return False
+    return True
+
+
+# calls that return a view of their input: the view may be mutated later, which mutates the cut's output
+_VIEWS = frozenset({"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "permute", "t",
+                    "narrow", "select", "expand", "getitem", "split", "chunk", "unbind", "movedim", "view_as",
+                    "as_strided", "diagonal", "unfold", "contiguous", "detach", "real", "imag", "T", "mT"})  # fmt: skip

@@ -1,5 +1,6 @@
 """gpn's output-form backward (modules._AffineFromOutput, derivatives.py) against the reference
-a * phi(z) + b and its autograd gradient, in float64; where it is taken and where not; compile, export."""
+a * phi(z) + b and its autograd gradient, in float64; where it is taken (under torch.compile) and
+where not (eager, export, learnable a/b, in-place consumers); compile, export."""
 
 import io
 
@@ -13,6 +14,7 @@ from vgpcompile import vgpcompile
 from vgpcompile.core.catalogue import DEFAULT, Catalogue, register_activation
 from vgpcompile.nn import GPNActivation
 from vgpcompile.passes.gpn.derivatives import backward_from_output
+from vgpcompile.passes.gpn.modules import _AffineFromOutput
 
 # (kind, params): every activation and parameter setting with an exact output form
 FORMS = [
@@ -61,12 +63,35 @@ def reference(gpn, z):
     return gpn.a * gpn.activation.fn(z, **gpn.params) + gpn.b
 
 
+def output_form(gpn, z):
+    """The Function the module takes under torch.compile, called directly (eager keeps the addcmul)."""
+    return _AffineFromOutput.apply(z, gpn.a, gpn.b, gpn.activation.fn, gpn.params, gpn.from_output)
+
+
+def compiled_graphs(fn, *args):
+    """The FX graphs dynamo hands its backend for fn(*args), run eagerly."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    return out, graphs
+
+
+def takes_the_function(graphs) -> bool:
+    nodes = [n for g in graphs for n in g.graph.nodes]
+    return any(n.op == "call_function" and "autograd_function_apply" in str(n.target) for n in nodes)
+
+
 @pytest.mark.parametrize("kind,params", FORMS, ids=ids)
 @pytest.mark.parametrize("root,negate", [("minus", False), ("plus", False), ("minus", True)])
 def test_output_form_is_the_reference(kind, params, root, negate):
     gpn = module(kind, params, root, negate)
     z = inputs(7, 9)
-    y = gpn(z)
+    y = output_form(gpn, z)
     assert type(y.grad_fn).__name__ == "_AffineFromOutputBackward"
     y_ref = reference(gpn, z)
     torch.testing.assert_close(y, y_ref, rtol=1e-14, atol=1e-14)
@@ -80,8 +105,22 @@ def test_output_form_is_the_reference(kind, params, root, negate):
 def test_output_form_gradcheck_and_double_backward(kind, params):
     gpn = module(kind, params)
     z = inputs(3, 4, scale=1.5, kink=False)  # finite differences across a kink of phi' (softsign, celu) fail
-    assert torch.autograd.gradcheck(gpn, (z,))
-    assert torch.autograd.gradgradcheck(gpn, (z,))
+    assert torch.autograd.gradcheck(lambda z: output_form(gpn, z), (z,))
+    assert torch.autograd.gradgradcheck(lambda z: output_form(gpn, z), (z,))
+
+
+@pytest.mark.parametrize("kind,params", FORMS[:3], ids=ids[:3])
+def test_eager_keeps_the_addcmul_and_compile_takes_the_function(kind, params):
+    """Eager: autograd's own addcmul (the Function costs more there); torch.compile: the Function,
+    whose gradients are the reference's."""
+    gpn = module(kind, params)
+    z = inputs(5, 6)
+    assert type(gpn(z).grad_fn).__name__ == "AddcmulBackward0"
+    y, graphs = compiled_graphs(gpn, z)
+    assert takes_the_function(graphs)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (ours,), (ref,) = torch.autograd.grad(y, [z], g), torch.autograd.grad(reference(gpn, z), [z], g)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("kind,params", PLAIN, ids=[f"{k}{p or ''}" for k, p in PLAIN])
@@ -89,6 +128,7 @@ def test_no_output_form_keeps_the_plain_path(kind, params):
     gpn = module(kind, params)
     z = inputs(4, 5)
     assert gpn.from_output is None and type(gpn(z).grad_fn).__name__ == "AddcmulBackward0"
+    assert not takes_the_function(compiled_graphs(gpn, z)[1])
 
 
 def test_a_user_activation_under_a_builtin_name_is_not_taken_for_it():
@@ -104,6 +144,7 @@ def test_learnable_a_b_keep_the_plain_path_and_their_gradients(kind, params):
     z = inputs(6, 5)
     y = gpn(z)
     assert type(y.grad_fn).__name__ == "AddcmulBackward0"
+    assert not takes_the_function(compiled_graphs(gpn, z)[1])
     a, b = gpn.a.detach().clone().requires_grad_(), gpn.b.detach().clone().requires_grad_()
     y_ref = a * gpn.activation.fn(z, **gpn.params) + b
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -114,16 +155,16 @@ def test_a_zero_gives_a_zero_gradient_not_nan():
     gpn = module("tanh", {})
     gpn.a.zero_()
     z = inputs(3, 4)
-    (grad,) = torch.autograd.grad(gpn(z).sum(), [z])
+    (grad,) = torch.autograd.grad(output_form(gpn, z).sum(), [z])
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
 def test_no_grad_and_inputs_without_grad_take_the_plain_formula():
     gpn = module("tanh", {})
     z = inputs(3, 4).detach()
-    assert gpn(z).grad_fn is None
+    assert not takes_the_function(compiled_graphs(gpn, z)[1])
     with torch.no_grad():
-        assert gpn(z.requires_grad_()).grad_fn is None
+        assert not takes_the_function(compiled_graphs(gpn, z.requires_grad_())[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -135,9 +176,8 @@ def test_low_precision_is_as_accurate_as_the_plain_path(kind, params, dtype):
     gpn = module(kind, params, dtype=dtype)
     z = inputs(64, 32).detach().to(dtype).requires_grad_()
     errors = []
-    for from_output in (gpn.from_output, None):  # None: the plain addcmul path
-        gpn.from_output = from_output
-        y = gpn(z)
+    for path in (output_form, lambda gpn, z: gpn(z)):  # the Function, then eager's plain addcmul
+        y = path(gpn, z)
         (grad,) = torch.autograd.grad(y, [z], torch.ones_like(y))
         z64 = z.detach().double().requires_grad_()
         y64 = gpn.a.double() * gpn.activation.fn(z64, **gpn.params) + gpn.b.double()

@@ -23,12 +23,13 @@ class _AffineFromOutput(torch.autograd.Function):
     a and b are constants here (buffers); a learnable a or b takes the plain path.
     Twice differentiable: the backward is made of differentiable ops on the saved output.
 
-    One implementation for eager and torch.compile, chosen by measurement (DESIGN.md,
-    benchmarks/step_overhead_gpn.py; depth-20 tanh MLP, one thread, step / plain, this vs the
-    former addcmul): compiled 1.02 vs 1.13 at 256/128, 1.01 vs 1.06 at 1024/128; eager 1.47 vs
-    1.20 at 64/32, 1.23 vs 1.13 at 256/128 (a Python Function's own cost, ~10 us a layer);
-    the forward leaves 1.00x plain's activations for backward instead of 1.95x. The forward
-    stays one addcmul (FMA on a CPU): the value is the plain path's bit for bit.
+    Taken under torch.compile only, by measurement (DESIGN.md, benchmarks/step_overhead_gpn.py;
+    depth-20 tanh MLP, one thread, step / plain, this vs the addcmul): compiled 1.02 vs 1.13 at
+    256/128, 1.01 vs 1.06 at 1024/128, where inductor fuses the backward into one kernel; eager
+    1.47 vs 1.20 at 64/32, 1.23 vs 1.13 at 256/128 (a Python Function's own cost, ~10 us a
+    layer, and two more passes), so eager keeps the addcmul, which costs what a hand-written
+    a * tanh + b costs. The same math either way: the forward is that addcmul (FMA on a CPU),
+    the value bit for bit; the gradients differ by rounding (phi' from t = (y - b) / a).
     """
 
     @staticmethod
@@ -109,13 +110,10 @@ class GPNActivation(nn.Module):
 
 
 def _saves_output(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
-    """The Function where a backward will run through x only: not without grad, not for a
-    learnable a or b, and not where the call is traced for export (torch.export, ONNX, jit:
-    a Python Function has no symbolic) or runs under a torch.func transform (vmap, jacrev, jvp
-    refuse a Function without their rules): those get the same value from the plain addcmul."""
-    if not (torch.is_grad_enabled() and x.requires_grad) or a.requires_grad or b.requires_grad:
+    """The Function under torch.compile where a backward will run through x only: not in eager
+    (slower there, see _AffineFromOutput), not without grad, not for a learnable a or b, and not
+    where the call is traced for export (torch.export, ONNX: a Python Function has no symbolic):
+    those get the same value from the plain addcmul."""
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False
-    if torch.compiler.is_exporting() or torch.jit.is_tracing():  # torch.onnx's two exporters set one of them
-        return False
-    # dynamo traces the Function itself (and its own functorch handling): no check while compiling
-    return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is None
+    return torch.is_grad_enabled() and x.requires_grad and not (a.requires_grad or b.requires_grad)

@@ -34,10 +34,9 @@ from torch import fx, nn
 
 from ...core.contract import SITE, Env, Pass, PassResult
 from ...core.facts import Fact
-from ...core.rewrite import replace_activation
+from ...core.rewrite import mutation_free, replace_activation
 from ...core.targets import Site
 from ...errors import ActivationError
-from ..rai.rewrite import mutation_free
 from .constants import gpn_constants
 from .lower import fold_gpn
 from .modules import GPNActivation

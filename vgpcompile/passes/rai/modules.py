@@ -89,7 +89,7 @@ class RAICut(nn.Module):
         self.syncing = False  # set by train.resync: eval forwards write the chained value into the rows
         self.all_seen = False  # every row initialised: the lazy-init check can be skipped
         # hand back a copy of Z[idx] (the local loss keeps its own), unless the pass found that
-        # nothing downstream works in place on it (``rewrite.mutation_free``)
+        # nothing downstream works in place on it (``core.rewrite.mutation_free``)
         self.copy_out = True
         self.local: torch.Tensor | None = None  # lam * mse of the last training forward
 

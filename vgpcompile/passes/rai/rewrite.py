@@ -50,6 +50,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ...core.contract import MODEL, Env, Pass, PassResult
+from ...core.rewrite import mutation_free
 from ...core.rewriter import active
 from ...core.select import target_of
 from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, ModelTarget, site_name
@@ -391,30 +392,3 @@ def parse_shapes(text: str) -> list[tuple[int, ...]]:
 
 def format_shapes(shapes: list[tuple[int, ...]]) -> str:
     return ";".join("x".join(str(v) for v in s) or "()" for s in shapes)
-
-
-def mutation_free(node: fx.Node, gm: fx.GraphModule) -> bool:
-    """No user of ``node`` can change it in place: each is a torch.nn module or a module a pass
-    inserted, without ``inplace=True``, or a call whose name does not end in ``_`` and that has no
-    ``inplace=True``. A view, a model output or anything else (an eager module) may be mutated
-    later, so a cut feeding it keeps its copy."""
-    for user in node.users:
-        if user.op == "call_module":
-            module = gm.get_submodule(str(user.target))
-            leaf = next(module.children(), None) is None  # a container's children could work in place
-            trusted = leaf and (type(module).__module__.startswith("torch.nn.") or hasattr(module, "vgp_pass"))
-            if not trusted or getattr(module, "inplace", False) or isinstance(module, nn.Identity):
-                return False
-        elif user.op in ("call_function", "call_method"):
-            name = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", "")
-            if not name or name.endswith("_") or user.kwargs.get("inplace") or name in _VIEWS:
-                return False
-        else:
-            return False
-    return True
-
-
-# calls that return a view of their input: the view may be mutated later, which mutates the cut's output
-_VIEWS = frozenset({"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "permute", "t",
-                    "narrow", "select", "expand", "getitem", "split", "chunk", "unbind", "movedim", "view_as",
-                    "as_strided", "diagonal", "unfold", "contiguous", "detach", "real", "imag", "T", "mT"})  # fmt: skip
