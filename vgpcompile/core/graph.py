@@ -14,6 +14,7 @@ from . import protocol
 from .capture import CONTAINERS, is_torch_leaf
 from .catalogue import Catalogue
 from .eager import eager_replacements, function_sites
+from .lookup import submodule
 
 
 def to_digraph(gm: fx.GraphModule) -> nx.DiGraph:
@@ -55,7 +56,7 @@ def _graph_depth(gm: fx.GraphModule, catalogue: Catalogue) -> tuple[int, bool]:
         node = by_name[name]
         weight = 0
         if node.op == "call_module":
-            weight, sub_exact = nonlinear_depth(gm.get_submodule(str(node.target)), catalogue)
+            weight, sub_exact = nonlinear_depth(submodule(gm, str(node.target)), catalogue)
             exact &= sub_exact
         elif catalogue.match_node(node, gm) is not None:
             weight = 1
