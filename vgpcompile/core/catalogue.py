@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ActivationError, did_you_mean
-from .lookup import submodule
+from .lookup import attribute, submodule
 
 _INF = math.inf
 _SELU_SCALE = 1.0507009873554804934193349852946
@@ -285,7 +285,7 @@ class Catalogue:
         act = self.kinds[kind]
         params = dict(act.defaults)
         params.update({a: getattr(module, a) for a in attrs})
-        return Match(act, params, "module", bool(getattr(module, "inplace", False)))
+        return Match(act, params, "module", bool(attribute(module, "inplace", False)))
 
     def match_node(self, node: torch.fx.Node, root: nn.Module) -> Match | None:
         if node.op == "call_module":
