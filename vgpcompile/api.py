@@ -393,6 +393,8 @@ def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
             state[key] = _copy_dict(value, memo)
         elif kind is OrderedDict and not value:  # the empty hook tables
             state[key] = memo[id(value)] = OrderedDict()
+        elif kind is set and not value:  # _non_persistent_buffers_set, most often empty
+            state[key] = memo[id(value)] = set()
         else:
             state[key] = copy.deepcopy(value, memo)
     new.__setstate__(state)
