@@ -25,9 +25,6 @@ def submodule(root: nn.Module, target: str) -> nn.Module:
     return module
 
 
-_NO_ATTRIBUTE_DICTS = ("_parameters", "_buffers", "_modules")
-
-
 def attribute(obj: object, name: str, default: Any = None) -> Any:
     """``getattr(obj, name, default)``, answering a miss on a module without nn.Module.__getattr__.
 
@@ -44,7 +41,12 @@ def attribute(obj: object, name: str, default: Any = None) -> Any:
         and cls.__getattribute__ is object.__getattribute__
         and not hasattr(cls, name)
     ):
-        own = obj.__dict__
-        if name not in own and all(name not in own.get(key, ()) for key in _NO_ATTRIBUTE_DICTS):
+        own, empty = obj.__dict__, {}
+        if (
+            name not in own
+            and name not in own.get("_parameters", empty)
+            and name not in own.get("_buffers", empty)
+            and name not in own.get("_modules", empty)
+        ):
             return default
     return getattr(obj, name, default)
