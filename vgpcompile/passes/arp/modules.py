@@ -310,9 +310,10 @@ class _AutoRot:
         # plain values: Module.__setattr__ would only check that no parameter, buffer or submodule
         # has the name (arp builds one layer per site, and its five setattrs were a fifth of that)
         taken = self._parameters.keys() | self._buffers.keys() | self._modules.keys()
+        own_setattr = type(self).__setattr__ is not nn.Module.__setattr__
         for name, value in options.items():
-            if name in taken:
-                setattr(self, name, value)  # its error, as before
+            if name in taken or own_setattr:
+                setattr(self, name, value)  # its error, or a subclass's own __setattr__, as before
             else:
                 object.__setattr__(self, name, value)
 
