@@ -321,8 +321,11 @@ def tied_parameters(root: nn.Module) -> dict[str, tuple[str, ...]]:
     """Module name -> the other modules holding one of its parameters (tied weights)."""
     holders: dict[int, list[str]] = {}
     for name, module in root.named_modules(remove_duplicate=False):
-        for p in module.parameters(recurse=False):
-            holders.setdefault(id(p), []).append(name)
+        # the module's own dict, not parameters(recurse=False) (a generator per module); a
+        # parameter held twice by one module lists its name twice, which changes no set below
+        for p in module._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), []).append(name)
     tied: dict[str, set[str]] = {}
     for names in holders.values():
         for name in names:
@@ -393,6 +396,8 @@ def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
             state[key] = _copy_dict(value, memo)
         elif kind is OrderedDict and not value:  # the empty hook tables
             state[key] = memo[id(value)] = OrderedDict()
+        elif kind is set and not value:  # _non_persistent_buffers_set, most often empty
+            state[key] = memo[id(value)] = set()
         else:
             state[key] = copy.deepcopy(value, memo)
     new.__setstate__(state)
@@ -448,8 +453,8 @@ def _check_arguments(model: Any, opts: CompileOptions) -> None:
             f"{type(model).__name__} is a wrapper: compile the bare model first, then wrap the result "
             "(DDP / DataParallel / torch.compile)"
         )
-    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
-    if meta is not None:
+    if _any_on_meta(model):  # named only then: naming every tensor of a deep model cost more than the test
+        meta = next(n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta)
         raise UsageError(
             f"the model's {meta!r} is on the 'meta' device (no data): materialize the model first, e.g. "
             "model.to_empty(device='cpu') and initialize or load its weights"
@@ -466,6 +471,11 @@ def _check_arguments(model: Any, opts: CompileOptions) -> None:
         raise UsageError(f"inplace= must be True or False, got {opts.inplace!r:.60}")
     if opts.catalogue is not None and not isinstance(opts.catalogue, Catalogue):
         raise UsageError(f"catalogue= must be a vgpcompile Catalogue, got {type(opts.catalogue).__name__}")
+
+
+def _any_on_meta(model: nn.Module) -> bool:
+    tensors = (t for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values()))
+    return any(t is not None and t.is_meta for t in tensors)
 
 
 def _check_example_inputs(value: Any) -> None:

@@ -12,7 +12,8 @@
    way a pass changes a graph, and the read-only queries it asks instead of reading one),
    rewrite.py (the older function spelling of the rewriter), calibrate.py (value ranges),
    verify_run.py (every reported change ran), select.py, protocol.py (inserted modules
-   describe themselves), recipe.py, report.py, graph.py (nonlinear depth), affine.py.
+   describe themselves), recipe.py, report.py, graph.py (nonlinear depth), affine.py,
+   lookup.py (submodule and attribute look-ups without nn.Module.__getattr__'s misses).
 
 The core never imports a pass.
 """

@@ -32,6 +32,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import UsageError
+from .lookup import submodule
 
 Range = tuple[float, float]
 
@@ -197,7 +198,7 @@ class Incremental:
         out: dict[str, Range] = {}
         chunk = [n for n in self.nodes[int(self.stale) : last + 1] if n.op != "output"]
         # the modules run here may update buffers (BatchNorm's running statistics): put them back
-        modules = {id(m): m for n in chunk if n.op == "call_module" for m in [self.gm.get_submodule(str(n.target))]}
+        modules = {id(m): m for n in chunk if n.op == "call_module" for m in [submodule(self.gm, str(n.target))]}
         buffers = [(b, b.detach().clone()) for m in modules.values() for b in m.buffers()]
         devices = sorted({t.device.index for t in self.example if isinstance(t, torch.Tensor) and t.is_cuda})
         kept = 0

@@ -45,6 +45,7 @@ from torch import fx, nn
 
 from . import arguments, modes, protocol
 from .affine import declared
+from .lookup import submodule
 from .region import collides, make_region, referenced_children
 from .targets import MODEL_OUTPUT, output_nodes
 
@@ -468,7 +469,7 @@ def _leave_eager(
 def _note_user_leaves(gm: fx.GraphModule, graph: fx.Graph, prefix: str, out: Capture) -> None:
     for node in graph.nodes:
         if node.op == "call_module":
-            sub = gm.get_submodule(node.target)
+            sub = submodule(gm, node.target)
             if not is_torch_leaf(sub) and out.is_user_leaf(prefix + node.target, sub):
                 name = prefix + node.target
                 if all(e.name != name for e in out.eager):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ActivationError, did_you_mean
+from .lookup import attribute, submodule
 
 _INF = math.inf
 _SELU_SCALE = 1.0507009873554804934193349852946
@@ -284,12 +285,12 @@ class Catalogue:
         act = self.kinds[kind]
         params = dict(act.defaults)
         params.update({a: getattr(module, a) for a in attrs})
-        return Match(act, params, "module", bool(getattr(module, "inplace", False)))
+        return Match(act, params, "module", bool(attribute(module, "inplace", False)))
 
     def match_node(self, node: torch.fx.Node, root: nn.Module) -> Match | None:
         if node.op == "call_module":
             try:
-                return self.match_module(root.get_submodule(str(node.target)))
+                return self.match_module(submodule(root, str(node.target)))
             except AttributeError:
                 return None
         if node.op == "call_function":

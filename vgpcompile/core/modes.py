@@ -48,13 +48,30 @@ def by_mode(training: bool, when_training: Any, when_eval: Any) -> Any:
 @contextmanager
 def in_mode(module: nn.Module, training: bool) -> Iterator[None]:
     """Every module of ``module`` in ``training`` mode; each module's own flag restored after."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.train(training)
+    modules = list(module.modules())
+    flags = [m.training for m in modules]
+    # Module.train recurses and sets each flag through Module.__setattr__ (a dozen dict lookups):
+    # for a deep model, called about ten times per compile, that was a tenth of a passes-off
+    # compile. Where no class overrides train or __setattr__, setting each flag is what it does.
+    plain = isinstance(training, bool) and all(_plain_mode(type(m)) for m in modules)
+    if plain:
+        for m in modules:
+            object.__setattr__(m, "training", training)
+    else:
+        module.train(training)
     try:
         yield
     finally:
-        for m, flag in flags:
-            m.training = flag
+        for m, flag in zip(modules, flags):
+            if plain:
+                object.__setattr__(m, "training", flag)
+            else:
+                m.training = flag
+
+
+def _plain_mode(cls: type) -> bool:
+    """Whether ``cls`` sets its mode as nn.Module does (no train or __setattr__ of its own)."""
+    return cls.train is nn.Module.train and cls.__setattr__ is nn.Module.__setattr__
 
 
 def owner_of(node: fx.Node) -> str:

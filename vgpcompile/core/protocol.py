@@ -32,17 +32,18 @@ from typing import Any
 from torch import nn
 
 from .catalogue import Activation
+from .lookup import attribute
 
 Range = tuple[float, float]
 
 
 def inserted_by(obj: Any) -> str | None:
     """The pass that inserted ``obj`` (a module or a function), or None for the user's own."""
-    return getattr(obj, "vgp_pass", None)
+    return attribute(obj, "vgp_pass")
 
 
 def applied(module: nn.Module) -> tuple[str, ...]:
-    return tuple(getattr(module, "vgp_applied", ()))
+    return tuple(attribute(module, "vgp_applied", ()))
 
 
 def mark_applied_module(module: nn.Module, pass_name: str) -> None:
@@ -52,7 +53,7 @@ def mark_applied_module(module: nn.Module, pass_name: str) -> None:
 
 def wrapped_activation(module: nn.Module) -> tuple[Activation, dict[str, Any]] | None:
     """(activation, params) of a module that declares it wraps one, else None."""
-    found = getattr(module, "vgp_activation", None)
+    found = attribute(module, "vgp_activation")
     return None if found is None else (found[0], dict(found[1]))
 
 
@@ -60,12 +61,12 @@ def depth_of(module: nn.Module) -> int | None:
     """The nonlinear depth an inserted module declares, or None when it declares none."""
     if wrapped_activation(module) is not None:
         return 1
-    depth = getattr(module, "vgp_depth", None)
+    depth = attribute(module, "vgp_depth")
     return None if depth is None else int(depth)
 
 
 def declares_output_range(module: nn.Module) -> bool:
-    return callable(getattr(module, "vgp_output_range", None))
+    return callable(attribute(module, "vgp_output_range"))
 
 
 def output_range(module: nn.Module, *input_ranges: Range | None) -> Range | str | None:

@@ -28,6 +28,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import PassError
+from .lookup import submodule
 from .targets import META_APPLIED, META_PASS, META_SITE, Site, call_counts, output_nodes
 
 _ACTIVE: contextvars.ContextVar[Rewriter | None] = contextvars.ContextVar("vgp_rewriter", default=None)
@@ -244,7 +245,7 @@ class Rewriter:
         src = formula_input(site) if site.nodes else node.args[0]
         if site.spelling == "module" and site.module_calls == 1:
             target = str(node.target)
-            undo = _restore_module(gm, node, gm.get_submodule(target), node.args, node.kwargs, site.applied, target)
+            undo = _restore_module(gm, node, submodule(gm, target), node.args, node.kwargs, site.applied, target)
             gm.set_submodule(target, module)
             new = node
             new.args, new.kwargs = (src,), {}

@@ -25,6 +25,7 @@ from . import calibrate, facts, protocol
 from .contract import BLOCK, LAYER, MODEL, SITE, Env, Pass, PassResult, Target
 from .eager import find_eager_layers
 from .index import SiteIndex
+from .lookup import submodule
 from .rewriter import Rewriter
 from .select import target_of
 from .targets import META_PASS, META_SITE, Block, Layer, ModelTarget, Site, find_blocks, find_layers
@@ -312,7 +313,7 @@ def _check_targets(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         if node.op in ("call_module", "get_attr"):
             try:
-                gm.get_submodule(str(node.target)) if node.op == "call_module" else get_attr(gm, str(node.target))
+                submodule(gm, str(node.target)) if node.op == "call_module" else get_attr(gm, str(node.target))
             except AttributeError as err:
                 raise PassError(f"node {node.name!r} refers to missing {node.target!r}: {err}") from None
 

@@ -21,6 +21,7 @@ from . import protocol
 from .affine import TORCH_AFFINE, is_affine
 from .catalogue import Activation, Catalogue
 from .formulas import analyse
+from .lookup import submodule
 
 AFFINE_MODULES: tuple[type[nn.Module], ...] = TORCH_AFFINE  # declared layers of other libraries: core.affine
 AFFINE_FUNCTIONS: dict[Any, str] = {
@@ -100,7 +101,7 @@ def site_name(node: fx.Node, region: str) -> str:
 def _producer(node: fx.Node, gm: fx.GraphModule) -> tuple[str | None, str | None, nn.Module | None]:
     """(kind, name, module) of the affine layer computing ``node``, or Nones."""
     if node.op == "call_module":
-        mod = gm.get_submodule(str(node.target))
+        mod = submodule(gm, str(node.target))
         if is_affine(mod):
             return type(mod).__name__, str(node.target), mod
         return None, None, None
@@ -134,7 +135,7 @@ def is_passthrough(node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in _PASSTHROUGH_FUNCTIONS
     if node.op == "call_module":
-        return isinstance(node.graph.owning_module.get_submodule(node.target), _PASSTHROUGH_MODULES)
+        return isinstance(submodule(node.graph.owning_module, node.target), _PASSTHROUGH_MODULES)
     return False
 
 
@@ -201,7 +202,7 @@ def _site_at(node, gm, region, catalogue, outputs) -> Site | None:
     match = catalogue.match_node(node, gm)
     applied = frozenset(node.meta.get(META_APPLIED, ()))
     if match is None and node.op == "call_module":
-        mod = gm.get_submodule(str(node.target))
+        mod = submodule(gm, str(node.target))
         wrapped = protocol.wrapped_activation(mod)
         if wrapped is not None:
             applied |= frozenset(protocol.applied(mod))
@@ -242,7 +243,7 @@ def _build(node, gm, region, act, params, spelling, inplace, unusable, applied, 
         applied=applied,
         unusable=unusable,
         input=src if isinstance(src, fx.Node) else None,
-        module=gm.get_submodule(str(node.target)) if node.op == "call_module" else None,
+        module=submodule(gm, str(node.target)) if node.op == "call_module" else None,
     )
 
 
@@ -271,7 +272,7 @@ def find_layers(gm: fx.GraphModule, region: str, types: tuple[type, ...]) -> lis
     layers: dict[str, Layer] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target not in layers:
-            module = gm.get_submodule(str(node.target))
+            module = submodule(gm, str(node.target))
             if isinstance(module, types):
                 layers[node.target] = Layer(str(node.target), region, node, module, counts[node.target])
     return list(layers.values())

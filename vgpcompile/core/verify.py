@@ -81,11 +81,11 @@ def record(model: nn.Module, example_inputs: tuple) -> tuple[Reference, Any, Any
     """Run ``model`` on ``example_inputs`` in eval then train mode; return the recorded calls
     and the model's outputs in each mode (eval, train). Buffers are restored after."""
     ref = Reference()
-    handles = []
+    handles, leaf_handles = [], []
     leaf_outputs: dict[str, Any] = {}
     for name, module in model.named_modules():
         if name and is_torch_leaf(module):
-            handles.append(module.register_forward_hook(_Keep(leaf_outputs, name)))
+            leaf_handles.append(module.register_forward_hook(_Keep(leaf_outputs, name)))
             continue
         handles.append(module.register_forward_pre_hook(_Pre(ref, name), with_kwargs=True))
         handles.append(module.register_forward_hook(_Post(ref, name), with_kwargs=True, always_call=True))
@@ -98,11 +98,17 @@ def record(model: nn.Module, example_inputs: tuple) -> tuple[Reference, Any, Any
                     final = {id(t) for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)}
                     ref.outputs = {n for n, o in leaf_outputs.items() if id(o) in final}
                     leaf_outputs.clear()
+                    _remove(leaf_handles)  # they keep eval outputs only: the train run goes without them
                 outputs.append(_clone(out))
     finally:
-        for h in handles:
-            h.remove()
+        _remove(leaf_handles + handles)
     return ref, outputs[0], outputs[1]
+
+
+def _remove(handles: list) -> None:
+    for h in handles:
+        h.remove()
+    handles.clear()
 
 
 class _Keep:

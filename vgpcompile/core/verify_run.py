@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import fx, nn
 
+from .lookup import submodule
 from .report import Report
 from .rewriter import Inserted
 
@@ -116,7 +117,7 @@ def _always_run(root: nn.Module) -> set[int]:
     to see it, and costs a forward pass with a hook per module)."""
     if not isinstance(root, fx.GraphModule):
         return set()
-    return {id(root.get_submodule(str(n.target))) for n in root.graph.nodes if n.op == "call_module"}
+    return {id(submodule(root, str(n.target))) for n in root.graph.nodes if n.op == "call_module"}
 
 
 def _part_of_unrun_network(item: Inserted, counts: dict[int, int]) -> bool:

@@ -233,3 +233,29 @@ def test_batchnorm_example_runs(capsys):
         "relu/bn", "relu/bn-rotated", "relu/plain", "relu/arp"
     }  # fmt: skip
     assert all(0 <= a <= 1 for row in out["table"].values() for a in row["test_acc"])
+
+
+@pytest.mark.parametrize("floor", [0.1, 0.25, 1.0])
+def test_the_floor_bounds_every_units_amplification_so_the_warning_needs_no_pass_over_the_layers(floor):
+    """conditioning_warning skips its per-unit pass when floor >= 2 / WARN_AMPLIFICATION: every
+    unit's A <= 1 / floor, even a unit whose pivot value z_Q is exactly 0 and one with zero weights."""
+    from vgpcompile.passes.arp import conditioning
+    from vgpcompile.passes.arp.modules import AutoRotConv2d, AutoRotConvTranspose2d, AutoRotLinear
+    from vgpcompile.passes.arp.recurrent import AutoRotLSTM
+
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 6)
+    with torch.no_grad():
+        linear.bias[0] = -0.5 * linear.weight[0].sum()  # z_Q = q * sum(w) + b = 0 at q = 0.5
+        linear.weight[1].zero_()
+    rotated = [
+        AutoRotLinear.from_module(linear, L=2.0, q=0.5, floor=floor),
+        AutoRotConv2d.from_module(nn.Conv2d(3, 5, 3), L=2.0, q=-3.0, floor=floor),
+        AutoRotConvTranspose2d.from_module(nn.ConvTranspose2d(4, 6, 3, groups=2), L=2.0, q=1.5, floor=floor),
+        AutoRotLSTM.from_module(nn.LSTM(4, 5, num_layers=2), L=None, q=0.7, q_h=1.0, floor=floor),
+    ]
+    for module in rotated:
+        a = conditioning.amplification(module)
+        assert a.max() <= 1 / floor * (1 + 1e-6), type(module).__name__
+    assert floor * conditioning.WARN_AMPLIFICATION >= 2
+    assert conditioning.conditioning_warning(["not even a target"], 10, floor) is None  # decided by the bound

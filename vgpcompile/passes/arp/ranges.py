@@ -20,6 +20,7 @@ from torch import fx, nn
 
 from ...core import protocol
 from ...core.contract import Env
+from ...core.lookup import submodule
 from ...core.rewriter import active
 from ...core.targets import AFFINE_FUNCTIONS, AFFINE_MODULES, is_passthrough
 
@@ -44,7 +45,7 @@ def describe(node, gm: fx.GraphModule) -> str:
     if node.op == "placeholder":
         return f"the input {node.target!r}"
     if node.op == "call_module":
-        return f"{type(gm.get_submodule(str(node.target))).__name__} {node.target!r}"
+        return f"{type(submodule(gm, str(node.target))).__name__} {node.target!r}"
     if node.op == "call_method":
         return f"the method .{node.target}() ({node.name})"
     return f"{getattr(node.target, '__name__', node.target)} ({node.name})"
@@ -58,7 +59,7 @@ def input_range(x, region: str, env: Env) -> Found:
         if x.op == "call_function" and x.target is operator.getitem:
             index.append(x.args[1])
         elif is_passthrough(x) or _is_pool(x, gm):
-            widen |= x.op == "call_module" and isinstance(gm.get_submodule(str(x.target)), _AVG_POOLS)
+            widen |= x.op == "call_module" and isinstance(submodule(gm, str(x.target)), _AVG_POOLS)
         else:
             break
         x = x.args[0]
@@ -72,7 +73,7 @@ def input_range(x, region: str, env: Env) -> Found:
 
 
 def _is_pool(node: fx.Node, gm: fx.GraphModule) -> bool:
-    return node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _POOLS + _AVG_POOLS)
+    return node.op == "call_module" and isinstance(submodule(gm, str(node.target)), _POOLS + _AVG_POOLS)
 
 
 def _node_range(x, gm: fx.GraphModule | None, region: str, env: Env) -> Found:
@@ -86,8 +87,8 @@ def _node_range(x, gm: fx.GraphModule | None, region: str, env: Env) -> Found:
         if math.isfinite(lo) and math.isfinite(hi):
             return lo, hi, match.activation.describe(match.params)
         return f"the output of {match.activation.describe(match.params)} ({x.name}), range [{lo:g}, {hi:g}]"
-    if x.op == "call_module" and protocol.declares_output_range(gm.get_submodule(str(x.target))):
-        module = gm.get_submodule(str(x.target))
+    if x.op == "call_module" and protocol.declares_output_range(submodule(gm, str(x.target))):
+        module = submodule(gm, str(x.target))
         sources = [input_range(a, region, env) for a in x.args if isinstance(a, fx.Node)]
         known = [s[:2] if isinstance(s, tuple) else None for s in sources] or [None]
         declared = protocol.output_range(module, *known)
@@ -99,13 +100,13 @@ def _node_range(x, gm: fx.GraphModule | None, region: str, env: Env) -> Found:
 
 
 def _is_recurrent(x, gm: fx.GraphModule | None) -> bool:
-    return isinstance(x, fx.Node) and x.op == "call_module" and isinstance(gm.get_submodule(str(x.target)), nn.RNNBase)
+    return isinstance(x, fx.Node) and x.op == "call_module" and isinstance(submodule(gm, str(x.target)), nn.RNNBase)
 
 
 def _recurrent_output_range(x: fx.Node, index: list, gm: fx.GraphModule) -> Found:
     """A tanh-state RNN/LSTM/GRU's output sequence ``[0]`` and final h (``[1]``; ``[1][0]`` for an
     LSTM) lie in [-1, 1]; an LSTM's cell state ``[1][1]`` is unbounded."""
-    mod = gm.get_submodule(str(x.target))
+    mod = submodule(gm, str(x.target))
     name = f"{type(mod).__name__} {x.target!r}"
     bounded = mod.mode != "RNN_RELU" and not getattr(mod, "proj_size", 0)
     lstm = mod.mode == "LSTM"
@@ -170,8 +171,8 @@ def _named(x: Any, gm: fx.GraphModule, modules: tuple[type, ...], functions: Map
     """How a report names ``x`` when it is a call of one of ``modules`` or ``functions``, else None."""
     if not isinstance(x, fx.Node):
         return None
-    if x.op == "call_module" and isinstance(gm.get_submodule(str(x.target)), modules):
-        return f"{type(gm.get_submodule(str(x.target))).__name__} {x.target!r}"
+    if x.op == "call_module" and isinstance(submodule(gm, str(x.target)), modules):
+        return f"{type(submodule(gm, str(x.target))).__name__} {x.target!r}"
     if x.op == "call_function" and x.target in functions:
         return f"{functions[x.target]} ({x.name})"
     return None

@@ -84,7 +84,7 @@ from typing import ClassVar
 
 from torch import fx
 
-from ...core import calibrate
+from ...core import calibrate, protocol
 from ...core.affine import declared
 from ...core.contract import LAYER, SITE, Env, Pass, PassResult
 from ...core.facts import Fact
@@ -255,7 +255,7 @@ def _site_reason(site: Site) -> str | None:
     module = site.producer_module
     if module is None:
         return _functional_reason(site.producer)
-    if "arp" in getattr(module, "vgp_applied", ()):
+    if "arp" in protocol.applied(module):
         return f"{site.producer_name} is already auto-rotated ({type(module).__name__})"
     if declared(module) is not None and type(module) not in ROTATED_MODULES:
         return rotatable(module)
