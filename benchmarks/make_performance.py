@@ -140,6 +140,10 @@ def cheaper_settings(after: dict) -> str:
     figures = {
         "eager": value(rows.get(("arp", 256, 128))),
         "compiled": value(compiled.get("arp")),
+        "gpn eager": value(rows.get(("gpn", 256, 128))),
+        "gpn compiled": value(compiled.get("gpn")),
+        "arp+gpn eager": value(rows.get(("arp+gpn", 256, 128))),
+        "arp+gpn compiled": value(compiled.get("arp+gpn")),
         "exact": value(rows.get(("orthogonal", 1024, 32)), total=True),
         "every": value(rows.get(("orthogonal{every=8}", 1024, 32)), total=True),
         "haar": value(rows.get(("roaf", 1024, 32))),
@@ -148,8 +152,10 @@ def cheaper_settings(after: dict) -> str:
     if any(v is None for v in figures.values()):
         return ""
     f = {k: f"{v:.2f}×" for k, v in figures.items()}
-    return (f" Cheaper settings, same run: under `torch.compile(fullgraph=True)` arp costs {f['compiled']} the"
-            f" compiled plain step at 256/128 (eager: {f['eager']}); `orthogonal{{every=8}}` costs {f['every']} on"
+    return (f" Cheaper settings, same run: under `torch.compile(fullgraph=True)`, against the compiled plain step"
+            f" at 256/128, gpn costs {f['gpn compiled']} (eager: {f['gpn eager']}), arp {f['compiled']} (eager:"
+            f" {f['eager']}), arp+gpn {f['arp+gpn compiled']} (eager: {f['arp+gpn eager']});"
+            f" `orthogonal{{every=8}}` costs {f['every']} on"
             f" average at 1024/32 against {f['exact']} retracting every step (its drift between retractions:"
             f" `vgpcompile.orthogonal.drift`); `roaf{{filter=hadamard}}` costs {f['hadamard']} at 1024/32 against"
             f" the dense Haar filter's {f['haar']}.")

@@ -52,8 +52,9 @@ def test_cheaper_settings_quote_the_run_and_vanish_without_its_rows():
     compiled = {r["row"]: r for r in data["sections"]["compiled"]}
     step = {(r["row"], r["width"], r["batch"]): r for r in data["sections"]["step"]}
     clock = data["meta"]["clock"]
-    assert f"arp costs {compiled['arp'][clock]:.2f}×" in text
-    assert f"(eager: {step[('arp', 256, 128)][clock]:.2f}×)" in text
+    for name in ("gpn", "arp", "arp+gpn"):
+        assert f"{name} {'costs ' if name == 'gpn' else ''}{compiled[name][clock]:.2f}× (eager:" in text
+        assert f"(eager: {step[(name, 256, 128)][clock]:.2f}×)" in text
     assert f"{step[('orthogonal{every=8}', 1024, 32)][clock + '_total']:.2f}× on average" in text
     partial = {**data, "sections": {**data["sections"], "compiled": []}}
     assert make_performance.cheaper_settings(partial) == ""
