@@ -51,6 +51,23 @@ def test_original_state_dict_loads_into_compiled_with_gpn():
     assert torch.equal(compiled.get_parameter("0.weight"), other.get_parameter("0.weight"))
 
 
+def test_forward_reads_submodules_from_the_module_tree():
+    """The generated forward calls ``self._modules[...]`` (no nn.Module.__getattr__ miss per
+    call), so it calls whatever module the tree holds now, as fx's own ``getattr`` code would."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 2))
+    compiled = vgpcompile(model, passes=[])
+    assert "self._modules['2']._modules['0'](" in compiled.code and "getattr(self" not in compiled.code
+    x = torch.randn(3, 4)
+    assert torch.equal(compiled(x), model(x))
+    compiled[3] = nn.Linear(4, 5)  # replaced after compiling: the new module is the one called
+    assert compiled(x).shape == (3, 5)
+    targets = [str(n.target) for n in compiled.graph.nodes if n.op == "call_module"]
+    assert targets == [str(n.target) for n in fx.symbolic_trace(model).graph.nodes if n.op == "call_module"]
+    for target in targets:  # each call, once, in the fast spelling
+        fast = "self" + "".join(f"._modules[{part!r}]" for part in target.split("."))
+        assert compiled.code.count(fast + "(") == 1
+
+
 def test_input_model_is_not_mutated():
     net = models.deep_tanh_mlp()
     before = [type(m) for m in net.modules()]
