@@ -15,7 +15,7 @@ from torch.func import jacrev
 from vgpcompile import UsageError, export_onnx, freeze, load, save, vgpcompile
 from vgpcompile.nn import ROAFFilter
 from vgpcompile.passes.roaf import ROAFHadamard
-from vgpcompile.passes.roaf.modules import hadamard_radices
+from vgpcompile.passes.roaf.modules import DENSE_BELOW, hadamard_radices
 
 SIZES = [1, 2, 16, 48, 64, 100, 256, 2048]
 
@@ -51,6 +51,22 @@ def test_conv_filter_mixes_channels_at_every_position(spatial, size):
     x, y = torch.randn(3, c, *size, dtype=torch.float64), torch.randn(3, c, *size, dtype=torch.float64)
     expect = 0.6 * torch.einsum("ij,bj...->bi...", filt.O, x) + 0.4 * y
     assert torch.allclose(filt(y, x), expect, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("n", [48, 64, 100, 255, 256, 512])
+@pytest.mark.parametrize("trailing", [1, 6])
+def test_narrow_filters_apply_the_factors_product_as_one_matrix(n, trailing):
+    """Below DENSE_BELOW features the filter multiplies by the factors' product (cheaper there,
+    measured); at and above it by the factors: the same O either way, in float64."""
+    h = ROAFHadamard(n, seed=5, dtype=torch.float64)
+    assert ("product" in dict(h.named_buffers())) is (n < DENSE_BELOW)
+    x, y = torch.randn(3, n, trailing, dtype=torch.float64), torch.randn(3, n, trailing, dtype=torch.float64)
+    x, y = (x[..., 0], y[..., 0]) if trailing == 1 else (x, y)
+    shape = x.shape if trailing > 1 else (-1, n)
+    factored = h._factored_mix(x, trailing, y, 0.3, 0.7, shape)
+    torch.testing.assert_close(h.mix(x, trailing, y, beta=0.3, alpha=0.7), factored, rtol=0, atol=1e-12)
+    expect = 0.7 * torch.einsum("ij,bj...->bi...", h.dense(), x) + 0.3 * y
+    torch.testing.assert_close(factored, expect, rtol=0, atol=1e-12)
 
 
 def test_gradients_match_the_dense_filter():

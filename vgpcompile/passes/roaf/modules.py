@@ -89,6 +89,10 @@ def as_matrix(O: torch.Tensor | ROAFMatrix, n: int, where: str) -> ROAFMatrix:  
 
 
 MAX_RADIX_BITS = 5  # Hadamard factors of at most 32 x 32: one small matmul per factor
+# below this width the factors' small matmuls cost more than one dense n x n matmul with the same O
+# (step / plain, depth-20 tanh MLP, one thread: 64/32 factors 1.98 vs dense 1.43, 128/32 1.67 vs
+# 1.40, 128/128 1.84 vs 1.57; 256/32 1.37 vs 1.47)
+DENSE_BELOW = 256
 
 
 def hadamard_radices(n: int) -> tuple[int, ...]:
@@ -126,7 +130,8 @@ class ROAFHadamard(nn.Module):
     multiply-adds per vector, O(n log n) for a power of two (256: 16 + 16 = 32 per feature,
     against 256 for a dense O), and it is exactly orthogonal: each factor is, and so is a
     Kronecker product of orthogonal matrices. The factors are non-persistent buffers, drawn
-    again from the seed."""
+    again from the seed. Below ``DENSE_BELOW`` features it applies the same O as one dense
+    matrix (their product, a non-persistent buffer too), which measured cheaper there."""
 
     def __init__(self, n: int, seed: int, dtype: torch.dtype = torch.float32, device=None) -> None:
         super().__init__()
@@ -137,6 +142,8 @@ class ROAFHadamard(nn.Module):
         if not self.radices:  # n = 1: O = [1]
             self.register_buffer("factor0", torch.ones(1, 1, dtype=dtype, device=device), persistent=False)
             self.radices = (1,)
+        if self.n < DENSE_BELOW:
+            self.register_buffer("product", self.dense(), persistent=False)
 
     @property
     def factors(self) -> list[torch.Tensor]:
@@ -148,10 +155,16 @@ class ROAFHadamard(nn.Module):
         """alpha * O applied to the (lead, n, trailing) view of ``x``, plus ``beta * y`` when
         given: factor j mixes axis j of the (lead, r_1, ..., r_t, trailing) view. With
         trailing 1 (a Linear block) the last factor is one matmul over every row, fused
-        with alpha and the add (addmm); otherwise alpha scales the first factor."""
+        with alpha and the add (addmm); otherwise alpha scales the first factor. Below
+        ``DENSE_BELOW`` features: the factors' product, one matmul (the same O)."""
         # a Linear block's 2-D rows come back as (-1, n): a constant shape, where x.shape would
         # export as Shape/Gather/Unsqueeze/Concat nodes per filter (onnxruntime runs each)
         shape = (-1, self.n) if x.dim() == 2 and trailing == 1 else x.shape
+        if "product" in self._buffers:
+            return self._dense_mix(x, trailing, y, beta, alpha, shape)
+        return self._factored_mix(x, trailing, y, beta, alpha, shape)
+
+    def _factored_mix(self, x, trailing, y, beta, alpha, shape) -> torch.Tensor:  # noqa: ANN001
         inner = self.n * trailing
         last = len(self.radices) - 1 if trailing == 1 else None
         buffers = self._buffers  # not self.factors: nn.Module.__getattr__ per factor costs µs per call
@@ -167,13 +180,27 @@ class ROAFHadamard(nn.Module):
         x = x.reshape(shape)
         return x if y is None else torch.add(x, y, alpha=beta)
 
+    def _dense_mix(self, x, trailing, y, beta, alpha, shape) -> torch.Tensor:  # noqa: ANN001
+        o = self._buffers["product"]
+        if trailing == 1 and x.dim() == 2 and y is not None and y.dim() == 2:  # rows already: no view nodes
+            return torch.addmm(y, x, o.T, beta=beta, alpha=alpha)
+        if trailing == 1:
+            rows = x.reshape(-1, self.n)
+            if y is None:
+                return (rows @ o.T).mul(alpha).reshape(shape)
+            return torch.addmm(y.reshape(-1, self.n), rows, o.T, beta=beta, alpha=alpha).reshape(shape)
+        x = torch.matmul(o * alpha, x.reshape(-1, self.n, trailing)).reshape(shape)
+        return x if y is None else torch.add(x, y, alpha=beta)
+
     def dense(self) -> torch.Tensor:
-        """O as an n x n matrix (tests, range inference): row i of the identity maps to column i."""
+        """O as an n x n matrix (tests, range inference), from the factors: row i of the
+        identity maps to column i."""
         eye = torch.eye(self.n, dtype=self.factor0.dtype, device=self.factor0.device)
-        return self.mix(eye, 1).T
+        return self._factored_mix(eye, 1, None, 1.0, 1.0, (-1, self.n)).T
 
     def extra_repr(self) -> str:
-        return f"{self.n}, factors {' x '.join(map(str, self.radices))}"
+        dense = ", applied as one matrix" if "product" in self._buffers else ""
+        return f"{self.n}, factors {' x '.join(map(str, self.radices))}{dense}"
 
 
 class ROAFFilter(nn.Module):
