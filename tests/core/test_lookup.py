@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vgpcompile.core import modes
-from vgpcompile.core.lookup import attribute, submodule
+from vgpcompile.core.lookup import attribute, set_plain, submodule
 
 
 class _Odd(nn.Module):
@@ -85,3 +85,34 @@ def test_in_mode_sets_what_train_sets_and_restores_every_flag(training):
         with modes.in_mode(model, training):
             assert [m.training for m in model.modules()] == [m.training for m in reference.modules()]
         assert [m.training for m in model.modules()] == before
+
+
+class _OwnSetattr(nn.Module):
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value * 2 if name == "plain" else value)
+
+
+def _state(module: nn.Module) -> tuple:
+    named = (module.named_parameters(), module.named_buffers(), module.named_children())
+    return sorted(vars(module)), [[k for k, _ in items] for items in named], module.plain, module.extra
+
+
+def test_set_plain_gives_what_setattr_gives():
+    fast, slow = _Odd(), _Odd()
+    param, child, buf = nn.Parameter(torch.ones(2)), nn.Tanh(), torch.zeros(3)
+    values = {"plain": 5, "extra": "x", "weight": param, "child": child, "scale": buf}
+    set_plain(fast, **values)
+    for name, value in values.items():
+        setattr(slow, name, value)
+    assert _state(fast) == _state(slow)
+    assert fast.weight is param and fast.child is child and fast.scale is buf  # registered, not plain
+    assert "weight" not in vars(fast) and "child" not in vars(fast) and "scale" not in vars(fast)
+    # a plain value on a name a dict holds: Module.__setattr__'s own error
+    with pytest.raises(TypeError, match="inner"):
+        set_plain(_Odd(), inner=3)
+    with pytest.raises(TypeError, match="inner"):
+        _Odd().inner = 3
+    # a class with its own __setattr__ still gets it
+    own = _OwnSetattr()
+    set_plain(own, plain=4, extra=1)
+    assert own.plain == 8 and own.extra == 1

@@ -148,6 +148,28 @@ def test_haar_is_seeded_per_layer_name():
     assert not torch.equal(a.conv2.weight, c.conv2.weight)
 
 
+def test_parametrization_seeds_the_cpu_generator_only_and_leaves_the_caller_stream(monkeypatch):
+    """torch completes a non-square Q (wide, tall) with torch.randn: that draw is seeded per layer
+    on the CPU generator, without torch.manual_seed (which queues a seed, with a stack trace, for
+    every accelerator backend); compiles repeat, and the caller's random stream goes on."""
+    seeded = []
+    monkeypatch.setattr(torch, "manual_seed", lambda s: seeded.append(s))
+    options = {"orthogonal": {"keep": "parametrization", "map": "cayley"}}
+    compiled = []
+    for state in (7, 8):  # the same model, the global generator in another state at each compile
+        torch.random.default_generator.manual_seed(123)
+        model = Zoo()
+        torch.random.default_generator.manual_seed(state)
+        compiled.append(compile_(model, passes=["orthogonal"], options=options))
+        after = torch.rand(3)
+        torch.random.default_generator.manual_seed(state)
+        assert torch.equal(after, torch.rand(3))  # the pass's draws come from a forked state
+    assert seeded == []
+    for name in ("wide", "tall"):  # the completed Q holds the torch.randn draw
+        a, b = (getattr(m, name).parametrizations.weight[0].base for m in compiled)
+        assert a.shape[-1] == a.shape[-2] and torch.equal(a, b), name
+
+
 def test_haar_is_haar_distributed():
     # For Haar Q (n x n) the trace has mean 0 and variance 1 (Diaconis-Shahshahani); QR without
     # the sign fix is not Haar (here: trace mean -1.6, variance 0.45).

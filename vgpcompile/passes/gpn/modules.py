@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ...core.catalogue import DEFAULT, Activation
+from ...core.lookup import set_plain
 from ...core.protocol import affine_of_range
 from .constants import gpn_constants, resolve_root
 from .derivatives import BackwardFromOutput, backward_from_output
@@ -78,19 +79,21 @@ class GPNActivation(nn.Module):
     ) -> None:
         super().__init__()
         act = DEFAULT.get(activation) if isinstance(activation, str) else activation
-        self.activation = act
-        self.params = {**act.defaults, **(params or {})}
-        self.root = resolve_root(root, act)
-        a, b = gpn_constants(act, self.params, self.root)
+        params = {**act.defaults, **(params or {})}
+        root = resolve_root(root, act)
+        a, b = gpn_constants(act, params, root)
         # phi' from the output where it is exact (derivatives.py); a learnable a may reach 0, or
         # so small that (y - b) / a is rounding: it keeps phi(x) saved (the plain path)
-        self.from_output = None if learnable else backward_from_output(act, self.params)
+        from_output = None if learnable else backward_from_output(act, params)
+        # one module per site: plain values set without Module.__setattr__'s checks (core/lookup.py)
+        set_plain(self, activation=act, params=params, root=root, from_output=from_output)
+        # scalar_tensor: the same 0-dim tensor of the default dtype as torch.tensor, at a third of its cost
         if learnable:
-            self.a = nn.Parameter(torch.tensor(a))
-            self.b = nn.Parameter(torch.tensor(b))
+            self.a = nn.Parameter(torch.scalar_tensor(a))
+            self.b = nn.Parameter(torch.scalar_tensor(b))
         else:
-            self.register_buffer("a", torch.tensor(a), persistent=False)
-            self.register_buffer("b", torch.tensor(b), persistent=False)
+            self.register_buffer("a", torch.scalar_tensor(a), persistent=False)
+            self.register_buffer("b", torch.scalar_tensor(b), persistent=False)
 
     @property
     def vgp_activation(self) -> tuple[Activation, dict[str, Any]]:

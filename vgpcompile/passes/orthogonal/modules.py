@@ -323,7 +323,12 @@ def register_orthogonal(module: nn.Module, layout: Layout, orthogonal_map: str, 
     # torch completes a non-square Q with torch.randn: seed it so that compiles are reproducible
     devices = [weight.device] if weight.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        if weight.device.type == "cpu":
+            # the CPU generator only: torch.manual_seed also queues a seed, with a stack trace, for
+            # every accelerator backend (~0.2 ms a layer; tat's init_layer does the same)
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
         parametrizations.orthogonal(module, "weight", orthogonal_map=resolve_map(layout, orthogonal_map))
     if inner.shape != weight.shape or gain != 1.0:
         view = MatrixView(layout, gain, tuple(inner.shape))

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.lookup import set_plain
 from ...errors import UsageError
 
 PASS = "rai"
@@ -63,6 +64,7 @@ class RAICut(nn.Module):
     vgp_pass = PASS
     vgp_applied = (PASS,)
     vgp_depth = 0
+    local: torch.Tensor | None  # set in __init__
 
     def __init__(
         self,
@@ -78,20 +80,20 @@ class RAICut(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.shape = tuple(int(s) for s in shape)
-        self.label = label or "cut"
-        self.position = position  # its rank among the model's cuts, in graph order
-        self.settings = settings or Settings()
-        self.lam = float(lam)
-        self.sparse = bool(sparse)
+        # position: its rank among the model's cuts, in graph order; plain values set without
+        # Module.__setattr__'s checks (one cut per site; core/lookup.py)
+        set_plain(
+            self, shape=tuple(int(s) for s in shape), label=label or "cut", position=position,
+            settings=settings or Settings(), lam=float(lam), sparse=bool(sparse),
+        )  # fmt: skip
         self.table = nn.Parameter(torch.zeros(num_examples, math.prod(self.shape), dtype=dtype, device=device))
         self.register_buffer("seen", torch.zeros(num_examples, dtype=torch.bool, device=device))
-        self.syncing = False  # set by train.resync: eval forwards write the chained value into the rows
-        self.all_seen = False  # every row initialised: the lazy-init check can be skipped
-        # hand back a copy of Z[idx] (the local loss keeps its own), unless the pass found that
-        # nothing downstream works in place on it (``core.rewrite.mutation_free``)
-        self.copy_out = True
-        self.local: torch.Tensor | None = None  # lam * mse of the last training forward
+        # syncing: set by train.resync, eval forwards write the chained value into the rows;
+        # all_seen: every row initialised, the lazy-init check can be skipped; copy_out: hand back a
+        # copy of Z[idx] (the local loss keeps its own), unless the pass found that nothing
+        # downstream works in place on it (``core.rewrite.mutation_free``); local: lam * mse of the
+        # last training forward
+        set_plain(self, syncing=False, all_seen=False, copy_out=True, local=None)
 
     @property
     def num_examples(self) -> int:

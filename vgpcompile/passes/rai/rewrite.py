@@ -47,7 +47,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from ...core.contract import MODEL, Env, Pass, PassResult
 from ...core.rewrite import mutation_free
@@ -354,9 +353,10 @@ def propagate_shapes(
     """Per-example shape (batch on dim 0) and dtype of each node's value on the example
     inputs. Run in eval mode without gradients, so no running statistic changes."""
     modes = {m: m.training for m in gm.modules()}
+    recorder = _ValueShapes(gm.eval(), set(nodes))
     try:
         with torch.no_grad():
-            ShapeProp(gm.eval()).propagate(*example_inputs)
+            recorder.run(*example_inputs)
     except Exception as err:
         raise UsageError(f"pass 'rai': the model does not run on example_inputs: {type(err).__name__}: {err}") from err
     finally:
@@ -364,11 +364,28 @@ def propagate_shapes(
             module.training = mode
     out = []
     for node in nodes:
-        meta = node.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape") or len(meta.shape) < 1:
+        shape, dtype = recorder.seen.get(node, (None, None))
+        if shape is None or len(shape) < 1:
             raise UsageError(f"pass 'rai': the value at {node.name!r} is not a tensor with a batch dimension")
-        out.append((tuple(int(s) for s in meta.shape[1:]), meta.dtype))
+        out.append((tuple(int(s) for s in shape[1:]), dtype))
     return out
+
+
+class _ValueShapes(fx.Interpreter):
+    """Runs the graph, keeping (shape, dtype) of the wanted nodes' tensor values: what rai read
+    from ShapeProp, whose metadata of every node (strides, memory format, quantization) made up
+    half of the run (1000-layer MLP: 54 -> 28 ms)."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: set[fx.Node]) -> None:
+        super().__init__(gm)
+        self.wanted = wanted
+        self.seen: dict[fx.Node, tuple[torch.Size, torch.dtype]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        if n in self.wanted and isinstance(value, torch.Tensor):
+            self.seen[n] = value.shape, value.dtype
+        return value
 
 
 def human_bytes(size: float) -> str:

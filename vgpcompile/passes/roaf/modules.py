@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ...core.lookup import set_plain
 from ...errors import UsageError
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -230,12 +231,13 @@ class ROAFFilter(nn.Module):
         filter: str = "haar",
     ) -> None:
         super().__init__()
-        self.alpha, self.beta = check_mix(alpha, beta, "ROAFFilter")
+        alpha, beta = check_mix(alpha, beta, "ROAFFilter")
         if spatial not in (0, *_CONVS):
             raise UsageError(f"ROAFFilter: spatial must be 0 (Linear) or 1, 2, 3 (ConvNd), got {spatial!r}")
         if filter not in FILTERS:
             raise UsageError(f"ROAFFilter: filter must be one of {FILTERS}, got {filter!r}")
-        self.features, self.spatial = int(features), int(spatial)
+        # one filter per block: plain values set without Module.__setattr__'s checks (core/lookup.py)
+        set_plain(self, alpha=alpha, beta=beta, features=int(features), spatial=int(spatial))
         if O is None and filter == "hadamard":
             O = ROAFHadamard(self.features, seed_for(seed, "filter"), dtype or torch.float32, device)  # noqa: E741
         elif O is None:
