@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.conv import _ConvTransposeNd
 
+from ...core.lookup import set_plain
 from ...errors import UsageError
 from .constants import DEFAULT_FLOOR, EPS
 
@@ -306,19 +307,10 @@ class _AutoRot:
     def _setup_rotation(
         self, L: float, xmin: float, xmax: float, xQ: float | None, eps: float, rotate: bool, floor: float
     ) -> None:
-        options = {
-            "L": check_positive("L", L), "q": pivot_q(xmin, xmax, xQ), "eps": check_positive("eps", eps),
-            "floor": check_floor(floor), "rotate": bool(rotate),
-        }  # fmt: skip
-        # plain values: Module.__setattr__ would only check that no parameter, buffer or submodule
-        # has the name (arp builds one layer per site, and its five setattrs were a fifth of that)
-        taken = self._parameters.keys() | self._buffers.keys() | self._modules.keys()
-        own_setattr = type(self).__setattr__ is not nn.Module.__setattr__
-        for name, value in options.items():
-            if name in taken or own_setattr:
-                setattr(self, name, value)  # its error, or a subclass's own __setattr__, as before
-            else:
-                object.__setattr__(self, name, value)
+        set_plain(
+            self, L=check_positive("L", L), q=pivot_q(xmin, xmax, xQ), eps=check_positive("eps", eps),
+            floor=check_floor(floor), rotate=bool(rotate),
+        )  # fmt: skip
 
     def _rotation_options(self) -> dict[str, Any]:
         return dict(
