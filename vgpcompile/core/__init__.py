@@ -13,7 +13,8 @@
    rewrite.py (the older function spelling of the rewriter), calibrate.py (value ranges),
    verify_run.py (every reported change ran), select.py, protocol.py (inserted modules
    describe themselves), recipe.py, report.py, graph.py (nonlinear depth), affine.py,
-   lookup.py (submodule and attribute look-ups without nn.Module.__getattr__'s misses).
+   lookup.py (submodule and attribute look-ups without nn.Module.__getattr__'s misses),
+   seeding.py (seeded draws by code that takes no generator).
 
 The core never imports a pass.
 """

@@ -32,6 +32,7 @@ from torch.nn.utils import parametrizations, parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ...core.affine import TORCH_AFFINE, DeclaredAffine, declared
+from ...core.seeding import seeded
 from ...errors import UsageError
 
 LAYER_TYPES: tuple[type, ...] = (*TORCH_AFFINE, DeclaredAffine)
@@ -321,14 +322,7 @@ def register_orthogonal(module: nn.Module, layout: Layout, orthogonal_map: str, 
     if inner.shape != weight.shape or gain != 1.0:
         module.weight = nn.Parameter(inner.clone(), requires_grad=weight.requires_grad)
     # torch completes a non-square Q with torch.randn: seed it so that compiles are reproducible
-    devices = [weight.device] if weight.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        if weight.device.type == "cpu":
-            # the CPU generator only: torch.manual_seed also queues a seed, with a stack trace, for
-            # every accelerator backend (~0.2 ms a layer; tat's init_layer does the same)
-            torch.default_generator.manual_seed(seed)
-        else:
-            torch.manual_seed(seed)
+    with seeded(seed, weight.device):
         parametrizations.orthogonal(module, "weight", orthogonal_map=resolve_map(layout, orthogonal_map))
     if inner.shape != weight.shape or gain != 1.0:
         view = MatrixView(layout, gain, tuple(inner.shape))

@@ -48,6 +48,7 @@ from ...core.facts import Fact
 from ...core.protocol import mark_applied_module
 from ...core.rewrite import replace_activation
 from ...core.rewriter import active
+from ...core.seeding import seeded
 from ...core.targets import Layer, Site
 from ...errors import UsageError
 from . import constants as C
@@ -270,14 +271,7 @@ def init_layer(module: nn.Module, seed: int, name: str) -> str:
     weight = module.weight
     fan_out, fan_in = weight.shape[0], weight.shape[1]
     gain = max(math.sqrt(fan_out / fan_in), 1.0) / max(math.sqrt(fan_in / fan_out), 1.0)
-    with torch.random.fork_rng(devices=[]):
-        layer_seed = zlib.crc32(f"{seed}:{name}".encode())
-        if weight.device.type == "cpu":
-            # the draw uses the CPU generator only: torch.manual_seed also queues a seed for every
-            # accelerator backend, each with a stack trace taken (~0.2 ms a layer, half of tat's compile)
-            torch.default_generator.manual_seed(layer_seed)
-        else:
-            torch.manual_seed(layer_seed)
+    with seeded(zlib.crc32(f"{seed}:{name}".encode()), weight.device):
         # the dense draw for the (out, in) centre tap; dks's own delta branch indexes with a
         # list, which torch deprecates, so the tap is placed here
         centre = scaled_uniform_orthogonal_(weight.new_empty(fan_out, fan_in), gain=gain, delta=False)
