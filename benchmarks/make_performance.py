@@ -62,7 +62,7 @@ def table(section: str, after: dict, before: dict | None) -> list[str]:
         return []
     old = {_key(r): r for r in (before or {}).get("sections", {}).get(section, [])}
     extra = {"compiled": ["graph_breaks", "recompiles", "graphs"], "inference": ["plain_nodes", "nodes"],
-             "memory": ["mib"], "compile_time": ["seconds", "ms_per_layer"],
+             "memory": ["mib"], "compile_time": ["x_trace_and_copy", "seconds", "ms_per_layer"],
              "orthogonal_lr": ["skipped"]}.get(section, [])  # fmt: skip
     head = ["row", "width / batch"] + (["before"] if before else []) + ["now", "target"] + extra
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -81,7 +81,8 @@ TITLES = {
     "certificate (the step table's SGD lr 1e-4 moves each layer too far for a skip)",
     "rai": "rai: a lifted step / RAI written by hand, and / the plain step",
     "compiled": "torch.compile(model, fullgraph=True): step / compiled plain step, graph breaks and recompiles",
-    "compile_time": "Compile time: vgpcompile / torch.fx.symbolic_trace, and arp with example inputs against depth",
+    "compile_time": "Compile time: vgpcompile / torch.fx.symbolic_trace (x_trace_and_copy: / symbolic_trace + "
+    "copy.deepcopy, issue 18's baseline), GC off in every arm, and arp with example inputs against depth",
     "memory": "Peak memory of one forward + backward / plain (allocations the step makes, grads included)",
     "inference": "Frozen model in onnxruntime / the plain model (one thread)",
 }
@@ -124,7 +125,32 @@ def readme_block(after: dict, before: dict | None) -> str:
             "of `benchmarks/suite.py`: torch.compile, compile time, memory, onnxruntime): ")  # fmt: skip
     text += "; ".join(parts) + "."
     cheaper = cheaper_settings(after)
-    return f"{START}\n{text}{cheaper}\n{END}"
+    return f"{START}\n{text}{cheaper}{floors(after)}\n{END}"
+
+
+FLOOR_ROWS = {  # README's wording -> the suite's reference arm (not a method: what a row cannot go below)
+    "gpn's a·tanh+b written by hand": "hand-written a·tanh+b",
+    "arp's rotated forward with rho held constant in backward": "arp floor: rho without gradient (not the method)",
+    "one Gram matrix per layer per step (orthogonal's check alone)":
+        "orthogonal floor: one Gram matrix per layer per step (not the method)",
+    "an identity filter (roaf with O = I)": "roaf floor: identity filter, any additive filter's least (not the method)",
+}
+
+
+def floors(after: dict) -> str:
+    """The floor arms of the same run at 64/32, 256/128 and 1024/32: what each pass's arithmetic
+    costs at the least, so a reader sees which rows sit on theirs; empty when the run lacks one."""
+    clock = after["meta"]["clock"]
+    rows = {(r["row"], r.get("width"), r.get("batch")): r for r in after["sections"].get("step", [])}
+    sizes = [(64, 32), (256, 128), (1024, 32)]
+    parts = []
+    for words, arm in FLOOR_ROWS.items():
+        values = [rows.get((arm, w, b), {}).get(clock) for w, b in sizes]
+        if any(v is None for v in values):
+            return ""
+        parts.append(f"{words} {' / '.join(f'{v:.2f}' for v in values)}×")
+    return (" Floors, same run, at 64/32 / 256/128 / 1024/32 (reference arms, not methods: what the arithmetic"
+            " of each pass costs at the least in eager): " + "; ".join(parts) + ".")
 
 
 def cheaper_settings(after: dict) -> str:
