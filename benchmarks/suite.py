@@ -182,6 +182,7 @@ STEP_ARMS: dict[str, tuple[Callable[[int, int, torch.Tensor], nn.Module], bool]]
     "roaf{filter=hadamard}": (_compiled(["roaf{filter=hadamard}"]), True),
     "roaf floor: identity filter, any additive filter's least (not the method)": (_identity_filter, True),
     "orthogonal{every=8}": (_compiled(["orthogonal{every=8}"]), True),  # drift between retractions: README
+    "tat": (_compiled(["tat"]), True),  # not in issue 18's table (no target): DKS/TAT came after it
 }
 STEP_SIZES = [(64, 32), (256, 32), (256, 128), (1024, 32), (1024, 128)]  # (width, batch)
 STEP_TARGETS = {"gpn": 1.03, "arp": 1.10, "arp+gpn": 1.12, "orthogonal": 1.5, "roaf": 1.25,

@@ -61,8 +61,9 @@ QUICK_RUNS = {
     "--json docs/results/tat_conv_8_600.json",
     "tat_conv_32_600": "python examples/tat_evidence.py conv --quick --channels 32 --steps 600 --seeds 0 --arms tat "
     "--json docs/results/tat_conv_32_600.json",
-    # one seed at one rate (not a Comparison): roaf's 10 000-layer MLP against the plain net
-    "roaf_deep_mlp": "python examples/roaf_deep_mlp.py --json docs/results/roaf_deep_mlp.json",
+    # one seed at one rate (not a Comparison): roaf's 10 000-layer MLP (both filters) against the plain net
+    "roaf_deep_mlp": "python examples/roaf_deep_mlp.py --arms plain roaf roaf-hadamard "
+    "--json docs/results/roaf_deep_mlp.json",
 }
 # What was checked before accepting the deep CNN's result (tests/tools/test_tat_evidence.py pins the first three)
 TAT_CONV_CHECKS = (
@@ -142,14 +143,18 @@ def headline() -> str:
     return "\n".join(lines)
 
 
+SAME_RUN = {"roaf_deep_mlp": "the same configuration, data and seed; the script refuses another"}  # what --merge keeps
+
+
 def describe(name: str, data: dict) -> str:
     cfg = data.get("config", {})
     threads = data.get("threads", cfg.get("threads"))
     seconds = data.get("seconds")
     when = f"; wall time {seconds / 60:.0f} min" if seconds else ""
     command = RUNS.get(name) or QUICK_RUNS[name]
-    added = "".join(f" The `{arm}` arm was {'rerun' if a.get('rerun') else 'added'} by `{a['command']}` (the same "
-                    "loop, sweep and seeds)." for arm, a in data.get("added", {}).items())  # fmt: skip
+    same = SAME_RUN.get(name, "the same loop, sweep and seeds")
+    added = "".join(f" The `{arm}` arm was {'rerun' if a.get('rerun') else 'added'} by `{a['command']}` ({same})."
+                    for arm, a in data.get("added", {}).items())  # fmt: skip
     return (f"Command: `{command}` (threads: {threads or 'torch default'}{when}; JSON: "
             f"`docs/results/{name}.json`).{added}")
 

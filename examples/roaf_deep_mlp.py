@@ -4,6 +4,7 @@
     python examples/roaf_deep_mlp.py --depth 50000      # compile + one training step; time and peak memory
     python examples/roaf_deep_mlp.py --quick            # depth 200, a few steps (the smoke test)
     python examples/roaf_deep_mlp.py --arms plain plain-xavier roaf --json docs/results/roaf_deep_mlp.json
+    python examples/roaf_deep_mlp.py --arms roaf-hadamard --merge docs/results/roaf_deep_mlp.json  # one more arm
 
 Protocol (the paper's task and optimiser are unknown; ours):
 
@@ -26,8 +27,10 @@ Protocol (the paper's task and optimiser are unknown; ours):
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -172,23 +175,57 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "plain net with tanh's standard init (Glorot, gain 5/3)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="depth 200, 8 steps: a smoke test")
     parser.add_argument("--json", type=Path, help="write the configuration and every arm's figures here")
+    parser.add_argument("--merge", type=Path, help="run --arms and put them into this saved --json (the same "
+                        "configuration; an arm of that name is replaced, the others kept, not rerun)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.merge and not args.arms:
+        parser.error("--merge needs --arms: the arms to run and add to the saved JSON")
+    if args.merge and args.json:
+        parser.error("--merge rewrites its file in place: give --merge or --json, not both")
     if args.quick:
         args.depth, args.steps = 200, args.steps or 8
     big = args.depth > 20_000
     args.steps = args.steps if args.steps is not None else (1 if big else 100)
     arms = args.arms or (["roaf"] if big else ["plain", "roaf"])
     torch.set_num_threads(1)
+    config = {k: v for k, v in vars(args).items() if k not in ("json", "quick", "merge")} | {"arms": arms}
+    if args.merge:
+        same_experiment(args.merge, config)  # before minutes of training, not after
     data = digits(args.seed)
     start = time.perf_counter()
     results = [arm(name, args.depth, args, data) for name in arms]
     report(results, args.depth, args)
+    seconds = round(time.perf_counter() - start, 1)
     if args.json:
-        config = {k: v for k, v in vars(args).items() if k not in ("json", "quick")} | {"arms": arms}
         write_json(args.json, {"example": "roaf_deep_mlp", "config": config, "threads": torch.get_num_threads(),
-                               "seconds": round(time.perf_counter() - start, 1),
-                               "arms": [summary(r, args.depth) for r in results]})  # fmt: skip
+                               "seconds": seconds, "arms": [summary(r, args.depth) for r in results]})  # fmt: skip
+    if args.merge:
+        merge(args.merge, config, seconds, [summary(r, args.depth) for r in results], argv)
     return results
+
+
+def merge(path: Path, config: dict, seconds: float, new: list[dict], argv: list[str] | None) -> None:
+    """Put the arms just run into the saved JSON at ``path``; ``added`` records the command that
+    ran each (the results page says so)."""
+    data = same_experiment(path, config)
+    names = [a["name"] for a in new]
+    arms = [a for a in data["arms"] if a["name"] not in names] + new
+    command = "python examples/roaf_deep_mlp.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    data["arms"], data["config"]["arms"] = arms, [a["name"] for a in arms]
+    for name in names:
+        data.setdefault("added", {})[name] = {"command": command, "seconds": seconds}
+    write_json(path, data)
+
+
+def same_experiment(path: Path, config: dict) -> dict:
+    """The saved JSON at ``path``, if it was run with this configuration (arms aside)."""
+    data = json.loads(path.read_text())
+    saved = {k: v for k, v in data["config"].items() if k != "arms"}
+    mine = {k: v for k, v in config.items() if k != "arms"}
+    if saved != mine:
+        raise SystemExit(f"roaf_deep_mlp --merge: {path} was run with {saved}, this run with {mine}; "
+                         "give the same --depth/--width/--steps/--lr/--batch/--seed")  # fmt: skip
+    return data
 
 
 def summary(result: dict, depth: int) -> dict:

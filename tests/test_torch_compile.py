@@ -35,6 +35,7 @@ CASES = {
     "roaf": (["roaf"], {}),
     "roaf hadamard": (["roaf"], {"roaf": {"filter": "hadamard"}}),
     "rai": (["rai"], {"rai": {"num_examples": N, "sparse": False}}),
+    "tat": (["tat"], {}),
 }
 
 

@@ -417,3 +417,36 @@ def test_plain_install_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_dks)
     with pytest.raises(UsageError, match=r"vgpcompile\[tat\]"):
         vgpcompile(chain(2, 4, act=nn.Softsign), passes=["tat"])
+
+
+# ---- the eager form: one addcmul each side ------------------------------------------------------
+
+
+@pytest.mark.parametrize("constants", [(0.17, 0.55, 7.9, -0.51), (0.17, 0.0, 7.9, 0.0), (1.0, 0.3, 1.0, -0.2)])
+def test_eager_form_equals_the_composed_one(constants):
+    """The addcmul form is the formula: float64 values and gradients to the last bits, float32 to
+    rounding; the result keeps the input's dtype (bfloat16 too), as Python float constants do."""
+    alpha, beta, gamma, delta = constants
+    act = TATActivation("tanh", alpha=alpha, beta=beta, gamma=gamma, delta=delta)
+    x = torch.linspace(-4, 4, 41, dtype=torch.float64, requires_grad=True)
+    want = gamma * (torch.tanh(alpha * x + beta) + delta)
+    (got_grad,) = torch.autograd.grad(act(x).sum(), x)
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    assert torch.allclose(act(x), want, rtol=1e-15, atol=1e-15)
+    assert torch.allclose(got_grad, want_grad, rtol=1e-15, atol=1e-15)
+    assert torch.allclose(act(x.float()).double(), want, rtol=1e-6, atol=1e-6)
+    assert act(x.detach().bfloat16()).dtype == torch.bfloat16
+    if beta == 0.0 and delta == 0.0:  # no addcmul: the very ops of the composed form
+        assert torch.equal(act(x.float()), act._composed(x.float()))
+
+
+def test_eager_constants_are_no_state_and_survive_a_dtype_round_trip(tmp_path):
+    act = TATActivation("tanh", alpha=0.1234567890123, beta=0.5, gamma=3.0, delta=-0.25)
+    assert not list(act.buffers()) and not act.state_dict()
+    act.half().double()  # no buffer, so nothing to round: a float64 model keeps every digit
+    x = torch.tensor([0.7], dtype=torch.float64)
+    assert act(x).item() == pytest.approx(3.0 * (math.tanh(0.1234567890123 * 0.7 + 0.5) - 0.25), rel=1e-15)
+    path = tmp_path / "act.pt"
+    torch.save(act, path)
+    again = torch.load(path, weights_only=False)  # a file this test wrote itself
+    assert torch.equal(again(x), act(x))

@@ -11,12 +11,24 @@ from ...core.catalogue import DEFAULT, Activation
 from ...core.protocol import affine_of_range
 
 
+def _tracing() -> bool:
+    """torch.compile (inductor fuses the float constants: the tensors measured 1.17 against 1.13
+    x compiled plain at 256/128) and torch.jit tracing, which the ONNX export runs under (the
+    graph gets constants, no Casts), take the composed form. (is_in_onnx_export would cost 1 us
+    a call, the two together 0.15.)"""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 class TATActivation(nn.Module):
     """``gamma * (phi(alpha * x + beta) + delta)`` with the constants ``dks`` derived for the
     network (kept as Python floats: the state_dict keeps the original keys, and torch.compile
     and ONNX see constants). Factors equal to 1 and shifts equal to 0 are skipped, so a
-    partly folded module (freeze) costs only what is left. It declares the activation it
-    wraps (sites and the nonlinear depth see through it) and its output range."""
+    partly folded module (freeze) costs only what is left. In eager on a CPU, a side with both
+    a factor and a shift is one addcmul on 0-dim copies of the constants: a depth-20 tanh MLP's
+    step measured 1.19 against 1.25 x plain at width 256, batch 128 (1.44 against 1.49 at
+    64/32, 1.03 against 1.06 at 1024/32); elsewhere (other devices, whose kernels were not measured here) the composed
+    form. It declares the activation it wraps (sites and the nonlinear depth see through it)
+    and its output range."""
 
     vgp_pass = "tat"
     vgp_applied = ("tat",)
@@ -36,6 +48,11 @@ class TATActivation(nn.Module):
         self.activation = act
         self.params = {**act.defaults, **(params or {})}
         self.alpha, self.beta, self.gamma, self.delta = float(alpha), float(beta), float(gamma), float(delta)
+        # the same constants as CPU float64 0-dim tensors, which promote like Python floats (the
+        # result keeps x's dtype; a float64 model keeps every digit) and are no buffers (.half()
+        # cannot round them): each side becomes one addcmul, one autograd node for a mul and an add
+        constants = (self.alpha, self.beta, self.gamma, self.gamma * self.delta)
+        self._scalars = tuple(torch.scalar_tensor(v, dtype=torch.float64) for v in constants)
 
     @property
     def vgp_activation(self) -> tuple[Activation, dict[str, Any]]:
@@ -45,6 +62,23 @@ class TATActivation(nn.Module):
         return affine_of_range(self.activation, self.params, self.gamma, self.gamma * self.delta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or _tracing():
+            return self._composed(x)
+        a, b, g, gd = self._scalars
+        if self.alpha != 1.0 and self.beta != 0.0:
+            x = torch.addcmul(b, x, a)
+        elif self.alpha != 1.0:
+            x = x * self.alpha
+        elif self.beta != 0.0:
+            x = x + self.beta
+        y = self.activation.fn(x, **self.params)
+        if self.gamma != 1.0 and self.delta != 0.0:
+            return torch.addcmul(gd, y, g)
+        if self.delta != 0.0:
+            y = y + self.delta
+        return y * self.gamma if self.gamma != 1.0 else y
+
+    def _composed(self, x: torch.Tensor) -> torch.Tensor:
         if self.alpha != 1.0:
             x = x * self.alpha
         if self.beta != 0.0:
@@ -52,9 +86,7 @@ class TATActivation(nn.Module):
         y = self.activation.fn(x, **self.params)
         if self.delta != 0.0:
             y = y + self.delta
-        if self.gamma != 1.0:
-            y = y * self.gamma
-        return y
+        return y * self.gamma if self.gamma != 1.0 else y
 
     def fold(self) -> nn.Module:
         return self  # its own inference form: one elementwise function (freeze folds what it can first)
