@@ -443,6 +443,8 @@ def test_eager_form_equals_the_composed_one(constants):
 def test_eager_constants_are_no_state_and_survive_a_dtype_round_trip(tmp_path):
     act = TATActivation("tanh", alpha=0.1234567890123, beta=0.5, gamma=3.0, delta=-0.25)
     assert not list(act.buffers()) and not act.state_dict()
+    with torch.device("meta"):  # a model built on the meta device (FSDP's init) keeps them usable
+        assert all(c.device.type == "cpu" for c in TATActivation("tanh", alpha=0.5, beta=0.1)._scalars)
     act.half().double()  # no buffer, so nothing to round: a float64 model keeps every digit
     x = torch.tensor([0.7], dtype=torch.float64)
     assert act(x).item() == pytest.approx(3.0 * (math.tanh(0.1234567890123 * 0.7 + 0.5) - 0.25), rel=1e-15)

@@ -25,10 +25,11 @@ class TATActivation(nn.Module):
     and ONNX see constants). Factors equal to 1 and shifts equal to 0 are skipped, so a
     partly folded module (freeze) costs only what is left. In eager on a CPU, a side with both
     a factor and a shift is one addcmul on 0-dim copies of the constants: a depth-20 tanh MLP's
-    step measured 1.19 against 1.25 x plain at width 256, batch 128 (1.44 against 1.49 at
-    64/32, 1.03 against 1.06 at 1024/32); elsewhere (other devices, whose kernels were not measured here) the composed
-    form. It declares the activation it wraps (sites and the nonlinear depth see through it)
-    and its output range."""
+    step measured 1.18 against 1.24 x plain at width 256, batch 128 (1.42 against 1.47 at
+    64/32, 1.01 against 1.03 at 1024/32). Elsewhere the composed form: other devices (whose
+    kernels were not measured here) and tensor subclasses (DTensor) that may refuse a plain
+    tensor beside them. It declares the activation it wraps (sites and the nonlinear depth
+    see through it) and its output range."""
 
     vgp_pass = "tat"
     vgp_applied = ("tat",)
@@ -52,7 +53,7 @@ class TATActivation(nn.Module):
         # result keeps x's dtype; a float64 model keeps every digit) and are no buffers (.half()
         # cannot round them): each side becomes one addcmul, one autograd node for a mul and an add
         constants = (self.alpha, self.beta, self.gamma, self.gamma * self.delta)
-        self._scalars = tuple(torch.scalar_tensor(v, dtype=torch.float64) for v in constants)
+        self._scalars = tuple(torch.scalar_tensor(v, dtype=torch.float64, device="cpu") for v in constants)
 
     @property
     def vgp_activation(self) -> tuple[Activation, dict[str, Any]]:
@@ -62,7 +63,7 @@ class TATActivation(nn.Module):
         return affine_of_range(self.activation, self.params, self.gamma, self.gamma * self.delta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or _tracing():
+        if type(x) is not torch.Tensor or x.device.type != "cpu" or _tracing():
             return self._composed(x)
         a, b, g, gd = self._scalars
         if self.alpha != 1.0 and self.beta != 0.0:
