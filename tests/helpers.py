@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
+
+
+@contextmanager
+def gloo_worker(rank: int, world: int, store: str) -> Iterator[None]:
+    """The process group of one mp.spawn'ed worker, over gloo and a file store, one thread.
+
+    A worker that finishes meets the other ranks at a barrier (none tears gloo down while
+    another still talks to it), destroys the group and ends with os._exit(0): no interpreter
+    teardown, where a gloo thread still joinable aborts the process (SIGABRT, "terminate called
+    without an active exception", seen once in a CI run). One that fails destroys the group and
+    raises, so that mp.spawn reports it."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        yield
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import gloo_worker
 from torch import nn
 
 from vgpcompile import vgpcompile
@@ -46,9 +47,7 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def worker(rank: int, store: str, out: str, passes: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
+    with gloo_worker(rank, WORLD, store):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -61,8 +60,6 @@ def worker(rank: int, store: str, out: str, passes: str) -> None:
         assert isinstance(model, FSDPModule) and hasattr(model, "vgp_recipe")
         step(model, *data(rank))
         torch.save(full_state(model), os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("passes", PASSES)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import gloo_worker
 from torch import nn
 
 from vgpcompile import vgpcompile
@@ -67,20 +68,18 @@ def test_ratio_alone_misses_vanishing_without_biases():
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.manual_seed(0)  # same initial weights on both ranks
-    net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 1))
-    model = nn.parallel.DistributedDataParallel(vgpcompile(net, passes=["gpn"]))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(100 + rank)  # different data per rank
-    x, y = torch.randn(32, 8, generator=g), torch.randn(32, 1, generator=g)
-    before = [p.detach().clone() for p in model.parameters()]
-    nn.functional.mse_loss(model(x), y).backward()
-    opt.step()
-    after = [p.detach().clone() for p in model.parameters()]
-    torch.save({"before": before, "after": after}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    with gloo_worker(rank, world, init_file):
+        torch.manual_seed(0)  # same initial weights on both ranks
+        net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 1))
+        model = nn.parallel.DistributedDataParallel(vgpcompile(net, passes=["gpn"]))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(100 + rank)  # different data per rank
+        x, y = torch.randn(32, 8, generator=g), torch.randn(32, 1, generator=g)
+        before = [p.detach().clone() for p in model.parameters()]
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        after = [p.detach().clone() for p in model.parameters()]
+        torch.save({"before": before, "after": after}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import gloo_worker
 from torch import nn
 
 from vgpcompile import rai, vgpcompile
@@ -38,14 +38,10 @@ def train(model: nn.Module, lifted: nn.Module, ids: torch.Tensor) -> None:
 
 
 def worker(rank: int, world: int, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
+    with gloo_worker(rank, world, store):
         lifted = lifted_model()
         train(rai.ddp(lifted), lifted, torch.arange(N // world * rank, N // world * (rank + 1)))
         torch.save({k: v.detach().clone() for k, v in lifted.state_dict().items()}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ddp_two_processes_each_with_its_own_ids(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import gloo_worker
 from test_rai_ddp import N, lifted_model, train
 
 from vgpcompile import rai
@@ -19,9 +20,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 
 def worker(rank: int, world: int, store: str, out: str, plain: bool) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
+    with gloo_worker(rank, world, store):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
@@ -31,8 +30,6 @@ def worker(rank: int, world: int, store: str, out: str, plain: bool) -> None:
         train(lifted, lifted, torch.arange(N // world * rank, N // world * (rank + 1)))
         state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in lifted.state_dict().items()}
         torch.save({k: v.detach().clone() for k, v in state.items()}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_fsdp_two_processes_each_with_its_own_ids(tmp_path):
