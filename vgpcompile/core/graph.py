@@ -1,4 +1,4 @@
-"""networkx view of captured graphs: the nonlinear depth of a model.
+"""The nonlinear depth of a model.
 
 The nonlinear depth is the largest number of activations on any input -> output path. A
 call into a traced sub-region counts with that region's own depth. An eager module's
@@ -7,7 +7,6 @@ children are summed, as if called in sequence: an upper bound, flagged as such.
 
 from __future__ import annotations
 
-import networkx as nx
 from torch import fx, nn
 
 from . import protocol
@@ -15,15 +14,6 @@ from .capture import CONTAINERS, is_torch_leaf
 from .catalogue import Catalogue
 from .eager import eager_replacements, function_sites
 from .lookup import submodule
-
-
-def to_digraph(gm: fx.GraphModule) -> nx.DiGraph:
-    """The graph's dataflow as a DiGraph over fx node names, with op and target attributes."""
-    g = nx.DiGraph()
-    nodes = list(gm.graph.nodes)  # bulk inserts: per-node add_node is ~40 us in networkx 3.6
-    g.add_nodes_from((n.name, {"op": n.op, "target": str(n.target)}) for n in nodes)
-    g.add_edges_from((src.name, n.name) for n in nodes for src in n.all_input_nodes)
-    return g
 
 
 def nonlinear_depth(module: nn.Module, catalogue: Catalogue) -> tuple[int, bool]:

@@ -59,14 +59,12 @@ def in_mode(module: nn.Module, training: bool) -> Iterator[None]:
             object.__setattr__(m, "training", training)
     else:
         module.train(training)
+    restore = object.__setattr__ if plain else setattr
     try:
         yield
     finally:
         for m, flag in zip(modules, flags):
-            if plain:
-                object.__setattr__(m, "training", flag)
-            else:
-                m.training = flag
+            restore(m, "training", flag)
 
 
 def _plain_mode(cls: type) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from .lookup import attribute, submodule
 from .rewriter import Rewriter, active, formula_input, unique_name
 from .targets import Site
 
@@ -51,10 +52,10 @@ def mutation_free(node: fx.Node, gm: fx.GraphModule) -> bool:
     later, so a cut feeding it keeps its copy."""
     for user in node.users:
         if user.op == "call_module":
-            module = gm.get_submodule(str(user.target))
+            module = submodule(gm, str(user.target))
             leaf = next(module.children(), None) is None  # a container's children could work in place
             trusted = leaf and (type(module).__module__.startswith("torch.nn.") or hasattr(module, "vgp_pass"))
-            if not trusted or getattr(module, "inplace", False) or isinstance(module, nn.Identity):
+            if not trusted or attribute(module, "inplace", False) or isinstance(module, nn.Identity):
                 return False
         elif user.op in ("call_function", "call_method"):
             name = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", "")

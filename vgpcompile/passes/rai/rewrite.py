@@ -49,6 +49,7 @@ import torch
 from torch import fx, nn
 
 from ...core.contract import MODEL, Env, Pass, PassResult
+from ...core.modes import in_mode
 from ...core.rewrite import mutation_free
 from ...core.rewriter import active
 from ...core.select import target_of
@@ -352,16 +353,12 @@ def propagate_shapes(
 ) -> list[tuple[tuple[int, ...], torch.dtype]]:
     """Per-example shape (batch on dim 0) and dtype of each node's value on the example
     inputs. Run in eval mode without gradients, so no running statistic changes."""
-    modes = {m: m.training for m in gm.modules()}
-    recorder = _ValueShapes(gm.eval(), set(nodes))
+    recorder = _ValueShapes(gm, set(nodes))
     try:
-        with torch.no_grad():
+        with in_mode(gm, False), torch.no_grad():
             recorder.run(*example_inputs)
     except Exception as err:
         raise UsageError(f"pass 'rai': the model does not run on example_inputs: {type(err).__name__}: {err}") from err
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     out = []
     for node in nodes:
         shape, dtype = recorder.seen.get(node, (None, None))
