@@ -63,30 +63,17 @@ class TATActivation(nn.Module):
         return affine_of_range(self.activation, self.params, self.gamma, self.gamma * self.delta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(x) is not torch.Tensor or x.device.type != "cpu" or _tracing():
-            return self._composed(x)
+        fuse = type(x) is torch.Tensor and x.device.type == "cpu" and not _tracing()
         a, b, g, gd = self._scalars
-        if self.alpha != 1.0 and self.beta != 0.0:
+        if fuse and self.alpha != 1.0 and self.beta != 0.0:
             x = torch.addcmul(b, x, a)
-        elif self.alpha != 1.0:
-            x = x * self.alpha
-        elif self.beta != 0.0:
-            x = x + self.beta
+        else:
+            x = x * self.alpha if self.alpha != 1.0 else x
+            x = x + self.beta if self.beta != 0.0 else x
         y = self.activation.fn(x, **self.params)
-        if self.gamma != 1.0 and self.delta != 0.0:
+        if fuse and self.gamma != 1.0 and self.delta != 0.0:
             return torch.addcmul(gd, y, g)
-        if self.delta != 0.0:
-            y = y + self.delta
-        return y * self.gamma if self.gamma != 1.0 else y
-
-    def _composed(self, x: torch.Tensor) -> torch.Tensor:
-        if self.alpha != 1.0:
-            x = x * self.alpha
-        if self.beta != 0.0:
-            x = x + self.beta
-        y = self.activation.fn(x, **self.params)
-        if self.delta != 0.0:
-            y = y + self.delta
+        y = y + self.delta if self.delta != 0.0 else y
         return y * self.gamma if self.gamma != 1.0 else y
 
     def fold(self) -> nn.Module:
