@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import json
 import platform
@@ -102,11 +103,16 @@ class DetachedRotLinear(AutoRotLinear):
         return F.linear(input, self.weight, self.bias) * rho
 
 
-def _legacy_arp(model: nn.Module, cls: type[nn.Module] = LegacyAutoRotLinear) -> nn.Module:
+def _reclass(model: nn.Module, old: type[nn.Module], new: type[nn.Module]) -> nn.Module:
+    """Every module of exactly class ``old`` becomes a ``new`` (a subclass with another forward)."""
     for m in model.modules():
-        if type(m) is AutoRotLinear:
-            m.__class__ = cls
+        if type(m) is old:
+            m.__class__ = new
     return model
+
+
+def _legacy_arp(model: nn.Module, cls: type[nn.Module] = LegacyAutoRotLinear) -> nn.Module:
+    return _reclass(model, AutoRotLinear, cls)
 
 
 class IdentityFilter(ROAFFilter):
@@ -119,15 +125,10 @@ class IdentityFilter(ROAFFilter):
 
 
 def _identity_filter(depth: int, width: int, x: torch.Tensor) -> nn.Module:
-    model = _compiled(["roaf"])(depth, width, x)
-    for m in model.modules():
-        if type(m) is ROAFFilter:
-            m.__class__ = IdentityFilter
-    return model
+    return _reclass(_compiled(["roaf"])(depth, width, x), ROAFFilter, IdentityFilter)
 
 
 _GRAM = "_vgp_gram_floor"  # marks a weight whose Gram matrix the post-step hook forms
-_GRAM_HOOK: list = []  # the hook's handle, registered by the first floor model built
 
 
 @torch.no_grad()
@@ -138,13 +139,18 @@ def _gram_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: obj
                 p.mT @ p
 
 
+@functools.cache
+def _gram_hook() -> object:
+    """The post-step hook's handle, registered once per process, by the first floor model built."""
+    return register_optimizer_step_post_hook(_gram_after_step)
+
+
 def _gram_floor(depth: int, width: int, x: torch.Tensor) -> nn.Module:
     """orthogonal's floor: the plain model, and after each optimizer step one Gram matrix WᵀW per
     square layer, nothing else. Not the method (it keeps nothing orthogonal); the least a
     retraction that checks each step's error costs: the Gram is one n x n x n product, against
     the step's three n x n x batch products per layer."""
-    if not _GRAM_HOOK:
-        _GRAM_HOOK.append(register_optimizer_step_post_hook(_gram_after_step))
+    _gram_hook()
     model = mlp(depth, width)
     for m in list(model)[:-1]:
         if isinstance(m, nn.Linear):
