@@ -137,11 +137,16 @@ FLOOR_ROWS = {  # README's wording -> the suite's reference arm (not a method: w
 }
 
 
+def _step_rows(after: dict) -> dict[tuple, dict]:
+    """The step table's rows by (arm, width, batch)."""
+    return {(r["row"], r.get("width"), r.get("batch")): r for r in after["sections"].get("step", [])}
+
+
 def floors(after: dict) -> str:
     """The floor arms of the same run at 64/32, 256/128 and 1024/32: what each pass's arithmetic
     costs at the least, so a reader sees which rows sit on theirs; empty when the run lacks one."""
     clock = after["meta"]["clock"]
-    rows = {(r["row"], r.get("width"), r.get("batch")): r for r in after["sections"].get("step", [])}
+    rows = _step_rows(after)
     sizes = [(64, 32), (256, 128), (1024, 32)]
     parts = []
     for words, arm in FLOOR_ROWS.items():
@@ -157,7 +162,7 @@ def cheaper_settings(after: dict) -> str:
     """The settings that cost less than the defaults, each figure from the same run; empty when
     the run lacks a row (a --quick or partial run)."""
     clock = after["meta"]["clock"]
-    rows = {(r["row"], r.get("width"), r.get("batch")): r for r in after["sections"].get("step", [])}
+    rows = _step_rows(after)
     compiled = {r["row"]: r for r in after["sections"].get("compiled", [])}
 
     def value(row: dict | None, total: bool = False) -> float | None:
